@@ -1,0 +1,164 @@
+"""Command line: parse, call one function per verb, turn `UserError` into one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+DEFAULT_RESULTS = Path("results")
+
+
+def _csv(kind):
+    return lambda text: [kind(item) for item in text.split(",") if item.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="train a suite's grid of dataset × model × seed runs")
+    run.add_argument("--suite", default="smoke", help="suite name (suites/NAME.yaml) or YAML path [smoke]")
+    run.add_argument("--datasets", type=_csv(str), help="only these datasets, comma-separated")
+    run.add_argument("--models", type=_csv(str), help="only these models, comma-separated")
+    run.add_argument("--seeds", type=_csv(int), help="these seeds instead of the suite's, comma-separated")
+    run.add_argument("--epochs", type=int, help="override every recipe's epochs")
+    run.add_argument("--limit", type=int, help="keep the first N images of each split (tiny runs)")
+    run.add_argument("--data-root", help="folder with the data files ('bundled' = the shipped subsets)")
+    run.add_argument("--download", action="store_true", default=None, help="download missing MedMNIST files")
+    run.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+    run.add_argument("--dry-run", action="store_true", help="print the grid and exit")
+    run.add_argument("--force", action="store_true", help="rerun finished runs (old records move to superseded/)")
+    run.add_argument("--no-resume", action="store_true", help="start interrupted runs over instead of resuming")
+    run.add_argument("--fail-fast", action="store_true", help="stop the grid at the first failed run")
+    run.add_argument("--keep-checkpoints", choices=("best", "none"), default="best",
+                     help="what a finished run keeps of its checkpoints [best]")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+    verbs.add_parser("list", help="show datasets, models and suites")
+
+    status = verbs.add_parser("status", help="done / failed / pending runs per suite")
+    status.add_argument("--suite", default="smoke")
+    status.add_argument("--output", type=Path, default=DEFAULT_RESULTS)
+
+    board = verbs.add_parser("leaderboard", help="tables from run records")
+    board.add_argument("--suite", help="only this suite's records")
+    board.add_argument("--runs", type=Path, default=DEFAULT_RESULTS / "runs", help="records folder [results/runs]")
+    board.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="where the tables go [results]")
+
+    figures = verbs.add_parser("figures", help="figures from run records")
+    figures.add_argument("--suite", help="only this suite's records")
+    figures.add_argument("--runs", type=Path, default=DEFAULT_RESULTS / "runs")
+    figures.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "figures")
+    figures.add_argument("--format", choices=("png", "pdf", "both"), default="both")
+    figures.add_argument("--dpi", type=int, default=200)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from benchmark.config import load_suite
+    from benchmark.runner import GridRunner, dry_run_table
+
+    suite = load_suite(args.suite, datasets=args.datasets, models=args.models, seeds=args.seeds,
+                       epochs=args.epochs, limit=args.limit, data_root=args.data_root, download=args.download)
+    if args.dry_run:
+        print(dry_run_table(suite))
+        return 0
+    check_writable(args.output)
+    runner = GridRunner(args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
+                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints)
+    summary = runner.run_grid(suite)
+    print(f"{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} skipped (done before), "
+          f"{len(summary.failed)} failed; records in {args.output / 'runs' / suite.name}")
+    if summary.user_errors:
+        raise UserError(summary.user_errors[0] + (f" (and {len(summary.failed) - 1} more failed runs)"
+                                                  if len(summary.failed) > 1 else ""))
+    return 1 if summary.failed else 0
+
+
+def check_writable(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {output}: {err.strerror}; choose another --output") from None
+    if not os.access(output, os.W_OK):
+        raise UserError(f"output folder {output} is not writable; fix its permissions or choose another --output")
+
+
+def cmd_list(args) -> int:
+    from benchmark.config import list_suites
+    from benchmark.data import list_datasets
+    from benchmark.models import list_models
+
+    print("datasets:", ", ".join(list_datasets()))
+    print("models:")
+    for name, spec in list_models().items():
+        print(f"  {name:<16} {spec.description} [{spec.source}]")
+    print("suites:", ", ".join(list_suites()))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from benchmark.config import load_suite
+    from benchmark.records import load_records
+
+    suite = load_suite(args.suite)
+    by_hash = {r["config_hash"]: r for r in load_records(args.output, suite.name)}
+    counts = {"completed": 0, "failed": 0, "pending": 0}
+    for spec in suite.runs:
+        record = by_hash.get(spec.config_hash)
+        status = record["status"] if record else "pending"
+        counts[status] += 1
+        detail = f"  {record['error']['message']}" if status == "failed" else ""
+        print(f"{status:<10} {spec.run_id}{detail}")
+    print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {counts['pending']} pending")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from benchmark.leaderboard import write_leaderboard
+
+    for path in write_leaderboard(args.runs, args.output, suite=args.suite):
+        print(path)
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from benchmark.figures import write_figures
+
+    formats = ("png", "pdf") if args.format == "both" else (args.format,)
+    paths = write_figures(args.runs, args.output, suite=args.suite, formats=formats, dpi=args.dpi)
+    print(f"{len(paths)} figure files in {args.output}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "status": cmd_status, "leaderboard": cmd_leaderboard,
+            "figures": cmd_figures}
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (load reports, weight-download bars) out of benchmark output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.verb in ("run", "list", "status"):
+            quiet_libraries()
+        return COMMANDS[args.verb](args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return UserError.exit_status
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

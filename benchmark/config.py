@@ -1,0 +1,285 @@
+"""Suite YAML → validated, fully resolved run specs (one per dataset × model × seed), each with a hash.
+
+A suite file:
+
+```yaml
+name: smoke                      # defaults to the file name
+data_root: bundled               # optional; --data-root overrides
+seeds: [0, 1, 2]
+recipes:                         # named training recipes (fields of `Recipe`)
+  v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 100, batch_size: 128}
+datasets:                        # a name (size 28) or {name, size}
+  - breastmnist
+  - {name: breast_ultrasound, size: 224}
+models:                          # a preset name, or {name, recipe, source, pretrained, input_size, family}
+  - {name: resnet18_28, recipe: v2}
+```
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from benchmark.data import dataset_sizes
+from benchmark.errors import UserError
+from benchmark.models import ModelSpec, resolve_model
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "multistep", "constant")
+AUGMENTATIONS = ("none", "tutorial")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+SELECTION_METRICS = ("auc", "acc", "balanced_acc", "f1_macro", "loss")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is trained. Defaults follow the ViT fine-tuning tutorials."""
+
+    optimizer: str = "adamw"
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.1  # cosine: fraction of optimizer steps spent warming up linearly
+    milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the epochs
+    gamma: float = 0.1  # multistep: lr factor at each milestone
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 0  # 0 = 2 × batch_size
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    augment: str = "tutorial"
+    mixed_precision: str = "auto"  # auto = bf16 on a GPU that supports it, else full precision
+    selection_metric: str = "auc"  # validation metric that picks the best epoch (MedMNIST v2: AUC)
+    early_stopping_patience: int = 0  # 0 = off; else stop after this many epochs without improvement
+    compile: bool = False  # torch.compile the model
+
+    def validate(self, where: str) -> None:
+        _check_choice(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
+        _check_choice(self.schedule, SCHEDULES, f"{where}.schedule")
+        _check_choice(self.augment, AUGMENTATIONS, f"{where}.augment")
+        _check_choice(self.mixed_precision, MIXED_PRECISION, f"{where}.mixed_precision")
+        _check_choice(self.selection_metric, SELECTION_METRICS, f"{where}.selection_metric")
+        for name in ("lr", "epochs", "batch_size", "grad_accum_steps"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{where}.{name} must be > 0 (got {getattr(self, name)}); fix it in the suite file")
+        for name in ("weight_decay", "eval_batch_size", "max_grad_norm", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{where}.{name} must be >= 0 (got {getattr(self, name)}); fix it in the suite file")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"{where}.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if not all(0 < m < 1 for m in self.milestones):
+            raise UserError(f"{where}.milestones are fractions of the epochs, each in (0, 1) (got {list(self.milestones)})")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run, fully resolved. Its hash (config_hash) identifies the run across restarts."""
+
+    suite: str
+    dataset: str
+    size: int
+    model: ModelSpec
+    recipe: Recipe
+    seed: int
+    limit: int = 0  # 0 = full splits; N = first N images of each split
+    data_root: str | None = field(default=None, compare=False)
+    download: bool = field(default=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 of what determines the result: not where the data lives, nor the suite's name."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("suite", "data_root", "download")}
+        identity["model"].pop("description", None)
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.dataset}-{self.size}-{self.model.name}-s{self.seed}-{self.config_hash[:8]}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    runs: list[RunSpec]
+
+
+def _check_choice(value, choices, where: str) -> None:
+    if value not in choices:
+        raise UserError(f"{where}: '{value}' is not one of {', '.join(map(str, choices))}")
+
+
+def _check_keys(mapping: dict, allowed, where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(sorted(allowed))}"
+            raise UserError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _typed(cls, values: dict, where: str):
+    """Build dataclass `cls` from `values`, checking key names and value types against the defaults."""
+    _check_keys(values, {f.name for f in fields(cls)}, where)
+    defaults = cls()
+    converted = {}
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        try:
+            if isinstance(value, bool) != isinstance(default, bool):
+                raise TypeError
+            if isinstance(default, tuple):
+                value = tuple(float(v) for v in value)
+            elif isinstance(default, float):
+                value = float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
+            elif isinstance(default, int) and not isinstance(value, int):
+                raise TypeError
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise UserError(f"{where}.{key}: {value!r} is not a valid {type(default).__name__}") from None
+        converted[key] = value
+    return replace(defaults, **converted)
+
+
+def find_suite(name_or_path: str) -> Path:
+    """A suite by path, or by name from ./suites/ or the project's suites/ folder."""
+    candidates = [Path(name_or_path), Path("suites") / f"{name_or_path}.yaml", SUITES_DIR / f"{name_or_path}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    known = list_suites()
+    close = difflib.get_close_matches(name_or_path, known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UserError(f"unknown suite '{name_or_path}'; {hint}available: {', '.join(known) or 'none'} (or give a YAML path)")
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{at}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a suite must be a YAML mapping with datasets, models and seeds")
+    return data
+
+
+SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
+MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size"}
+DATASET_ENTRY_KEYS = {"name", "size"}
+
+
+def _as_entry(item, where: str) -> dict:
+    if isinstance(item, str):
+        return {"name": item}
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        return dict(item)
+    raise UserError(f"{where}: each entry is a name or a mapping with a `name:`")
+
+
+def load_suite(
+    name_or_path: str,
+    *,
+    datasets: list[str] | None = None,
+    models: list[str] | None = None,
+    seeds: list[int] | None = None,
+    epochs: int | None = None,
+    limit: int | None = None,
+    data_root: str | None = None,
+    download: bool | None = None,
+) -> Suite:
+    """Parse, validate and expand a suite; the keyword arguments are the CLI's filters and overrides."""
+    path = find_suite(name_or_path)
+    raw = _read_yaml(path)
+    _check_keys(raw, SUITE_KEYS, str(path))
+    suite_name = str(raw.get("name", path.stem))
+
+    recipes = {}
+    for recipe_name, values in (raw.get("recipes") or {}).items():
+        recipe = _typed(Recipe, values or {}, f"{path.name}: recipes.{recipe_name}")
+        if epochs is not None:
+            recipe = replace(recipe, epochs=epochs)
+        recipe.validate(f"{path.name}: recipes.{recipe_name}")
+        recipes[recipe_name] = recipe
+
+    dataset_entries = []
+    for item in raw.get("datasets") or []:
+        entry = _as_entry(item, f"{path.name}: datasets")
+        where = f"{path.name}: datasets.{entry['name']}"
+        _check_keys(entry, DATASET_ENTRY_KEYS, where)
+        try:
+            default_size, sizes = dataset_sizes(entry["name"])
+        except UserError as err:
+            raise UserError(f"{path.name}: {err}") from None
+        size = entry.get("size", default_size)
+        _check_choice(size, sizes, f"{where}.size")
+        dataset_entries.append((entry["name"], size))
+
+    model_entries = []
+    for item in raw.get("models") or []:
+        entry = _as_entry(item, f"{path.name}: models")
+        where = f"{path.name}: models.{entry['name']}"
+        _check_keys(entry, MODEL_ENTRY_KEYS, where)
+        recipe_ref = entry.pop("recipe", None)
+        if isinstance(recipe_ref, dict):
+            recipe = _typed(Recipe, recipe_ref, f"{where}.recipe")
+            recipe = replace(recipe, epochs=epochs) if epochs is not None else recipe
+            recipe.validate(f"{where}.recipe")
+        elif recipe_ref is None or recipe_ref in recipes:
+            recipe = recipes.get(recipe_ref, Recipe()) if recipe_ref else Recipe()
+        else:
+            raise UserError(f"{where}: recipe '{recipe_ref}' is not defined under `recipes:` ({', '.join(recipes) or 'none'})")
+        spec = resolve_model(entry.pop("name"), **entry)
+        if spec.input_size is not None and spec.input_size <= 0:
+            raise UserError(f"{where}.input_size must be > 0")
+        model_entries.append((spec, recipe))
+
+    suite_seeds = raw.get("seeds", [0])
+    if not isinstance(suite_seeds, list) or not all(isinstance(s, int) for s in suite_seeds):
+        raise UserError(f"{path.name}: seeds must be a list of integers, e.g. [0, 1, 2]")
+
+    selected_datasets = _select(dataset_entries, datasets, lambda e: e[0], "dataset", path.name)
+    selected_models = _select(model_entries, models, lambda e: e[0].name, "model", path.name)
+    selected_seeds = list(seeds) if seeds is not None else suite_seeds
+
+    run_limit = int(limit if limit is not None else raw.get("limit") or 0)
+    if run_limit < 0:
+        raise UserError(f"--limit must be >= 0 (got {run_limit})")
+    root = data_root if data_root is not None else raw.get("data_root")
+    fetch = download if download is not None else bool(raw.get("download", False))
+    runs = [
+        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, root, fetch)
+        for ds, size in selected_datasets
+        for spec, recipe in selected_models
+        for seed in selected_seeds
+    ]
+    if not runs:
+        raise UserError(f"{path.name}: the grid is empty; check the suite's datasets, models and seeds and the filters")
+    return Suite(suite_name, path, runs)
+
+
+def _select(entries: list, wanted: list | None, key, what: str, where: str) -> list:
+    """Keep the entries whose key is in `wanted` (all when None); unknown wanted names are an error."""
+    if wanted is None:
+        return entries
+    keys = [key(e) for e in entries]
+    for name in wanted:
+        if name not in keys:
+            raise UserError(f"--{what}s: '{name}' is not in suite {where} (it has: {', '.join(map(str, dict.fromkeys(keys)))})")
+    return [e for e in entries if key(e) in wanted]

@@ -1,0 +1,13 @@
+"""Datasets as uint8 splits: one registry (`registry.py`), MedMNIST npz files and breast-ultrasound images."""
+
+from benchmark.data import medmnist_npz, ultrasound  # noqa: F401  (importing them registers their datasets)
+from benchmark.data.registry import (
+    DatasetSplits,
+    Split,
+    dataset_sizes,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+)
+
+__all__ = ["DatasetSplits", "Split", "dataset_sizes", "list_datasets", "load_dataset", "register_dataset"]

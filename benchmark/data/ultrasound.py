@@ -1,0 +1,241 @@
+"""Breast ultrasound classification (BUSI, Al-Dhabyani et al. 2020): benign / malignant / normal.
+
+Where the images come from (`data_root`):
+- `"bundled"`: the small real subset shipped in `benchmark/bundled/busi/`, checked against the bundled manifest.
+- `"hub:<id>"`: a Hugging Face hub data set with an `image` column and a ClassLabel `label` column, e.g.
+  `hub:emre570/breastcancer-ultrasound-images` (624 train / 156 test). Only the `hub:` prefix selects the hub.
+- a local folder, `<dir>/<class>/*.png|jpg|jpeg`, or with `<dir>/train/<class>/...` and `<dir>/test/<class>/...`
+  (and optionally `val/`). If `<dir>/busi/` exists it is used instead, so one data root can hold
+  medmnist's `<flag>.npz` files and `busi/` side by side.
+- None: `<root>/busi/` under env `MEDMNIST_BENCH_DATA`, else medmnist's default root. When that folder is
+  missing, `download=True` loads the hub id `emre570/breastcancer-ultrasound-images`.
+Class names are the sorted class-folder names (hub: the ClassLabel names): benign, malignant, normal for BUSI.
+Segmentation masks (`*_mask*`, stored beside the images in the Kaggle BUSI download) are skipped.
+
+Both sources become the same intermediate (per split, a list of (path or PIL image, label)) and go through
+one conversion: each image is converted to 8-bit grayscale ("L": BUSI is grayscale ultrasound; its few RGB
+files are converted with the usual luma weights) and resized straight to size x size with PIL's bilinear
+filter, which antialiases when downscaling. Images come out (N, size, size, 1) uint8.
+
+Splits: without a test split, a stratified 80/20 test cut; without a validation split, a stratified cut
+from train sized like test relative to train (val_fraction = n_test / n_train, as the Hugging Face
+fine-tuning tutorial does). Both cuts use `split_seed` (default 0), not the run seed, so every model sees
+the same split. `md5` is a digest over the sorted relative paths and file bytes (hub: over split, index,
+label and decoded pixels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from benchmark.data.registry import (
+    BUNDLED,
+    BUNDLED_DIR,
+    DatasetSplits,
+    Split,
+    check_bundled_file,
+    checked_split,
+    one_line,
+    register_dataset,
+    resolve_data_root,
+)
+from benchmark.errors import UserError
+
+DEFAULT_HUB_ID = "emre570/breastcancer-ultrasound-images"
+HUB_PREFIX = "hub:"
+FOLDER_NAME = "busi"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MASK_MARKER = "_mask"
+TEST_FRACTION = 0.2
+SPLIT_FOLDERS = ("train", "val", "test")
+HUB_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+FOLDER_HINT = "point --data-root at a folder of <class>/ image subfolders, or use --data-root hub:<id>"
+
+ImageSource = Union[Path, Image.Image]
+Sample = tuple[ImageSource, int]
+
+
+@dataclass
+class _RawDataset:
+    """What a source provides before splitting and conversion: the splits it has (at least train)."""
+
+    splits: dict[str, list[Sample]]
+    class_names: list[str]
+    source: str
+    md5: str
+
+
+@register_dataset("breast_ultrasound", default_size=224)
+def load_breast_ultrasound(*, size: int, data_root: str | None, download: bool, limit: int | None,
+                           split_seed: int, verify: bool) -> DatasetSplits:
+    source = _resolve_source(data_root, download)
+    if isinstance(source, str):
+        raw = _read_hub(source)
+    else:
+        raw = _read_folder(source, check_bundled=verify and data_root == BUNDLED)
+    samples = _complete_splits(raw.splits, split_seed, raw.source)
+    splits = {name: _to_split(samples[name][:limit], size, len(raw.class_names), f"{raw.source} ({name})")
+              for name in SPLIT_FOLDERS}
+    return DatasetSplits(name="breast_ultrasound", size=size, task="multi-class", class_names=raw.class_names,
+                         **splits, source=raw.source, md5=raw.md5)
+
+
+def _resolve_source(data_root: str | None, download: bool) -> Path | str:
+    """An image folder (Path) or a hub id (str); the rules are in the module docstring."""
+    if data_root == BUNDLED:
+        return BUNDLED_DIR / FOLDER_NAME
+    if data_root is not None and data_root.startswith(HUB_PREFIX):
+        return data_root[len(HUB_PREFIX):]
+    root = resolve_data_root(data_root)
+    if (root / FOLDER_NAME).is_dir():
+        return root / FOLDER_NAME
+    if data_root is not None:
+        if not root.is_dir():
+            raise UserError(f"{root} not found; {FOLDER_HINT}")
+        return root
+    if download:
+        return DEFAULT_HUB_ID
+    raise UserError(f"{root / FOLDER_NAME} not found; pass --download to load {DEFAULT_HUB_ID} from the "
+                    f"Hugging Face hub, or {FOLDER_HINT}")
+
+
+# --- local folders ---------------------------------------------------------------------------------------
+
+def _read_folder(folder: Path, check_bundled: bool) -> _RawDataset:
+    split_dirs = {name: folder / name for name in SPLIT_FOLDERS if (folder / name).is_dir()}
+    if not {"train", "test"} <= split_dirs.keys():
+        split_dirs = {"train": folder}
+    class_names = _class_names(split_dirs["train"])
+    splits = {name: _folder_samples(split_dir, class_names) for name, split_dir in split_dirs.items()}
+    paths = [path for samples in splits.values() for path, _ in samples]
+    return _RawDataset(splits, class_names, str(folder), _folder_digest(folder, paths, check_bundled))
+
+
+def _class_names(split_dir: Path) -> list[str]:
+    names = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not names:
+        raise UserError(f"{split_dir}: no class folders; expected <class>/ subfolders of images "
+                        f"(benign/, malignant/, normal/ for BUSI)")
+    return names
+
+
+def _folder_samples(split_dir: Path, class_names: list[str]) -> list[Sample]:
+    found = _class_names(split_dir)
+    if found != class_names:
+        raise UserError(f"{split_dir}: class folders {found} differ from the training split's {class_names}")
+    return [(path, label) for label, name in enumerate(class_names) for path in _image_files(split_dir / name)]
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    files = sorted(path for path in class_dir.iterdir()
+                   if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and MASK_MARKER not in path.stem)
+    if not files:
+        raise UserError(f"{class_dir}: class folder has no images ({', '.join(IMAGE_SUFFIXES)}); add images "
+                        f"or remove the folder")
+    return files
+
+
+def _folder_digest(folder: Path, paths: list[Path], check_bundled: bool) -> str:
+    """MD5 over the sorted relative paths and file bytes; rejects empty files, checks bundled files."""
+    entries = []
+    for path in sorted(paths, key=lambda p: p.relative_to(folder).as_posix()):
+        data = path.read_bytes()
+        if not data:
+            raise UserError(f"{path}: image file is empty (0 bytes); replace or remove it")
+        if check_bundled:
+            check_bundled_file(path, hashlib.md5(data).hexdigest())
+        entries.append((path.relative_to(folder).as_posix(), data))
+    return _digest(entries)
+
+
+def _digest(entries: Iterable[tuple[str, bytes]]) -> str:
+    digest = hashlib.md5()
+    for name, payload in entries:
+        digest.update(name.encode() + b"\0")
+        digest.update(payload)
+    return digest.hexdigest()
+
+
+# --- Hugging Face hub -----------------------------------------------------------------------------------
+
+def _read_hub(hub_id: str) -> _RawDataset:
+    import datasets  # slow to import, and only needed here
+
+    try:
+        dataset = datasets.load_dataset(hub_id)
+    except (OSError, ValueError) as error:  # connection failures, unknown ids, unusable configs
+        raise UserError(f"cannot load {hub_id!r} from the Hugging Face hub ({one_line(error)}); check the id "
+                        f"and your connection, or {FOLDER_HINT}") from error
+    class_names = _hub_class_names(dataset, hub_id)
+    splits = {HUB_SPLITS[name]: [(row["image"], int(row["label"])) for row in split]
+              for name, split in dataset.items() if name in HUB_SPLITS}
+    md5 = _digest((f"{split}/{index}/{label}", image.tobytes())
+                  for split, samples in sorted(splits.items()) for index, (image, label) in enumerate(samples))
+    return _RawDataset(splits, class_names, f"{HUB_PREFIX}{hub_id}", md5)
+
+
+def _hub_class_names(dataset: Any, hub_id: str) -> list[str]:
+    """The ClassLabel names of the train split's `label` column; the data set must have `image` too."""
+    features = dataset["train"].features if "train" in dataset else {}
+    names = getattr(features.get("label"), "names", None)
+    if "image" not in features or not names:
+        raise UserError(f"hub data set {hub_id!r} needs a train split with an `image` column and a ClassLabel "
+                        f"`label` column; it has splits {list(dataset)}")
+    return list(names)
+
+
+# --- shared: splitting and conversion -------------------------------------------------------------------
+
+def _complete_splits(splits: dict[str, list[Sample]], split_seed: int, where: str) -> dict[str, list[Sample]]:
+    """Cut the missing test and validation splits, stratified, with the fixed `split_seed`."""
+    splits = dict(splits)
+    if "test" not in splits:
+        splits["train"], splits["test"] = _stratified_cut(splits["train"], TEST_FRACTION, split_seed, where)
+    if "val" not in splits:
+        val_fraction = len(splits["test"]) / len(splits["train"])
+        splits["train"], splits["val"] = _stratified_cut(splits["train"], val_fraction, split_seed, where)
+    return splits
+
+
+def _stratified_cut(samples: list[Sample], fraction: float, seed: int,
+                    where: str) -> tuple[list[Sample], list[Sample]]:
+    labels = [label for _, label in samples]
+    try:
+        kept, cut = train_test_split(np.arange(len(samples)), test_size=fraction, stratify=labels,
+                                     random_state=seed)
+    except ValueError as error:
+        raise UserError(f"{where}: cannot cut a stratified {fraction:.0%} split from {len(samples)} images "
+                        f"({one_line(error)}); add images") from error
+    return [samples[i] for i in kept], [samples[i] for i in cut]
+
+
+def _to_split(samples: list[Sample], size: int, n_classes: int, where: str) -> Split:
+    workers = min(8, os.cpu_count() or 1)  # PIL releases the GIL while decoding and resizing
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pixels = list(pool.map(partial(_grayscale_pixels, size=size), (source for source, _ in samples)))
+    images = np.stack(pixels)
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    return checked_split(images, labels, size=size, n_channels=1, n_classes=n_classes, where=where)
+
+
+def _grayscale_pixels(source: ImageSource, size: int) -> np.ndarray:
+    image = _decode_grayscale(source) if isinstance(source, Path) else source.convert("L")
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _decode_grayscale(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("L")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path}: cannot read the image ({one_line(error)}); replace or remove the file") from error

@@ -1,0 +1,655 @@
+"""Figures drawn from run records alone (`results/runs/<suite>/*.json`) into `results/figures/`.
+
+Reads records only: no torch, no `benchmark.data` / `benchmark.models` / `benchmark.train`. Every figure is a
+standalone `matplotlib.figure.Figure` on an Agg canvas (never pyplot, so no GUI backend and no global
+figure state), styled with one seaborn theme (whitegrid, "paper" context, colour-blind palette) and sized
+for a paper: 3.5 in wide (single column) or 7 in (double column), fonts 6-8 pt.
+
+Per completed run (`<run_id>_<kind>.<fmt>`):
+    confusion   counts and row-normalised confusion matrices (from record["test_predictions"])
+    roc         ROC curve per class, AUC in the legend (binary: the positive class only)
+    confidence  histogram of the max class probability, correct vs incorrect
+    curves      training loss / validation loss and validation metrics per epoch, best epoch marked
+                (also drawn for failed runs that have a history)
+Per suite (`<suite>_<kind>.<fmt>`):
+    heatmap_<metric>              model x dataset heatmap of each headline metric (best per column boxed)
+    per_class_recall_<dataset>    per-class recall bars per model (mean ± std over seeds)
+    resolution_acc                test ACC vs dataset image size (28/64/128/224) per model, one panel per dataset
+    avg_rank                      average rank across datasets per model, for each headline metric
+    samples_<dataset>-<size>      grid of test images per class (from record["samples"], when present)
+plus `<suite>_index.md` listing the files.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib as mpl
+import numpy as np
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from benchmark import leaderboard as lb
+from benchmark.errors import UserError
+
+SINGLE = 3.5  # in, one paper column
+DOUBLE = 7.0  # in, two columns
+FORMATS = ("png", "pdf", "svg")
+STANDARD_SIZES = (28, 64, 128, 224)
+
+_RC = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("paper"),
+    "font.size": 7,
+    "axes.titlesize": 8,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6.5,
+    "ytick.labelsize": 6.5,
+    "legend.fontsize": 6.5,
+    "legend.title_fontsize": 6.5,
+    "figure.titlesize": 8,
+    "axes.linewidth": 0.6,
+    "grid.linewidth": 0.4,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "legend.frameon": True,
+    "legend.framealpha": 0.85,
+    "legend.edgecolor": "0.8",
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "svg.fonttype": "none",
+    "axes.prop_cycle": mpl.cycler(color=sns.color_palette("colorblind")),
+}
+_PALETTE = sns.color_palette("colorblind")
+
+
+def _palette(n: int) -> list:
+    return list(_PALETTE) if n <= len(_PALETTE) else sns.color_palette("husl", n)
+
+
+def _wrap(text: object, width: int = 16, max_lines: int = 3) -> str:
+    s = re.sub(r"(?<=\w)\(", " (", " ".join(str(text).split()))  # "granulocytes(myelocytes" can break
+    return textwrap.fill(s, width=width, max_lines=max_lines, placeholder="…", break_long_words=True) or s
+
+
+def _short(text: object, n: int = 26) -> str:
+    s = re.sub(r"(?<=\w)\(", " (", " ".join(str(text).split()))
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _safe(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") or "figure"
+
+
+def _new_figure(w: float, h: float, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(w, h), layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str], dpi: int) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        p = out_dir / f"{stem}.{fmt}"
+        meta = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+                "svg": {"Creator": None, "Date": None}}[fmt]
+        # constrained-layout figures already fit their canvas; only manual layouts need a tight box
+        tight = {} if fig.get_layout_engine() is not None else {"bbox_inches": "tight", "pad_inches": 0.03}
+        fig.savefig(p, format=fmt, dpi=dpi, metadata=meta, **tight)
+        paths.append(p)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Record access
+# ----------------------------------------------------------------------------------------------------------
+def _class_names(rec: dict, k: int) -> list[str]:
+    names = list((rec.get("dataset") or {}).get("class_names") or [])
+    if len(names) < k:
+        names += [str(i) for i in range(len(names), k)]
+    return [str(n) for n in names[:k]]
+
+
+def _predictions(rec: dict) -> tuple[np.ndarray, np.ndarray]:
+    tp = rec.get("test_predictions")
+    if not isinstance(tp, dict) or "labels" not in tp or "probs" not in tp:
+        raise ValueError("record has no test_predictions")
+    labels = np.asarray(tp["labels"], dtype=int).reshape(-1)
+    probs = np.asarray(tp["probs"], dtype=float)
+    if probs.ndim == 1 or (probs.ndim == 2 and probs.shape[1] == 1):  # P(positive) only
+        p1 = probs.reshape(-1)
+        probs = np.stack([1 - p1, p1], axis=1)
+    if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
+        raise ValueError(f"test_predictions shapes do not match: labels {labels.shape}, probs {probs.shape}")
+    k = max(probs.shape[1], len((rec.get("dataset") or {}).get("class_names") or []), int(labels.max()) + 1)
+    if probs.shape[1] < k:
+        probs = np.pad(probs, ((0, 0), (0, k - probs.shape[1])))
+    return labels, probs
+
+
+def _run_title(rec: dict, two_lines: bool = False) -> str:
+    d = rec["dataset"]
+    first = f"{d['name']} ({d['size']} px)"
+    second = f"{rec['model']['name']} · {rec.get('scheme') or '—'} · seed {rec['seed']}"
+    return f"{first}\n{second}" if two_lines else f"{first} · {second}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-run figures
+# ----------------------------------------------------------------------------------------------------------
+def plot_confusion(rec: dict) -> Figure:
+    labels, probs = _predictions(rec)
+    k = probs.shape[1]
+    preds = probs.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (labels, preds), 1)
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(rows > 0, cm / np.maximum(rows, 1), np.nan)
+    names = _class_names(rec, k)
+    use_index = k > 4 or max(len(n) for n in names) > 24  # long / many names: indices on x, "i: name" on y
+    fs = 7 if k <= 4 else 6 if k <= 8 else 5
+    ylab_w = 22 if use_index else 14
+    y_labels = [f"{i}: {_wrap(n, ylab_w, 2)}" if use_index else _wrap(n, ylab_w) for i, n in enumerate(names)]
+    x_labels = [str(i) for i in range(k)] if use_index else [_wrap(n, 12) for n in names]
+    h = min(6.0, max(2.6, 1.2 + 0.3 * k))
+    fig = _new_figure(DOUBLE, h)
+    ax1, ax2 = fig.subplots(1, 2)
+    annot_c = np.array([[str(v) for v in row] for row in cm])
+    annot_n = np.array([["–" if np.isnan(v) else f"{v:.2f}" for v in row] for row in norm])
+    common = dict(square=True, linewidths=0.5, linecolor="white", fmt="", annot_kws={"fontsize": fs},
+                  cbar_kws={"shrink": 0.85})
+    sns.heatmap(cm, ax=ax1, annot=annot_c, cmap="Blues", vmin=0, **common)
+    sns.heatmap(norm, ax=ax2, annot=annot_n, cmap="Blues", vmin=0, vmax=1, **common)
+    ax1.collections[0].colorbar.set_label("Test images")
+    ax2.collections[0].colorbar.set_label("Fraction of true class")
+    for ax, title in ((ax1, "Counts"), (ax2, "Row-normalised (diagonal = recall)")):
+        ax.set_title(title)
+        ax.set_xlabel("Predicted class" + (" (index)" if use_index else ""))
+        ax.set_xticks(np.arange(k) + 0.5, x_labels, rotation=0)
+        ax.tick_params(length=0)
+    ax1.set_ylabel("True class")
+    ax1.set_yticks(np.arange(k) + 0.5, y_labels, rotation=0, va="center")
+    ax2.set_ylabel("True class (index)" if use_index else "True class")
+    ax2.set_yticks(np.arange(k) + 0.5, [str(i) for i in range(k)] if use_index else y_labels, rotation=0,
+                   va="center")
+    fig.suptitle(_run_title(rec))
+    return fig
+
+
+def plot_roc(rec: dict) -> Figure:
+    from sklearn.metrics import auc as _auc, roc_curve
+
+    labels, probs = _predictions(rec)
+    k = probs.shape[1]
+    names = _class_names(rec, k)
+    classes = [1] if k == 2 else list(range(k))
+    many = len(classes) > 3
+    fig = _new_figure(SINGLE, 3.3 + (0.16 * math.ceil(len(classes) / 2) if many else 0))
+    ax = fig.subplots()
+    colors = _palette(len(classes))
+    skipped = []
+    for c, col in zip(classes, colors):
+        y = labels == c
+        if y.all() or not y.any():
+            skipped.append(names[c])
+            continue
+        fpr, tpr, _ = roc_curve(y, probs[:, c])
+        ax.plot(fpr, tpr, color=col, lw=1.1, label=f"{_short(names[c], 22)} ({_auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.7, color="0.6", label="chance (0.5)")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="False positive rate", ylabel="True positive rate")
+    ax.set_aspect("equal")
+    what = f"positive class: {_short(names[1], 30)}" if k == 2 else "one-vs-rest per class"
+    ax.set_title(f"{_run_title(rec, two_lines=True)}\nROC, {what}")
+    if many:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=6,
+                   title="Class (AUC)", columnspacing=1.0, handlelength=1.5)
+    else:
+        ax.legend(loc="lower right", title="Class (AUC)")
+    if skipped:
+        ax.text(0.98, 0.02 if many else 0.3, "no ROC (one class only): " + ", ".join(_short(s, 18) for s in skipped),
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=5.5, color="0.4")
+    return fig
+
+
+def plot_confidence(rec: dict) -> Figure:
+    labels, probs = _predictions(rec)
+    k = probs.shape[1]
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.linspace(1.0 / k, 1.0, 16)
+    fig = _new_figure(SINGLE, 2.5)
+    ax = fig.subplots()
+    c_ok, c_bad = _PALETTE[2], _PALETTE[3]
+    for sel, col, name in ((correct, c_ok, "correct"), (~correct, c_bad, "incorrect")):
+        ax.hist(conf[sel], bins=bins, color=col, alpha=0.45, histtype="stepfilled", label=f"{name} (n = {sel.sum()})")
+        ax.hist(conf[sel], bins=bins, color=col, histtype="step", lw=1.0)
+    ax.set(xlim=(1.0 / k - 0.01, 1.01), xlabel="Confidence (max. predicted class probability)",
+           ylabel="Test images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(y=0.08)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2)
+    ax.set_title(f"{_run_title(rec, two_lines=True)}\naccuracy {correct.mean():.3f} · mean confidence "
+                 f"{conf.mean():.3f}")
+    return fig
+
+
+def plot_curves(rec: dict) -> Figure:
+    hist = [h for h in (rec.get("history") or []) if isinstance(h, dict) and "epoch" in h]
+    if not hist:
+        raise ValueError("record has no history")
+    ep = np.array([h["epoch"] for h in hist], dtype=float)
+
+    def series(get):
+        out = []
+        for h in hist:
+            try:
+                v = lb._finite(get(h))
+            except (KeyError, TypeError):
+                v = None
+            out.append(np.nan if v is None else v)
+        return np.array(out, dtype=float)
+
+    sel = str(rec.get("selection_metric") or "auc")
+    metrics = [sel] + [m for m in ("acc", "auc") if m != sel]
+    fig = _new_figure(DOUBLE, 2.5)
+    ax1, ax2 = fig.subplots(1, 2)
+    marker = "o" if len(ep) <= 40 else None
+    ax1.plot(ep, series(lambda h: h["train_loss"]), marker=marker, ms=2.5, label="train loss")
+    vl = series(lambda h: h["val"]["loss"])
+    if np.isfinite(vl).any():
+        ax1.plot(ep, vl, marker=marker, ms=2.5, label="validation loss")
+    ax1.set(xlabel="Epoch", ylabel="Loss (cross-entropy)", title="Loss")
+    for i, m in enumerate(metrics):
+        v = series(lambda h, m=m: h["val"][m])
+        if np.isfinite(v).any():
+            ax2.plot(ep, v, marker=marker, ms=2.5, color=_PALETTE[2 + i],
+                     label=f"validation {lb.METRIC_LABELS.get(m, m)}" + (" (selection)" if m == sel else ""))
+    ax2.set(xlabel="Epoch", ylabel="Validation metric", title="Validation metrics")
+    best = rec.get("best_epoch")
+    failed = rec.get("status") == "failed"
+    fail_epoch = (rec.get("error") or {}).get("epoch") if failed else None
+    last = int(max([ep.max()] + [e for e in (best, fail_epoch) if isinstance(e, (int, float))]))
+    for ax in (ax1, ax2):
+        ax.margins(y=0.1)
+        ax.set_xlim(0.5, last + 0.5)
+        if last <= 15:
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best is not None:
+            ax.axvline(best, ls="--", lw=0.8, color="0.25", label=f"best epoch ({best})" if ax is ax2 else None)
+        if isinstance(fail_epoch, (int, float)):
+            ax.axvline(fail_epoch, ls=":", lw=1.2, color=_PALETTE[3],
+                       label=f"failed in epoch {fail_epoch}" if ax is ax2 else None)
+    if best is not None and best in ep:
+        y = series(lambda h: h["val"][sel])[list(ep).index(best)]
+        if np.isfinite(y):
+            ax2.plot([best], [y], marker="*", ms=9, color="0.15", zorder=5, ls="none")
+    ax1.legend(loc="best")
+    ax2.legend(loc="best")
+    title = _run_title(rec)
+    if failed:
+        title += f" — FAILED in epoch {fail_epoch if fail_epoch is not None else '?'}"
+    fig.suptitle(title)
+    return fig
+
+
+RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence, "curves": plot_curves}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-suite figures
+# ----------------------------------------------------------------------------------------------------------
+def _group_tick(g: lb.GroupKey) -> str:
+    model, size, scheme = g
+    return f"{model}\n{size} px · {scheme}" if scheme else f"{model}\n{size} px"
+
+
+def plot_heatmap(records: Sequence[dict], metric: str, suite: str) -> Figure | None:
+    mt = lb.metric_table(records, metric, None, suite)
+    ds = mt.measured_datasets
+    groups = [g for g in mt.groups if any((g, d) in mt.cells and mt.cells[(g, d)].mean is not None for d in ds)]
+    if not ds or not groups:
+        return None
+    data = np.full((len(groups), len(ds)), np.nan)
+    annot = np.full(data.shape, "", dtype=object)
+    for i, g in enumerate(groups):
+        for j, d in enumerate(ds):
+            c = mt.cells.get((g, d))
+            if c is None or c.mean is None:
+                annot[i, j] = "not run" if c is None else "failed"
+                continue
+            data[i, j] = c.mean
+            annot[i, j] = f"{c.mean:.3f}" + ("" if c.complete else f"\n{c.n}/{c.n_expected}†")
+    w = min(DOUBLE, max(SINGLE, 1.7 + 0.75 * len(ds)))
+    fig = _new_figure(w, 1.0 + 0.36 * len(groups))
+    ax = fig.subplots()
+    ax.set_facecolor("0.92")
+    finite = data[np.isfinite(data)]
+    sns.heatmap(data, ax=ax, annot=annot, fmt="", cmap="viridis", vmin=float(finite.min()), vmax=float(finite.max()),
+                linewidths=0.6, linecolor="white", annot_kws={"fontsize": 6},
+                cbar_kws={"label": f"Test {lb.METRIC_LABELS.get(metric, metric)}", "shrink": 0.9})
+    for i in range(len(groups)):
+        for j in range(len(ds)):
+            if not np.isfinite(data[i, j]):
+                ax.text(j + 0.5, i + 0.5, annot[i, j], ha="center", va="center", fontsize=6, color="0.35")
+    for j, d in enumerate(ds):  # box the best per dataset
+        col = data[:, j]
+        if np.isfinite(col).any():
+            for i in np.flatnonzero(np.isclose(col, np.nanmax(col), rtol=1e-12, atol=1e-15)):
+                ax.add_patch(Rectangle((j + 0.04, i + 0.04), 0.92, 0.92, fill=False, lw=1.4, ec="black"))
+    rot = 0 if len(ds) <= 3 and max(len(d) for d in ds) <= 14 else 30
+    ax.set_xticks(np.arange(len(ds)) + 0.5, ds, rotation=rot, ha="right" if rot else "center",
+                  rotation_mode="anchor")
+    ax.set_yticks(np.arange(len(groups)) + 0.5, [_group_tick(g) for g in groups], rotation=0, va="center")
+    ax.tick_params(length=0)
+    ax.set(xlabel="Dataset", ylabel="")
+    ax.set_title(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)}, mean over seeds\n"
+                 f"(box = best per dataset; † = fewer than {mt.n_expected} seeds)")
+    return fig
+
+
+def _recall_by_group(records: Sequence[dict], dataset: str) -> tuple[list[str], dict]:
+    per: dict[lb.GroupKey, list[list[float]]] = {}
+    names: list[str] = []
+    for rec in records:
+        if rec["status"] != "completed" or str(rec["dataset"]["name"]) != dataset:
+            continue
+        rc = ((rec.get("test") or {}).get("per_class") or {}).get("recall")
+        if not isinstance(rc, list) or not rc:
+            continue
+        names = names or _class_names(rec, len(rc))
+        per.setdefault(lb.group_key(rec), []).append([np.nan if lb._finite(x) is None else float(x) for x in rc])
+    return names, per
+
+
+def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str) -> Figure | None:
+    names, per = _recall_by_group(records, dataset)
+    if not per:
+        return None
+    k = len(names)
+    groups = sorted(per)
+    n_g = len(groups)
+    bar_h = 0.8 / n_g
+    h = 1.0 + k * (0.13 * n_g + 0.14) + 0.12 * math.ceil(n_g / 2)
+    fig = _new_figure(SINGLE, h)
+    ax = fig.subplots()
+    colors = _palette(n_g)
+    y = np.arange(k)
+    for gi, (g, col) in enumerate(zip(groups, colors)):
+        arr = np.array([r[:k] + [np.nan] * (k - len(r[:k])) for r in per[g]], dtype=float)
+        mean = np.nanmean(arr, axis=0) if len(arr) else np.full(k, np.nan)
+        std = np.nanstd(arr, axis=0, ddof=1) if len(arr) > 1 else None
+        model, size, scheme = g
+        ax.barh(y - 0.4 + bar_h * (gi + 0.5), mean, height=bar_h * 0.92, color=col, xerr=std,
+                error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.2"},
+                label=f"{model} · {size} px · {scheme} (n = {len(arr)})")
+    ax.set_yticks(y, [_wrap(n, 18, 3) for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("Recall (mean ± std over seeds)")
+    ax.set_ylabel("True class")
+    ax.grid(axis="y", visible=False)
+    ax.set_title(f"Suite {suite}: per-class test recall on {dataset}")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=1 if n_g < 3 else 2, fontsize=6)
+    return fig
+
+
+def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc") -> Figure | None:
+    # (dataset) -> (model, scheme) -> size -> [values]
+    data: dict[str, dict[tuple[str, str], dict[int, list[float]]]] = {}
+    for rec in records:
+        if rec["status"] != "completed":
+            continue
+        v = lb._finite((rec.get("test") or {}).get(metric))
+        if v is None:
+            continue
+        key = (str(rec["model"]["name"]), str(rec.get("scheme") or ""))
+        data.setdefault(str(rec["dataset"]["name"]), {}).setdefault(key, {}).setdefault(
+            int(rec["dataset"]["size"]), []).append(v)
+    if not data:
+        return None
+    n_exp = len(lb.expected_seeds(records))
+    datasets = sorted(data)
+    lines = sorted({k for d in data.values() for k in d})
+    colors = dict(zip(lines, _palette(len(lines))))
+    markers = dict(zip(lines, "osD^vP*Xph<>"))
+    ncols = min(3, len(datasets))
+    nrows = math.ceil(len(datasets) / ncols)
+    fig = _new_figure(SINGLE if ncols == 1 else DOUBLE, 0.5 + 2.1 * nrows + 0.12 * math.ceil(len(lines) / 2))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    sizes_all = sorted({s for d in data.values() for v in d.values() for s in v})
+    ticks = sorted(set(STANDARD_SIZES) | set(sizes_all))
+    for ax, ds in zip(axes, datasets):
+        for key in lines:
+            if key not in data[ds]:
+                continue
+            pts = data[ds][key]
+            xs = sorted(pts)
+            means = np.array([np.mean(pts[s]) for s in xs])
+            stds = np.array([np.std(pts[s], ddof=1) if len(pts[s]) > 1 else 0.0 for s in xs])
+            ax.errorbar(xs, means, yerr=stds, color=colors[key], lw=1.0, capsize=2, elinewidth=0.7, ls="-",
+                        marker="none")
+            for x, m, s in zip(xs, means, xs):
+                full = len(pts[s]) >= n_exp
+                ax.plot([x], [m], marker=markers[key], color=colors[key], ms=4, ls="none",
+                        mfc=colors[key] if full else "white", mew=1.0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+        ax.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)
+        ax.set_title(ds)
+        ax.set_xlabel("Input resolution (px)")
+        ax.set_ylabel(f"Test {lb.METRIC_LABELS.get(metric, metric)}")
+    for ax in axes[len(datasets):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=colors[k], marker=markers[k], lw=1.0, ms=4,
+                      label=f"{k[0]} · {k[1]}" if k[1] else k[0]) for k in lines]
+    handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", ms=4,
+                          label=f"open marker: < {n_exp} seeds"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=6)
+    fig.suptitle(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)} vs input resolution "
+                 "(mean ± std over seeds)")
+    return fig
+
+
+def plot_avg_rank(records: Sequence[dict], suite: str) -> Figure | None:
+    tables = {m: lb.metric_table(records, m, None, suite) for m in lb.HEADLINE_METRICS}
+    primary = tables["acc"]
+    groups = [g for g in primary.groups if any(t.avg_rank[g][0] is not None for t in tables.values())]
+    if not groups or not primary.measured_datasets:
+        return None
+    n_ds = len(primary.measured_datasets)
+    groups.sort(key=lambda g: (primary.avg_rank[g][0] if primary.avg_rank[g][0] is not None else math.inf, g))
+    n_g = len(groups)
+    fig = _new_figure(SINGLE, 1.1 + 0.34 * n_g)
+    ax = fig.subplots()
+    markers = dict(zip(lb.HEADLINE_METRICS, "oDs^"))
+    offs = np.linspace(-0.24, 0.24, len(lb.HEADLINE_METRICS))
+    for (m, t), off, col in zip(tables.items(), offs, _PALETTE):
+        xs, ys = [], []
+        for i, g in enumerate(groups):
+            r, _ = t.avg_rank[g]
+            if r is not None:
+                xs.append(r)
+                ys.append(i + off)
+        ax.plot(xs, ys, ls="none", marker=markers[m], color=col, ms=4, label=lb.METRIC_LABELS[m])
+    labels = []
+    for g in groups:
+        _, k = primary.avg_rank[g]
+        labels.append(_group_tick(g) + ("" if k == n_ds else f" ({k}/{n_ds} ds)"))
+    ax.set_yticks(np.arange(n_g), labels)
+    ax.invert_yaxis()
+    ax.set_ylim(n_g - 0.5, -0.5)
+    ax.set_xlim(0.6, n_g + 0.4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"Average rank over {n_ds} dataset{'s' if n_ds != 1 else ''} (1 = best)")
+    ax.set_title(f"Suite {suite}: average rank (lower is better)")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=6,
+               handletextpad=0.2, columnspacing=0.8)
+    return fig
+
+
+def _decode_png(b64: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(b64, validate=False))) as im:
+        im.load()
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK", "LA") else "L")
+        return np.asarray(im)
+
+
+def sample_sets(records: Sequence[dict]) -> dict[tuple[str, int], tuple[list[str], list[list[np.ndarray]]]]:
+    """(dataset, size) -> (class names, decoded images per class) from the first record carrying samples."""
+    out: dict[tuple[str, int], tuple[list[str], list[list[np.ndarray]]]] = {}
+    for rec in sorted(records, key=lambda r: (r["status"] != "completed", str(r["run_id"]))):
+        s = rec.get("samples")
+        key = (str(rec["dataset"]["name"]), int(rec["dataset"]["size"]))
+        if key in out or not isinstance(s, dict) or not isinstance(s.get("per_class"), list):
+            continue
+        imgs: list[list[np.ndarray]] = []
+        bad = 0
+        for cls in s["per_class"]:
+            row = []
+            for b64 in (cls or [])[:8]:
+                try:
+                    row.append(_decode_png(b64))
+                except Exception:  # noqa: BLE001 - any undecodable entry is skipped, not fatal
+                    bad += 1
+            imgs.append(row)
+        if bad:
+            warnings.warn(f"{rec['run_id']}: skipped {bad} undecodable sample image(s)", UserWarning, stacklevel=2)
+        if not any(imgs):
+            continue
+        names = [str(n) for n in (s.get("class_names") or rec["dataset"].get("class_names") or [])]
+        names += [str(i) for i in range(len(names), len(imgs))]
+        out[key] = (names[: len(imgs)], imgs)
+    return out
+
+
+def plot_samples(dataset: str, size: int, names: list[str], imgs: list[list[np.ndarray]], suite: str) -> Figure:
+    k = len(imgs)
+    ncols = max(1, max(len(r) for r in imgs))
+    cell = 0.36
+    label_w = 1.05
+    w = label_w + ncols * cell + 0.1
+    h = 0.45 + k * (cell + 0.03)
+    fig = _new_figure(w, h, layout=None)
+    axes = np.atleast_2d(fig.subplots(k, ncols, squeeze=False))
+    fig.subplots_adjust(left=label_w / w, right=1 - 0.05 / w, top=1 - 0.42 / h, bottom=0.02 / h,
+                        wspace=0.06, hspace=0.08)
+    for i in range(k):
+        for j in range(ncols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            if j < len(imgs[i]):
+                im = imgs[i][j]
+                if im.ndim == 2:
+                    ax.imshow(im, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                else:
+                    ax.imshow(im, interpolation="nearest")
+            elif j == 0:
+                ax.text(0.0, 0.5, "(no test images)", fontsize=5.5, color="0.4", va="center")
+        axes[i, 0].set_ylabel(f"{_wrap(names[i], 18, 3)}\n(n = {len(imgs[i])})", rotation=0, ha="right",
+                              va="center", fontsize=6, labelpad=4)
+    fig.suptitle(f"{dataset}: test images per class ({size}×{size} px)", fontsize=7.5, y=1 - 0.08 / h, va="top")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------------
+def _check_args(formats: Sequence[str], dpi: int) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = ("png", "pdf") if formats == "both" else (formats,)
+    fmts = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats))
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise UserError(f"unsupported figure format(s) {bad or list(formats)}; use png, pdf or both")
+    if not isinstance(dpi, (int, np.integer)) or isinstance(dpi, bool) or not 20 <= int(dpi) <= 1200:
+        raise UserError(f"--dpi must be an integer between 20 and 1200, got {dpi!r}")
+    return fmts
+
+
+def write_figures(runs_dir: Path, out_dir: Path, suite: str | None = None, formats=("png", "pdf"),
+                  dpi: int = 200) -> list[Path]:
+    """Draw every per-run and per-suite figure for the records in `runs_dir` into `out_dir`.
+
+    Returns the written paths (figures in each format, then one `<suite>_index.md` per suite)."""
+    fmts = _check_args(formats, dpi)
+    records = lb.load_records(runs_dir, suite)
+    if not records:
+        where = Path(runs_dir) / suite if suite else Path(runs_dir)
+        raise UserError(f"no run records found in {where}; run a suite first or pass --runs DIR")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    used: set[str] = set()
+
+    def emit(fig_fn, stem: str, index: list, label: str) -> None:
+        stem = _safe(stem)
+        if stem in used:
+            raise RuntimeError(f"figure name collision: {stem}")
+        with mpl.rc_context(_RC):
+            try:
+                fig = fig_fn()
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                warnings.warn(f"skipping figure {stem}: {exc}", UserWarning, stacklevel=3)
+                return
+            if fig is None:
+                return
+            paths = _save(fig, out_dir, stem, fmts, int(dpi))
+        used.add(stem)
+        written.extend(paths)
+        index.append((label, paths))
+
+    suites = lb.by_suite(records)
+    run_ids = [str(r["run_id"]) for r in records]
+    for suite_name, recs in suites.items():
+        index: list = []
+        for m in lb.HEADLINE_METRICS:
+            emit(lambda m=m: plot_heatmap(recs, m, suite_name), f"{suite_name}_heatmap_{m}", index,
+                 f"heatmap {m}")
+        for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
+            emit(lambda ds=ds: plot_per_class_recall(recs, ds, suite_name), f"{suite_name}_per_class_recall_{ds}",
+                 index, f"per-class recall {ds}")
+        emit(lambda: plot_resolution(recs, suite_name, "acc"), f"{suite_name}_resolution_acc", index,
+             "ACC vs resolution")
+        emit(lambda: plot_avg_rank(recs, suite_name), f"{suite_name}_avg_rank", index, "average rank")
+        for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
+            emit(lambda ds=ds, size=size, names=names, imgs=imgs: plot_samples(ds, size, names, imgs, suite_name),
+                 f"{suite_name}_samples_{ds}-{size}", index, f"samples {ds} {size}px")
+        for rec in recs:
+            rid = str(rec["run_id"])
+            prefix = rid if run_ids.count(rid) == 1 else f"{suite_name}_{rid}"
+            kinds = ("confusion", "roc", "confidence", "curves") if rec["status"] == "completed" else ("curves",)
+            for kind in kinds:
+                if kind != "curves" and not isinstance(rec.get("test_predictions"), dict):
+                    continue
+                if kind == "curves" and not rec.get("history"):
+                    continue
+                emit(lambda fn=RUN_FIGURES[kind], rec=rec: fn(rec), f"{prefix}_{kind}", index, f"{rid} {kind}")
+        idx = out_dir / f"{_safe(suite_name)}_index.md"
+        lines = [f"# Figures for suite `{suite_name}`", ""]
+        for label, paths in index:
+            lines.append(f"- {label}: " + ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in paths))
+        idx.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        written.append(idx)
+    return written

@@ -1,0 +1,87 @@
+"""Hugging Face `AutoModelForImageClassification` models: any hub id or local `save_pretrained` directory.
+
+Pretrained models get a new head sized to the dataset (`ignore_mismatched_sizes`), with id2label/label2id;
+`pretrained: false` builds the same architecture from its config with random weights. Input size and
+normalisation come from the model's image processor. Offline (`HF_HUB_OFFLINE=1`) a hub id works when it is
+in the local cache; a local directory always works.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+from benchmark.errors import UserError
+from benchmark.models.registry import BUNDLED_MODELS, BuiltModel, ModelSpec, register_family, register_model
+
+
+class LogitsOnly(nn.Module):
+    """Adapts an HF classifier to `forward(pixel_values) -> logits`, like every other family."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def _unreachable(spec: ModelSpec, err: Exception) -> UserError:
+    return UserError(
+        f"model '{spec.name}': cannot load '{spec.source}' ({type(err).__name__}); without internet, "
+        "point `source:` at a local directory made with save_pretrained, or pre-download it into the HF cache"
+    )
+
+
+def _input_size_and_norm(spec: ModelSpec, config) -> tuple[int, list[float], list[float]]:
+    try:
+        processor = AutoImageProcessor.from_pretrained(spec.source)
+    except (OSError, ValueError):
+        size = int(getattr(config, "image_size", 224))
+        warnings.warn(f"{spec.source}: no image processor found; using {size} px and mean/std 0.5")
+        return size, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    size = processor.size
+    side = size.get("height") or size.get("shortest_edge")
+    return int(side), list(processor.image_mean), list(processor.image_std)
+
+
+@register_family("hf")
+def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> BuiltModel:
+    labels = {
+        "num_labels": len(class_names),
+        "id2label": dict(enumerate(class_names)),
+        "label2id": {name: i for i, name in enumerate(class_names)},
+    }
+    try:
+        if spec.pretrained:
+            model = AutoModelForImageClassification.from_pretrained(
+                spec.source, ignore_mismatched_sizes=True, attn_implementation="sdpa", **labels
+            )
+        else:
+            config = AutoConfig.from_pretrained(spec.source, **labels)
+            model = AutoModelForImageClassification.from_config(config, attn_implementation="sdpa")
+    except OSError as err:
+        raise _unreachable(spec, err) from err
+    input_size, mean, std = _input_size_and_norm(spec, model.config)
+    if spec.input_size is not None:
+        input_size = spec.input_size
+    return BuiltModel(
+        module=LogitsOnly(model),
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        in_channels=int(getattr(model.config, "num_channels", 3)),
+        family="hf",
+    )
+
+
+for _name, _source, _pretrained, _about in (
+    ("vit_b16", "google/vit-base-patch16-224", True, "ViT-B/16 (ImageNet-21k + 1k), fine-tuned"),
+    ("vit_b16_in21k", "google/vit-base-patch16-224-in21k", True, "ViT-B/16 (ImageNet-21k), fine-tuned"),
+    ("vit_l16", "google/vit-large-patch16-224", True, "ViT-L/16 (ImageNet-21k + 1k), fine-tuned"),
+    ("vit_tiny", str(BUNDLED_MODELS / "vit-tiny"), False, "2-layer ViT config shipped for offline smoke runs"),
+):
+    register_model(ModelSpec(_name, "hf", _source, _pretrained, description=_about))

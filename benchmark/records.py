@@ -1,0 +1,88 @@
+"""Run records: one JSON file per run, schema in docs/design.md (`SCHEMA_VERSION`).
+
+Files are written atomically (temp file, fsync, rename), so a reader sees a whole record or none; a file that
+does not parse (a copy interrupted by hand, a truncated disk) is ignored with a warning, never counted.
+A finished record is never overwritten: `--force` moves the old one to `superseded/` first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+SCHEMA_VERSION = 1
+REQUIRED_KEYS = ("schema_version", "status", "suite", "run_id", "config_hash", "config", "seed")
+
+
+def runs_dir(results_dir: Path, suite: str) -> Path:
+    return Path(results_dir) / "runs" / suite
+
+
+def record_path(results_dir: Path, suite: str, run_id: str) -> Path:
+    return runs_dir(results_dir, suite) / f"{run_id}.json"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` holds either its old content or all of `data`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {err.strerror or err}; free disk space or choose another --output") from None
+
+
+def write_record(path: Path, record: dict) -> None:
+    atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=True).encode())
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at `path`, or None (with a warning) when it is unreadable or not a run record."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        warnings.warn(f"ignoring unreadable record {path}: {err}")
+        return None
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
+        warnings.warn(f"ignoring {path}: not a run record")
+        return None
+    return record
+
+
+def load_records(results_dir: Path, suite: str | None = None) -> list[dict]:
+    """Every readable record of one suite (or all suites), in file-name order."""
+    base = Path(results_dir) / "runs"
+    pattern = f"{suite}/*.json" if suite else "*/*.json"
+    records = (read_record(path) for path in sorted(base.glob(pattern)))
+    return [r for r in records if r is not None]
+
+
+def completed_hashes(results_dir: Path, suite: str) -> set[str]:
+    """config_hash of every completed run of a suite: these runs are skipped on a re-run."""
+    return {r["config_hash"] for r in load_records(results_dir, suite) if r["status"] == "completed"}
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move an existing record to `superseded/` (for --force), so no finished result is lost."""
+    if not path.exists():
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    target = path.parent / "superseded" / f"{path.stem}-{stamp}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    return target

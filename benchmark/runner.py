@@ -1,0 +1,257 @@
+"""Run a suite's grid: skip finished runs, resume interrupted ones, write one record per run.
+
+A run that fails (bad data, unreachable model, non-finite loss, out of memory) is recorded as failed with
+its error and epoch, and the grid goes on unless `fail_fast`. Data is loaded once per (dataset, size) and
+kept on the training device for every run that uses it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from PIL import Image
+
+from benchmark.config import RunSpec, Suite
+from benchmark.data import DatasetSplits, load_dataset
+from benchmark.errors import UserError
+from benchmark.models import build_model
+from benchmark.records import SCHEMA_VERSION, completed_hashes, now_iso, record_path, set_aside, write_record
+from benchmark.train import DeviceSplit, TrainingFailed, autocast_dtype, fit
+
+SAMPLES_PER_CLASS = 8
+SAMPLE_MAX_SIDE = 64
+PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "datasets", "medmnist", "scikit-learn", "numpy")
+
+
+@dataclass
+class GridSummary:
+    completed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run_id, message)
+    user_errors: list[str] = field(default_factory=list)
+
+
+def environment(accelerator: Accelerator, dtype_name: str) -> dict:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": device.type,
+        "device_name": name,
+        "mixed_precision": dtype_name,
+        "num_processes": accelerator.num_processes,
+        "versions": versions,
+        "git_commit": git_commit(),
+        "hostname": socket.gethostname(),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def encode_samples(data: DatasetSplits) -> dict:
+    """Up to SAMPLES_PER_CLASS test images per class as base64 PNG, for figures drawn from records alone."""
+    per_class = []
+    for class_index in range(len(data.class_names)):
+        images = data.test.images[data.test.labels == class_index][:SAMPLES_PER_CLASS]
+        encoded = []
+        for image in images:
+            picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            picture.thumbnail((SAMPLE_MAX_SIDE, SAMPLE_MAX_SIDE))
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        per_class.append(encoded)
+    return {"size": data.size, "class_names": list(data.class_names), "per_class": per_class}
+
+
+def base_record(spec: RunSpec, status: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "suite": spec.suite,
+        "run_id": spec.run_id,
+        "config_hash": spec.config_hash,
+        "config": spec.to_dict(),
+        "seed": spec.seed,
+        "scheme": "fine_tune" if spec.model.pretrained else "from_scratch",
+        "selection_metric": spec.recipe.selection_metric,
+        "created_at": now_iso(),
+    }
+
+
+class GridRunner:
+    """Runs the specs of one suite into `output`; holds the accelerator and the device-resident data."""
+
+    def __init__(self, output: Path, *, resume: bool = True, force: bool = False, fail_fast: bool = False,
+                 quiet: bool = False, keep_checkpoints: str = "best"):
+        self.output = Path(output)
+        self.resume, self.force, self.fail_fast = resume, force, fail_fast
+        self.quiet, self.keep_checkpoints = quiet, keep_checkpoints
+        self.accelerator = Accelerator()
+        self._data_key = None
+        self._data: tuple[DatasetSplits, dict[str, DeviceSplit]] | None = None
+
+    def checkpoint_dir(self, spec: RunSpec) -> Path:
+        return self.output / "checkpoints" / spec.suite / spec.run_id
+
+    def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit]]:
+        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit)
+        if key != self._data_key:
+            self._data_key, self._data = None, None  # free the previous dataset first
+            data = load_dataset(spec.dataset, size=spec.size, data_root=spec.data_root, download=spec.download,
+                                limit=spec.limit or None)
+            device = self.accelerator.device
+            splits = {name: DeviceSplit.from_split(getattr(data, name), device) for name in ("train", "val", "test")}
+            self._data_key, self._data = key, (data, splits)
+        return self._data
+
+    def run_grid(self, suite: Suite) -> GridSummary:
+        summary = GridSummary()
+        done = completed_hashes(self.output, suite.name) if not self.force else set()
+        for index, spec in enumerate(suite.runs, start=1):
+            label = f"[{index}/{len(suite.runs)}] {spec.run_id}"
+            if spec.config_hash in done:
+                summary.skipped.append(spec.run_id)
+                self.say(f"{label}: done already, skipped")
+                continue
+            self.say(f"{label}: running")
+            error = self.run_one(spec)
+            if error is None:
+                summary.completed.append(spec.run_id)
+                continue
+            summary.failed.append((spec.run_id, error[1]))
+            if error[0]:
+                summary.user_errors.append(error[1])
+            self.say(f"{label}: FAILED: {error[1]}", always=True)
+            if self.fail_fast:
+                break
+        return summary
+
+    def run_one(self, spec: RunSpec) -> tuple[bool, str] | None:
+        """Train one spec and write its record; returns (is_user_error, message) when it failed."""
+        path = record_path(self.output, spec.suite, spec.run_id)
+        epoch, started = 0, time.perf_counter()
+        try:
+            data, device_splits = self.data_for(spec)
+            set_seed(spec.seed)
+            built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
+            if spec.recipe.batch_size > len(data.train.labels):
+                raise UserError(
+                    f"batch_size {spec.recipe.batch_size} is larger than the {len(data.train.labels)}-image train split "
+                    f"of {spec.dataset}; lower batch_size in the suite's recipe"
+                )
+            outcome = fit(built, data, device_splits, spec.recipe, spec.seed, self.accelerator,
+                          self.checkpoint_dir(spec), resume=self.resume, quiet=self.quiet, description=spec.run_id)
+        except (UserError, TrainingFailed, torch.OutOfMemoryError) as err:
+            message = str(err)
+            if isinstance(err, torch.OutOfMemoryError):
+                message = (f"out of memory at batch_size {spec.recipe.batch_size}; lower batch_size or raise "
+                           "grad_accum_steps in the recipe")
+            epoch = getattr(err, "epoch", epoch)
+            self.write_failure(spec, path, err, message, epoch, started)
+            return isinstance(err, UserError), message
+        except Exception as err:  # a bug: keep the traceback in the record and go on with the grid
+            self.write_failure(spec, path, err, f"{type(err).__name__}: {err}", epoch, started, traceback.format_exc())
+            return False, f"{type(err).__name__}: {err}"
+        finally:
+            self.accelerator.free_memory()
+
+        record = base_record(spec, "completed")
+        dtype = outcome_dtype_name(spec, self.accelerator)
+        record.update({
+            "dataset": data.summary(),
+            "model": {**asdict(spec.model), "input_size": built.input_size, "n_params": built.n_params},
+            "history": outcome.history,
+            "best_epoch": outcome.best_epoch,
+            "stopped_early": outcome.stopped_early,
+            "resumed_from_epoch": outcome.resumed_from_epoch,
+            "test": outcome.test,
+            "test_predictions": {"labels": outcome.test_labels, "probs": outcome.test_probs},
+            "samples": encode_samples(data),
+            "timing": {
+                "wall_seconds": time.perf_counter() - started,
+                "train_seconds": outcome.train_seconds,
+                "train_images_per_second": outcome.train_images / max(outcome.train_seconds, 1e-9),
+                "peak_memory_mb": outcome.peak_memory_mb,
+                "peak_memory_kind": outcome.peak_memory_kind,
+            },
+            "environment": environment(self.accelerator, dtype),
+            "error": None,
+        })
+        if self.accelerator.is_main_process:
+            if self.force:
+                set_aside(path)
+            write_record(path, record)
+            self.prune_checkpoints(spec)
+            self.say(f"  test acc {outcome.test['acc']:.4f}, auc {outcome.test['auc']:.4f} "
+                     f"(best epoch {outcome.best_epoch}) → {path}")
+        return None
+
+    def write_failure(self, spec: RunSpec, path: Path, err: Exception, message: str, epoch: int,
+                      started: float, trace: str | None = None) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        record = base_record(spec, "failed")
+        record.update({
+            "error": {"type": type(err).__name__, "message": message, "epoch": epoch, "traceback": trace},
+            "timing": {"wall_seconds": time.perf_counter() - started},
+            "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator)),
+        })
+        set_aside(path)
+        write_record(path, record)
+
+    def prune_checkpoints(self, spec: RunSpec) -> None:
+        """A finished run keeps only its best weights (or nothing, with keep_checkpoints='none')."""
+        directory = self.checkpoint_dir(spec)
+        (directory / "last.pt").unlink(missing_ok=True)
+        if self.keep_checkpoints == "none":
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def say(self, message: str, always: bool = False) -> None:
+        if (always or not self.quiet) and self.accelerator.is_main_process:
+            print(message, file=sys.stderr if always else sys.stdout, flush=True)
+
+
+def outcome_dtype_name(spec: RunSpec, accelerator: Accelerator) -> str:
+    try:
+        dtype = autocast_dtype(spec.recipe, accelerator.device)
+    except UserError:
+        return spec.recipe.mixed_precision
+    return {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def dry_run_table(suite: Suite) -> str:
+    rows = [f"{'run_id':<60} {'dataset':<18} {'size':>4} {'model':<16} {'seed':>4} {'epochs':>6}"]
+    for spec in suite.runs:
+        rows.append(f"{spec.run_id:<60} {spec.dataset:<18} {spec.size:>4} {spec.model.name:<16} "
+                    f"{spec.seed:>4} {spec.recipe.epochs:>6}")
+    rows.append(f"{len(suite.runs)} runs in suite '{suite.name}' ({suite.path})")
+    return "\n".join(rows)
+

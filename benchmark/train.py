@@ -1,0 +1,367 @@
+"""The training loop: one readable accelerate loop with device-resident data.
+
+Each split lives once on the training device as a uint8 tensor; batches are indexed from it and resized,
+augmented and normalised there by `BatchTransform` (no DataLoader, no per-sample PIL). Every epoch draws its
+sample order and augmentation from generators seeded by (seed, epoch), and a checkpoint is written at the end
+of each epoch, so an interrupted run resumed from its last checkpoint ends bit-identical on CPU.
+
+Multi-GPU: started with `accelerate launch`, each process trains on its shard of the same permutation under
+DDP, and evaluation gathers every process's predictions back into dataset order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from benchmark.config import Recipe
+from benchmark.data import DatasetSplits, Split
+from benchmark.data.transforms import BatchTransform
+from benchmark.errors import UserError
+from benchmark.metrics import classification_metrics
+from benchmark.models import BuiltModel
+from benchmark.records import atomic_write_bytes
+
+
+class TrainingFailed(Exception):
+    """A run that cannot go on (non-finite loss, out of memory); carries the epoch it stopped in."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
+
+
+@dataclass
+class TrainOutcome:
+    history: list[dict]
+    best_epoch: int
+    test: dict
+    test_labels: list[int]
+    test_probs: list[list[float]]
+    train_seconds: float
+    train_images: int
+    peak_memory_mb: float
+    peak_memory_kind: str
+    resumed_from_epoch: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class DeviceSplit:
+    images: torch.Tensor  # uint8 (N, C, H, W) on the training device
+    labels: torch.Tensor  # int64 (N,) on the training device
+
+    @classmethod
+    def from_split(cls, split: Split, device: torch.device) -> "DeviceSplit":
+        images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).contiguous()
+        return cls(images.to(device), torch.from_numpy(split.labels).to(device))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class LoopState:
+    """Everything that changes from epoch to epoch; saved whole in each checkpoint."""
+
+    epoch: int = 0  # last finished epoch
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    epochs_without_improvement: int = 0
+
+
+def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for `recipe` on `device` (None = full precision)."""
+    if recipe.mixed_precision == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if use_bf16 else None
+    if recipe.mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.mixed_precision]
+
+
+def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    optimizer_class = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
+
+
+def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Per-optimizer-step schedule: cosine with linear warmup, MedMNIST v2's multistep, or constant."""
+    total = recipe.epochs * steps_per_epoch
+    if recipe.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, round(recipe.warmup_ratio * total), total)
+    if recipe.schedule == "multistep":
+        milestones = [round(m * recipe.epochs) * steps_per_epoch for m in recipe.milestones]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=recipe.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (seed, epoch, purpose): data order and augmentation never share a stream."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+def train_batches(n: int, batch_size: int, generator: torch.Generator, rank: int, world: int) -> list[torch.Tensor]:
+    """This process's batches of one epoch: an equal shard of one shared permutation.
+
+    A trailing batch of one sample is dropped (BatchNorm cannot train on it).
+    """
+    order = torch.randperm(n, generator=generator)
+    per_process = n // world
+    shard = order[rank::world][:per_process]
+    batches = list(shard.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
+
+
+def gather_in_order(accelerator: Accelerator, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Gather per-process `values` (rows for `indices`) from every process back into dataset order."""
+    if accelerator.num_processes == 1:
+        return values
+    indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)
+    values = accelerator.pad_across_processes(values, dim=0)
+    all_indices, all_values = accelerator.gather(indices), accelerator.gather(values)
+    keep = all_indices >= 0
+    order = torch.argsort(all_indices[keep])
+    return all_values[keep][order]
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    split: DeviceSplit,
+    transform: BatchTransform,
+    batch_size: int,
+    accelerator: Accelerator,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and softmax probabilities (N, n_classes) for a whole split, in split order."""
+    model.eval()
+    indices = torch.arange(accelerator.process_index, len(split), accelerator.num_processes, device=split.labels.device)
+    logits = []
+    for batch in indices.split(batch_size):
+        pixels = prepare_pixels(transform(split.images[batch]), channels_last)
+        with autocast(accelerator.device, dtype):
+            logits.append(model(pixels).float())
+    local = torch.cat(logits) if logits else torch.empty(0, device=split.labels.device)
+    all_logits = gather_in_order(accelerator, indices, local)
+    loss = nn.functional.cross_entropy(all_logits, split.labels).item()
+    return loss, torch.softmax(all_logits, dim=1).cpu().numpy()
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_pixels(pixels: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
+
+
+def selection_score(metrics: dict, metric: str) -> float:
+    """Higher is better; an undefined metric (NaN AUC on a one-class split) never wins."""
+    value = -metrics["loss"] if metric == "loss" else metrics[metric]
+    return -math.inf if value != value else value
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at `path`, or None when there is none or it is damaged (then the run starts over)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a damaged checkpoint must never stop a grid: start the run over
+        print(f"warning: ignoring damaged checkpoint {path}: {err}", file=sys.stderr)
+        return None
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+def fit(
+    built: BuiltModel,
+    data: DatasetSplits,
+    device_splits: dict[str, DeviceSplit],
+    recipe: Recipe,
+    seed: int,
+    accelerator: Accelerator,
+    checkpoint_dir: Path | None,
+    resume: bool = True,
+    quiet: bool = False,
+    description: str = "",
+) -> TrainOutcome:
+    """Train `built` on `data` with `recipe`, pick the best epoch on validation, score it on test."""
+    device = accelerator.device
+    dtype = autocast_dtype(recipe, device)
+    channels_last = device.type == "cuda" and built.family == "resnet"
+    model = built.module.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(recipe, model, device)
+    train_split = device_splits["train"]
+    batches_per_epoch = len(train_batches(len(train_split), recipe.batch_size, torch.Generator(), 0, accelerator.num_processes))
+    steps_per_epoch = math.ceil(batches_per_epoch / recipe.grad_accum_steps)
+    scheduler = make_scheduler(recipe, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if recipe.compile:
+        model = torch.compile(model)
+    unwrapped = accelerator.unwrap_model(model)
+
+    train_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, recipe.augment)
+    eval_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, "none")
+    eval_batch = recipe.eval_batch_size or 2 * recipe.batch_size
+    loss_fn = nn.CrossEntropyLoss()
+
+    state, best_weights = LoopState(), None
+    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
+    checkpoint = load_checkpoint(last_path) if (resume and last_path) else None
+    if checkpoint is not None:
+        unwrapped.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_states(checkpoint["rng"])
+        state = LoopState(**checkpoint["loop"])
+        best_weights = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.exists() else None
+    resumed_from = state.epoch
+
+    train_seconds, train_images = 0.0, 0
+    stopped_early = False
+    show = not quiet and accelerator.is_main_process
+    for epoch in range(state.epoch + 1, recipe.epochs + 1):
+        model.train()
+        batches = train_batches(
+            len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
+            accelerator.process_index, accelerator.num_processes,
+        )
+        augment_rng = epoch_generator(seed, epoch, 1)
+        loss_sum = torch.zeros((), device=device)
+        started = time.perf_counter()
+        bar = tqdm(batches, desc=f"{description} epoch {epoch}/{recipe.epochs}", disable=not show, leave=False)
+        for i, batch in enumerate(bar):
+            window_start = i - i % recipe.grad_accum_steps
+            window = min(recipe.grad_accum_steps, len(batches) - window_start)
+            steps_now = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
+            pixels = prepare_pixels(train_transform(train_split.images[batch], augment_rng), channels_last)
+            sync = contextlib.nullcontext() if steps_now else accelerator.no_sync(model)
+            with sync:
+                with autocast(device, dtype):
+                    loss = loss_fn(model(pixels).float(), train_split.labels[batch])
+                accelerator.backward(scaler.scale(loss / window))
+            loss_sum += loss.detach() * len(batch)
+            if steps_now:
+                if recipe.max_grad_norm:
+                    scaler.unscale_(optimizer)
+                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        seen = sum(len(b) for b in batches)
+        train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
+        train_images += seen * accelerator.num_processes
+        if not math.isfinite(train_loss):
+            raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate", epoch)
+
+        val_loss, val_probs = predict(model, device_splits["val"], eval_transform, eval_batch, accelerator, dtype, channels_last)
+        val_metrics = {"loss": val_loss, **classification_metrics(data.val.labels, val_probs, data.task)}
+        val_metrics.pop("per_class"), val_metrics.pop("confusion_matrix")
+        state.history.append({
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": epoch_seconds,
+            "val": val_metrics,
+        })
+        score = selection_score(val_metrics, recipe.selection_metric)
+        if best_weights is None or score > state.best_score:
+            state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
+            if best_path and accelerator.is_main_process:
+                atomic_torch_save(best_weights, best_path)
+        else:
+            state.epochs_without_improvement += 1
+        state.epoch = epoch
+        if last_path and accelerator.is_main_process:
+            atomic_torch_save({
+                "model": unwrapped.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_states(),
+                "loop": vars(state),
+            }, last_path)
+        if show:
+            tqdm.write(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
+                       f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
+        if recipe.early_stopping_patience and state.epochs_without_improvement >= recipe.early_stopping_patience:
+            stopped_early = True
+            break
+
+    unwrapped.load_state_dict(best_weights)
+    test_loss, test_probs = predict(model, device_splits["test"], eval_transform, eval_batch, accelerator, dtype, channels_last)
+    test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
+    memory, memory_kind = peak_memory(device)
+    return TrainOutcome(
+        history=state.history,
+        best_epoch=state.best_epoch,
+        test=test_metrics,
+        test_labels=data.test.labels.tolist(),
+        test_probs=test_probs.tolist(),
+        train_seconds=train_seconds,
+        train_images=train_images,
+        peak_memory_mb=memory,
+        peak_memory_kind=memory_kind,
+        resumed_from_epoch=resumed_from,
+        stopped_early=stopped_early,
+    )
