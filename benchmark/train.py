@@ -36,12 +36,22 @@ from benchmark.models import BuiltModel
 from benchmark.records import atomic_write_bytes
 
 
-class TrainingFailed(Exception):
+class TrainingFailed(UserError):
     """A run that cannot go on (non-finite loss, out of memory); carries the epoch it stopped in."""
 
     def __init__(self, message: str, epoch: int):
         super().__init__(message)
         self.epoch = epoch
+
+
+@contextlib.contextmanager
+def out_of_memory_as_failure(recipe: Recipe, epoch: int):
+    """Turn an out-of-memory error into a `TrainingFailed` that says how to fit the run in memory."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise TrainingFailed(f"out of memory in epoch {epoch} at batch_size {recipe.batch_size}; lower batch_size "
+                             f"(and raise grad_accum_steps to keep the effective batch) in the recipe", epoch) from None
 
 
 @dataclass
@@ -214,8 +224,17 @@ def load_checkpoint(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a damaged checkpoint must never stop a grid: start the run over
-        print(f"warning: ignoring damaged checkpoint {path}: {err}", file=sys.stderr)
+        print(f"warning: ignoring damaged checkpoint {path} ({' '.join(str(err).split())[:200]})", file=sys.stderr)
         return None
+
+
+def resume_point(last_path: Path, best_path: Path) -> tuple[dict, dict] | None:
+    """The last checkpoint and the best weights saved with it, or None to start over (either missing or damaged)."""
+    checkpoint = load_checkpoint(last_path)
+    best_weights = load_checkpoint(best_path) if checkpoint is not None else None
+    if checkpoint is not None and best_weights is None:
+        print(f"warning: {best_path} is missing or damaged; starting the run over", file=sys.stderr)
+    return (checkpoint, best_weights) if best_weights is not None else None
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:
@@ -239,7 +258,7 @@ def fit(
     """Train `built` on `data` with `recipe`, pick the best epoch on validation, score it on test."""
     device = accelerator.device
     dtype = autocast_dtype(recipe, device)
-    channels_last = device.type == "cuda" and built.family == "resnet"
+    channels_last = built.family == "resnet"  # faster convolutions on GPU and CPU (oneDNN) alike
     model = built.module.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -262,94 +281,100 @@ def fit(
     state, best_weights = LoopState(), None
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
-    checkpoint = load_checkpoint(last_path) if (resume and last_path) else None
-    if checkpoint is not None:
+    resumed = resume_point(last_path, best_path) if (resume and last_path) else None
+    if resumed is not None:
+        checkpoint, best_weights = resumed
         unwrapped.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_states(checkpoint["rng"])
         state = LoopState(**checkpoint["loop"])
-        best_weights = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.exists() else None
     resumed_from = state.epoch
 
     train_seconds, train_images = 0.0, 0
     stopped_early = False
     show = not quiet and accelerator.is_main_process
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
-        model.train()
-        batches = train_batches(
-            len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
-            accelerator.process_index, accelerator.num_processes,
-        )
-        augment_rng = epoch_generator(seed, epoch, 1)
-        loss_sum = torch.zeros((), device=device)
-        started = time.perf_counter()
-        bar = tqdm(batches, desc=f"{description} epoch {epoch}/{recipe.epochs}", disable=not show, leave=False)
-        for i, batch in enumerate(bar):
-            window_start = i - i % recipe.grad_accum_steps
-            window = min(recipe.grad_accum_steps, len(batches) - window_start)
-            steps_now = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
-            pixels = prepare_pixels(train_transform(train_split.images[batch], augment_rng), channels_last)
-            sync = contextlib.nullcontext() if steps_now else accelerator.no_sync(model)
-            with sync:
-                with autocast(device, dtype):
-                    loss = loss_fn(model(pixels).float(), train_split.labels[batch])
-                accelerator.backward(scaler.scale(loss / window))
-            loss_sum += loss.detach() * len(batch)
-            if steps_now:
-                if recipe.max_grad_norm:
-                    scaler.unscale_(optimizer)
-                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        seen = sum(len(b) for b in batches)
-        train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)
-        epoch_seconds = time.perf_counter() - started
-        train_seconds += epoch_seconds
-        train_images += seen * accelerator.num_processes
-        if not math.isfinite(train_loss):
-            raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate", epoch)
+        with out_of_memory_as_failure(recipe, epoch):
+            model.train()
+            batches = train_batches(
+                len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
+                accelerator.process_index, accelerator.num_processes,
+            )
+            augment_rng = epoch_generator(seed, epoch, 1)
+            loss_sum = torch.zeros((), device=device)
+            started = time.perf_counter()
+            bar = tqdm(batches, desc=f"{description} epoch {epoch}/{recipe.epochs}", disable=not show, leave=False)
+            for i, batch in enumerate(bar):
+                window_start = i - i % recipe.grad_accum_steps
+                window = min(recipe.grad_accum_steps, len(batches) - window_start)
+                steps_now = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
+                pixels = prepare_pixels(train_transform(train_split.images[batch], augment_rng), channels_last)
+                sync = contextlib.nullcontext() if steps_now else accelerator.no_sync(model)
+                with sync:
+                    with autocast(device, dtype):
+                        loss = loss_fn(model(pixels).float(), train_split.labels[batch])
+                    accelerator.backward(scaler.scale(loss / window))
+                loss_sum += loss.detach() * len(batch)
+                if steps_now:
+                    if recipe.max_grad_norm:
+                        scaler.unscale_(optimizer)
+                        accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            seen = sum(len(b) for b in batches)
+            train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)
+            epoch_seconds = time.perf_counter() - started
+            train_seconds += epoch_seconds
+            train_images += seen * accelerator.num_processes
+            if not math.isfinite(train_loss):
+                raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate "
+                                     f"(or set max_grad_norm) in the recipe", epoch)
 
-        val_loss, val_probs = predict(model, device_splits["val"], eval_transform, eval_batch, accelerator, dtype, channels_last)
-        val_metrics = {"loss": val_loss, **classification_metrics(data.val.labels, val_probs, data.task)}
-        val_metrics.pop("per_class"), val_metrics.pop("confusion_matrix")
-        state.history.append({
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": epoch_seconds,
-            "val": val_metrics,
-        })
-        score = selection_score(val_metrics, recipe.selection_metric)
-        if best_weights is None or score > state.best_score:
-            state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
-            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
-            if best_path and accelerator.is_main_process:
-                atomic_torch_save(best_weights, best_path)
-        else:
-            state.epochs_without_improvement += 1
-        state.epoch = epoch
-        if last_path and accelerator.is_main_process:
-            atomic_torch_save({
-                "model": unwrapped.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_states(),
-                "loop": vars(state),
-            }, last_path)
-        if show:
-            tqdm.write(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
-                       f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
-        if recipe.early_stopping_patience and state.epochs_without_improvement >= recipe.early_stopping_patience:
-            stopped_early = True
-            break
+            val_loss, val_probs = predict(model, device_splits["val"], eval_transform, eval_batch, accelerator, dtype,
+                                          channels_last)
+            val_metrics = {"loss": val_loss, **classification_metrics(data.val.labels, val_probs, data.task)}
+            val_metrics.pop("per_class"), val_metrics.pop("confusion_matrix")
+            state.history.append({
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": epoch_seconds,
+                "val": val_metrics,
+            })
+            score = selection_score(val_metrics, recipe.selection_metric)
+            if best_weights is None or score > state.best_score:
+                state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
+                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
+                if best_path and accelerator.is_main_process:
+                    atomic_torch_save(best_weights, best_path)
+            else:
+                state.epochs_without_improvement += 1
+            state.epoch = epoch
+            if last_path and accelerator.is_main_process:
+                atomic_torch_save({
+                    "model": unwrapped.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_states(),
+                    "loop": vars(state),
+                }, last_path)
+            if show:
+                tqdm.write(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
+                           f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
+            patience = recipe.early_stopping_patience
+            if patience and state.epochs_without_improvement >= patience:
+                stopped_early = True
+                break
 
     unwrapped.load_state_dict(best_weights)
-    test_loss, test_probs = predict(model, device_splits["test"], eval_transform, eval_batch, accelerator, dtype, channels_last)
+    with out_of_memory_as_failure(recipe, state.epoch):
+        test_loss, test_probs = predict(model, device_splits["test"], eval_transform, eval_batch, accelerator, dtype,
+                                        channels_last)
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
     memory, memory_kind = peak_memory(device)
     return TrainOutcome(

@@ -15,7 +15,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from medmnist.info import DEFAULT_ROOT
@@ -55,6 +55,12 @@ class DatasetSplits:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    def summary(self) -> dict[str, Any]:
+        """The run record's `dataset` block."""
+        return {"name": self.name, "size": self.size, "task": self.task, "class_names": list(self.class_names),
+                "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
+                "source": self.source, "md5": self.md5, "synthetic": self.synthetic}
 
 
 Loader = Callable[..., DatasetSplits]
