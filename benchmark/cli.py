@@ -16,21 +16,26 @@ def _csv(kind):
     return lambda text: [kind(item) for item in text.split(",") if item.strip()]
 
 
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick a suite's grid and where its results live (`run` and `status` share them)."""
+    parser.add_argument("--suite", default="smoke", help="suite name (suites/NAME.yaml) or YAML path [smoke]")
+    parser.add_argument("--datasets", type=_csv(str), help="only these datasets, comma-separated")
+    parser.add_argument("--models", type=_csv(str), help="only these models, comma-separated")
+    parser.add_argument("--seeds", type=_csv(int), help="these seeds instead of the suite's, comma-separated")
+    parser.add_argument("--epochs", type=int, help="override every recipe's epochs")
+    parser.add_argument("--limit", type=int, help="keep the first N images of each split (tiny runs)")
+    parser.add_argument("--data-root", help="folder with the data files ('bundled' = the shipped subsets)")
+    parser.add_argument("--download", action="store_true", default=None, help="download missing MedMNIST files")
+    parser.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     run = verbs.add_parser("run", help="train a suite's grid of dataset × model × seed runs")
-    run.add_argument("--suite", default="smoke", help="suite name (suites/NAME.yaml) or YAML path [smoke]")
-    run.add_argument("--datasets", type=_csv(str), help="only these datasets, comma-separated")
-    run.add_argument("--models", type=_csv(str), help="only these models, comma-separated")
-    run.add_argument("--seeds", type=_csv(int), help="these seeds instead of the suite's, comma-separated")
-    run.add_argument("--epochs", type=int, help="override every recipe's epochs")
-    run.add_argument("--limit", type=int, help="keep the first N images of each split (tiny runs)")
-    run.add_argument("--data-root", help="folder with the data files ('bundled' = the shipped subsets)")
-    run.add_argument("--download", action="store_true", default=None, help="download missing MedMNIST files")
-    run.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+    add_grid_arguments(run)
     run.add_argument("--dry-run", action="store_true", help="print the grid and exit")
     run.add_argument("--force", action="store_true", help="rerun finished runs (old records move to superseded/)")
     run.add_argument("--no-resume", action="store_true", help="start interrupted runs over instead of resuming")
@@ -41,9 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     verbs.add_parser("list", help="show datasets, models and suites")
 
-    status = verbs.add_parser("status", help="done / failed / pending runs per suite")
-    status.add_argument("--suite", default="smoke")
-    status.add_argument("--output", type=Path, default=DEFAULT_RESULTS)
+    status = verbs.add_parser("status", help="done / failed / pending runs of a suite (same options as run)")
+    add_grid_arguments(status)
 
     board = verbs.add_parser("leaderboard", help="tables from run records")
     board.add_argument("--suite", help="only this suite's records")
@@ -56,28 +60,46 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "figures")
     figures.add_argument("--format", choices=("png", "pdf", "both"), default="both")
     figures.add_argument("--dpi", type=int, default=200)
+
+    add_debug_to_verbs(verbs)
     return parser
 
 
-def cmd_run(args) -> int:
+def add_debug_to_verbs(verbs) -> None:
+    """Accept `--debug` after the verb too (`run ... --debug`); SUPPRESS keeps a `--debug` given before it."""
+    for verb in verbs.choices.values():
+        verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+
+
+def load_grid(args):
     from benchmark.config import load_suite
+
+    return load_suite(args.suite, datasets=args.datasets, models=args.models, seeds=args.seeds, epochs=args.epochs,
+                      limit=args.limit, data_root=args.data_root, download=args.download)
+
+
+def cmd_run(args) -> int:
     from benchmark.runner import GridRunner, dry_run_table
 
-    suite = load_suite(args.suite, datasets=args.datasets, models=args.models, seeds=args.seeds,
-                       epochs=args.epochs, limit=args.limit, data_root=args.data_root, download=args.download)
+    suite = load_grid(args)
     if args.dry_run:
         print(dry_run_table(suite))
         return 0
     check_writable(args.output)
     runner = GridRunner(args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
-                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints)
+                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug)
     summary = runner.run_grid(suite)
     print(f"{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} skipped (done before), "
           f"{len(summary.failed)} failed; records in {args.output / 'runs' / suite.name}")
+    if not summary.failed:
+        return 0
+    others = f" (and {len(summary.failed) - 1} more failed runs)" if len(summary.failed) > 1 else ""
     if summary.user_errors:
-        raise UserError(summary.user_errors[0] + (f" (and {len(summary.failed) - 1} more failed runs)"
-                                                  if len(summary.failed) > 1 else ""))
-    return 1 if summary.failed else 0
+        raise UserError(summary.user_errors[0] + others)
+    run_id, message = summary.failed[0]
+    print(f"error: run {run_id} failed: {message}{others}; its record holds the traceback "
+          f"(or rerun with --debug)", file=sys.stderr)
+    return 1
 
 
 def check_writable(output: Path) -> None:
@@ -103,19 +125,21 @@ def cmd_list(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from benchmark.config import load_suite
     from benchmark.records import load_records
 
-    suite = load_suite(args.suite)
+    suite = load_grid(args)
     by_hash = {r["config_hash"]: r for r in load_records(args.output, suite.name)}
     counts = {"completed": 0, "failed": 0, "pending": 0}
     for spec in suite.runs:
-        record = by_hash.get(spec.config_hash)
+        record = by_hash.pop(spec.config_hash, None)
         status = record["status"] if record else "pending"
         counts[status] += 1
         detail = f"  {record['error']['message']}" if status == "failed" else ""
         print(f"{status:<10} {spec.run_id}{detail}")
     print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {counts['pending']} pending")
+    if by_hash:
+        print(f"({len(by_hash)} more record(s) in {args.output / 'runs' / suite.name} come from other settings; "
+              f"pass the same --limit/--epochs/--seeds/--datasets/--models as the run)")
     return 0
 
 

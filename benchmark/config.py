@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import yaml
 
 from benchmark.data import dataset_sizes
 from benchmark.errors import UserError
-from benchmark.models import ModelSpec, resolve_model
+from benchmark.models import ModelSpec, list_models, resolve_model
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -68,8 +69,9 @@ class Recipe:
         _check_choice(self.mixed_precision, MIXED_PRECISION, f"{where}.mixed_precision")
         _check_choice(self.selection_metric, SELECTION_METRICS, f"{where}.selection_metric")
         for name in ("lr", "epochs", "batch_size", "grad_accum_steps"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{where}.{name} must be > 0 (got {getattr(self, name)}); fix it in the suite file")
+            if not 0 < getattr(self, name) < math.inf:
+                raise UserError(f"{where}.{name} must be > 0 and finite (got {getattr(self, name)}); fix it in the "
+                                f"suite file")
         for name in ("weight_decay", "eval_batch_size", "max_grad_norm", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise UserError(f"{where}.{name} must be >= 0 (got {getattr(self, name)}); fix it in the suite file")
@@ -130,6 +132,9 @@ def _check_keys(mapping: dict, allowed, where: str) -> None:
 
 def _typed(cls, values: dict, where: str):
     """Build dataclass `cls` from `values`, checking key names and value types against the defaults."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected a mapping of {cls.__name__.lower()} fields, got {values!r}; "
+                        f"fix it in the suite file")
     _check_keys(values, {f.name for f in fields(cls)}, where)
     defaults = cls()
     converted = {}
@@ -182,7 +187,27 @@ def _read_yaml(path: Path) -> dict:
 
 SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
 MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size"}
+MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int}
 DATASET_ENTRY_KEYS = {"name", "size"}
+
+
+def _section(raw: dict, key: str, kind: type, where: str):
+    """`raw[key]` (empty when absent), checked to be a YAML list or mapping."""
+    value = raw.get(key) or kind()
+    if not isinstance(value, kind):
+        shape = "a list" if kind is list else "a mapping"
+        raise UserError(f"{where}: `{key}:` must be {shape}, got {type(value).__name__}; fix it in the suite file")
+    return value
+
+
+def _check_model_entry(entry: dict, where: str) -> None:
+    """Types of a model entry's optional fields, and its family (a preset's family cannot be made up)."""
+    for key, kind in MODEL_ENTRY_TYPES.items():
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise UserError(f"{where}.{key}: {value!r} is not a valid {kind.__name__}; fix it in the suite file")
+    if "family" in entry:
+        _check_choice(entry["family"], sorted({spec.family for spec in list_models().values()}), f"{where}.family")
 
 
 def _as_entry(item, where: str) -> dict:
@@ -211,7 +236,7 @@ def load_suite(
     suite_name = str(raw.get("name", path.stem))
 
     recipes = {}
-    for recipe_name, values in (raw.get("recipes") or {}).items():
+    for recipe_name, values in _section(raw, "recipes", dict, path.name).items():
         recipe = _typed(Recipe, values or {}, f"{path.name}: recipes.{recipe_name}")
         if epochs is not None:
             recipe = replace(recipe, epochs=epochs)
@@ -219,7 +244,7 @@ def load_suite(
         recipes[recipe_name] = recipe
 
     dataset_entries = []
-    for item in raw.get("datasets") or []:
+    for item in _section(raw, "datasets", list, path.name):
         entry = _as_entry(item, f"{path.name}: datasets")
         where = f"{path.name}: datasets.{entry['name']}"
         _check_keys(entry, DATASET_ENTRY_KEYS, where)
@@ -232,10 +257,11 @@ def load_suite(
         dataset_entries.append((entry["name"], size))
 
     model_entries = []
-    for item in raw.get("models") or []:
+    for item in _section(raw, "models", list, path.name):
         entry = _as_entry(item, f"{path.name}: models")
         where = f"{path.name}: models.{entry['name']}"
         _check_keys(entry, MODEL_ENTRY_KEYS, where)
+        _check_model_entry(entry, where)
         recipe_ref = entry.pop("recipe", None)
         if isinstance(recipe_ref, dict):
             recipe = _typed(Recipe, recipe_ref, f"{where}.recipe")
@@ -258,9 +284,9 @@ def load_suite(
     selected_models = _select(model_entries, models, lambda e: e[0].name, "model", path.name)
     selected_seeds = list(seeds) if seeds is not None else suite_seeds
 
-    run_limit = int(limit if limit is not None else raw.get("limit") or 0)
-    if run_limit < 0:
-        raise UserError(f"--limit must be >= 0 (got {run_limit})")
+    run_limit = limit if limit is not None else raw.get("limit") or 0
+    if not isinstance(run_limit, int) or isinstance(run_limit, bool) or run_limit < 0:
+        raise UserError(f"limit must be an integer >= 0 (got {run_limit!r}); fix --limit or the suite's `limit:`")
     root = data_root if data_root is not None else raw.get("data_root")
     fetch = download if download is not None else bool(raw.get("download", False))
     runs = [

@@ -158,7 +158,8 @@ def plot_confusion(rec: dict) -> Figure:
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(rows > 0, cm / np.maximum(rows, 1), np.nan)
     names = _class_names(rec, k)
-    use_index = k > 4 or max(len(n) for n in names) > 24  # long / many names: indices on x, "i: name" on y
+    # many / long names: indices on x, "i: name" on y (not when the names are short codes like "0".."4")
+    use_index = (k > 4 or max(len(n) for n in names) > 24) and max(len(n) for n in names) > 3
     fs = 7 if k <= 4 else 6 if k <= 8 else 5
     ylab_w = 22 if use_index else 14
     y_labels = [f"{i}: {_wrap(n, ylab_w, 2)}" if use_index else _wrap(n, ylab_w) for i, n in enumerate(names)]
@@ -166,14 +167,13 @@ def plot_confusion(rec: dict) -> Figure:
     h = min(6.0, max(2.6, 1.2 + 0.3 * k))
     fig = _new_figure(DOUBLE, h)
     ax1, ax2 = fig.subplots(1, 2)
-    annot_c = np.array([[str(v) for v in row] for row in cm])
-    annot_n = np.array([["–" if np.isnan(v) else f"{v:.2f}" for v in row] for row in norm])
-    common = dict(square=True, linewidths=0.5, linecolor="white", fmt="", annot_kws={"fontsize": fs},
-                  cbar_kws={"shrink": 0.85})
-    sns.heatmap(cm, ax=ax1, annot=annot_c, cmap="Blues", vmin=0, **common)
-    sns.heatmap(norm, ax=ax2, annot=annot_n, cmap="Blues", vmin=0, vmax=1, **common)
-    ax1.collections[0].colorbar.set_label("Test images")
-    ax2.collections[0].colorbar.set_label("Fraction of true class")
+    annot_c = [[str(v) for v in row] for row in cm]
+    annot_n = [["–" if np.isnan(v) else f"{v:.2f}" for v in row] for row in norm]
+    cbar = _heatmap(ax1, cm.astype(float), annot_c, "Blues", 0, max(1, int(cm.max())), "Test images", fs,
+                    square=True)
+    cbar.locator = MaxNLocator(integer=True)
+    cbar.update_ticks()
+    _heatmap(ax2, norm, annot_n, "Blues", 0, 1, "Fraction of true class", fs, square=True)
     for ax, title in ((ax1, "Counts"), (ax2, "Row-normalised (diagonal = recall)")):
         ax.set_title(title)
         ax.set_xlabel("Predicted class" + (" (index)" if use_index else ""))
@@ -306,6 +306,38 @@ def plot_curves(rec: dict) -> Figure:
     return fig
 
 
+def _heatmap(ax, data: np.ndarray, annot: list[list[str]], cmap: str, vmin: float, vmax: float, cbar_label: str,
+             fontsize: float, square: bool = False):
+    """Annotated heatmap (cell (i, j) centred at (j + .5, i + .5), row 0 on top); NaN cells grey with their text.
+
+    Drawn with pcolormesh rather than seaborn.heatmap, which forces an extra full draw per call."""
+    n_r, n_c = data.shape
+    cm = mpl.colormaps[cmap]
+    norm = mpl.colors.Normalize(vmin=vmin, vmax=vmax)
+    mesh = ax.pcolormesh(np.ma.masked_invalid(data), cmap=cm, norm=norm, edgecolors="white", linewidth=0.6)
+    ax.set_facecolor("0.92")
+    ax.set_xlim(0, n_c)
+    ax.set_ylim(n_r, 0)
+    ax.grid(False)
+    for sp in ax.spines.values():
+        sp.set_visible(False)
+    if square:
+        ax.set_aspect("equal")
+    for i in range(n_r):
+        for j in range(n_c):
+            v = data[i, j]
+            if np.isfinite(v):
+                r, g, b, _ = cm(norm(v))
+                color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "0.1"
+            else:
+                color = "0.35"
+            ax.text(j + 0.5, i + 0.5, annot[i][j], ha="center", va="center", fontsize=fontsize, color=color)
+    cbar = ax.figure.colorbar(mesh, ax=ax, shrink=0.85 if square else 0.9)
+    cbar.set_label(cbar_label)
+    cbar.outline.set_visible(False)
+    return cbar
+
+
 RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence, "curves": plot_curves}
 
 
@@ -320,7 +352,7 @@ def _group_tick(g: lb.GroupKey) -> str:
 def plot_heatmap(records: Sequence[dict], metric: str, suite: str) -> Figure | None:
     mt = lb.metric_table(records, metric, None, suite)
     ds = mt.measured_datasets
-    groups = [g for g in mt.groups if any((g, d) in mt.cells and mt.cells[(g, d)].mean is not None for d in ds)]
+    groups = [g for g in mt.groups if any((g, d) in mt.cells for d in ds)]  # all-failed groups show "failed"
     if not ds or not groups:
         return None
     data = np.full((len(groups), len(ds)), np.nan)
@@ -336,15 +368,11 @@ def plot_heatmap(records: Sequence[dict], metric: str, suite: str) -> Figure | N
     w = min(DOUBLE, max(SINGLE, 1.7 + 0.75 * len(ds)))
     fig = _new_figure(w, 1.0 + 0.36 * len(groups))
     ax = fig.subplots()
-    ax.set_facecolor("0.92")
     finite = data[np.isfinite(data)]
-    sns.heatmap(data, ax=ax, annot=annot, fmt="", cmap="viridis", vmin=float(finite.min()), vmax=float(finite.max()),
-                linewidths=0.6, linecolor="white", annot_kws={"fontsize": 6},
-                cbar_kws={"label": f"Test {lb.METRIC_LABELS.get(metric, metric)}", "shrink": 0.9})
-    for i in range(len(groups)):
-        for j in range(len(ds)):
-            if not np.isfinite(data[i, j]):
-                ax.text(j + 0.5, i + 0.5, annot[i, j], ha="center", va="center", fontsize=6, color="0.35")
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.01, hi + 0.01
+    _heatmap(ax, data, annot.tolist(), "viridis", lo, hi, f"Test {lb.METRIC_LABELS.get(metric, metric)}", 6)
     for j, d in enumerate(ds):  # box the best per dataset
         col = data[:, j]
         if np.isfinite(col).any():
@@ -356,8 +384,9 @@ def plot_heatmap(records: Sequence[dict], metric: str, suite: str) -> Figure | N
     ax.set_yticks(np.arange(len(groups)) + 0.5, [_group_tick(g) for g in groups], rotation=0, va="center")
     ax.tick_params(length=0)
     ax.set(xlabel="Dataset", ylabel="")
-    ax.set_title(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)}, mean over seeds\n"
-                 f"(box = best per dataset; † = fewer than {mt.n_expected} seeds)")
+    incomplete = any(c.mean is not None and not c.complete for c in mt.cells.values())
+    fig.suptitle(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)}, mean over seeds\n(box = best per "
+                 f"dataset{f'; † = fewer than {mt.n_expected} seeds' if incomplete else ''})")
     return fig
 
 
@@ -382,28 +411,34 @@ def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str) -> 
     k = len(names)
     groups = sorted(per)
     n_g = len(groups)
-    bar_h = 0.8 / n_g
-    h = 1.0 + k * (0.13 * n_g + 0.14) + 0.12 * math.ceil(n_g / 2)
-    fig = _new_figure(SINGLE, h)
+    n_exp = len(lb.expected_seeds(records))
+    wide = k * n_g > 12
+    w = DOUBLE if wide else SINGLE
+    ncol = 1 if not wide else min(3, n_g)
+    fig = _new_figure(w, 2.4 + 0.12 * math.ceil(n_g / ncol))
     ax = fig.subplots()
     colors = _palette(n_g)
-    y = np.arange(k)
+    x = np.arange(k)
+    bar_w = 0.82 / n_g
     for gi, (g, col) in enumerate(zip(groups, colors)):
         arr = np.array([r[:k] + [np.nan] * (k - len(r[:k])) for r in per[g]], dtype=float)
-        mean = np.nanmean(arr, axis=0) if len(arr) else np.full(k, np.nan)
+        mean = np.nanmean(arr, axis=0)
         std = np.nanstd(arr, axis=0, ddof=1) if len(arr) > 1 else None
         model, size, scheme = g
-        ax.barh(y - 0.4 + bar_h * (gi + 0.5), mean, height=bar_h * 0.92, color=col, xerr=std,
-                error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.2"},
-                label=f"{model} · {size} px · {scheme} (n = {len(arr)})")
-    ax.set_yticks(y, [_wrap(n, 18, 3) for n in names])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.05)
-    ax.set_xlabel("Recall (mean ± std over seeds)")
-    ax.set_ylabel("True class")
-    ax.grid(axis="y", visible=False)
+        n = f"{len(arr)}" if len(arr) >= n_exp else f"{len(arr)}/{n_exp}"
+        ax.bar(x - 0.41 + bar_w * (gi + 0.5), mean, width=bar_w * 0.9, color=col, yerr=std,
+               error_kw={"elinewidth": 0.6, "capsize": 1.2, "ecolor": "0.2"},
+               label=f"{model} · {size} px · {scheme} (n = {n})" if scheme else f"{model} · {size} px (n = {n})")
+    per_class_in = (w - 0.8) / k  # horizontal room per class, inches
+    chars = max(6, int(per_class_in / 0.055))
+    ax.set_xticks(x, [_wrap(n, chars, 3) for n in names])
+    ax.set_xlim(-0.5, k - 0.5)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Recall (mean ± std over seeds)")
+    ax.set_xlabel("True class")
+    ax.grid(axis="x", visible=False)
     ax.set_title(f"Suite {suite}: per-class test recall on {dataset}")
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=1 if n_g < 3 else 2, fontsize=6)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=ncol, fontsize=6)
     return fig
 
 
@@ -432,17 +467,19 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc") ->
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     sizes_all = sorted({s for d in data.values() for v in d.values() for s in v})
     ticks = sorted(set(STANDARD_SIZES) | set(sizes_all))
+    dodge = {key: 2.0 ** (0.07 * (i - (len(lines) - 1) / 2)) for i, key in enumerate(lines)}  # log-x offset
     for ax, ds in zip(axes, datasets):
         for key in lines:
             if key not in data[ds]:
                 continue
             pts = data[ds][key]
-            xs = sorted(pts)
-            means = np.array([np.mean(pts[s]) for s in xs])
-            stds = np.array([np.std(pts[s], ddof=1) if len(pts[s]) > 1 else 0.0 for s in xs])
+            sizes = sorted(pts)
+            xs = [s * dodge[key] for s in sizes]
+            means = np.array([np.mean(pts[s]) for s in sizes])
+            stds = np.array([np.std(pts[s], ddof=1) if len(pts[s]) > 1 else 0.0 for s in sizes])
             ax.errorbar(xs, means, yerr=stds, color=colors[key], lw=1.0, capsize=2, elinewidth=0.7, ls="-",
                         marker="none")
-            for x, m, s in zip(xs, means, xs):
+            for x, m, s in zip(xs, means, sizes):
                 full = len(pts[s]) >= n_exp
                 ax.plot([x], [m], marker=markers[key], color=colors[key], ms=4, ls="none",
                         mfc=colors[key] if full else "white", mew=1.0)
@@ -457,11 +494,12 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc") ->
         ax.set_visible(False)
     handles = [Line2D([], [], color=colors[k], marker=markers[k], lw=1.0, ms=4,
                       label=f"{k[0]} · {k[1]}" if k[1] else k[0]) for k in lines]
-    handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", ms=4,
-                          label=f"open marker: < {n_exp} seeds"))
+    if any(len(v) < n_exp for d in data.values() for pts in d.values() for v in pts.values()):
+        handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", ms=4,
+                              label=f"open marker: < {n_exp} seeds"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=6)
-    fig.suptitle(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)} vs input resolution "
-                 "(mean ± std over seeds)")
+    fig.suptitle(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)} vs input resolution"
+                 + ("\n" if ncols == 1 else " ") + "(mean ± std over seeds)")
     return fig
 
 
@@ -493,10 +531,13 @@ def plot_avg_rank(records: Sequence[dict], suite: str) -> Figure | None:
     ax.set_yticks(np.arange(n_g), labels)
     ax.invert_yaxis()
     ax.set_ylim(n_g - 0.5, -0.5)
-    ax.set_xlim(0.6, n_g + 0.4)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, n_g + 0.5)
+    if n_g <= 20:
+        ax.set_xticks(range(1, n_g + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"Average rank over {n_ds} dataset{'s' if n_ds != 1 else ''} (1 = best)")
-    ax.set_title(f"Suite {suite}: average rank (lower is better)")
+    fig.suptitle(f"Suite {suite}: average rank (lower is better)")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=6,
                handletextpad=0.2, columnspacing=0.8)
     return fig
@@ -540,16 +581,28 @@ def sample_sets(records: Sequence[dict]) -> dict[tuple[str, int], tuple[list[str
     return out
 
 
+def _sample_size(records: Sequence[dict], dataset: str, size: int) -> int:
+    """Side length of the stored sample images (record["samples"]["size"]), else the dataset size."""
+    for rec in records:
+        s = rec.get("samples")
+        if str(rec["dataset"]["name"]) == dataset and int(rec["dataset"]["size"]) == size and isinstance(s, dict):
+            try:
+                return int(s.get("size") or size)
+            except (TypeError, ValueError):
+                return size
+    return size
+
+
 def plot_samples(dataset: str, size: int, names: list[str], imgs: list[list[np.ndarray]], suite: str) -> Figure:
     k = len(imgs)
     ncols = max(1, max(len(r) for r in imgs))
-    cell = 0.36
-    label_w = 1.05
+    cell = 0.3  # in per image: 8 images + labels fit one 3.5-in column
+    label_w = 0.95
     w = label_w + ncols * cell + 0.1
-    h = 0.45 + k * (cell + 0.03)
+    h = 0.3 + k * (cell + 0.03)
     fig = _new_figure(w, h, layout=None)
     axes = np.atleast_2d(fig.subplots(k, ncols, squeeze=False))
-    fig.subplots_adjust(left=label_w / w, right=1 - 0.05 / w, top=1 - 0.42 / h, bottom=0.02 / h,
+    fig.subplots_adjust(left=label_w / w, right=1 - 0.05 / w, top=1 - 0.26 / h, bottom=0.02 / h,
                         wspace=0.06, hspace=0.08)
     for i in range(k):
         for j in range(ncols):
@@ -561,15 +614,16 @@ def plot_samples(dataset: str, size: int, names: list[str], imgs: list[list[np.n
                 sp.set_visible(False)
             if j < len(imgs[i]):
                 im = imgs[i][j]
+                interp = "nearest" if im.shape[0] <= 64 else "antialiased"  # show small images' real pixels
                 if im.ndim == 2:
-                    ax.imshow(im, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                    ax.imshow(im, cmap="gray", vmin=0, vmax=255, interpolation=interp)
                 else:
-                    ax.imshow(im, interpolation="nearest")
+                    ax.imshow(im, interpolation=interp)
             elif j == 0:
                 ax.text(0.0, 0.5, "(no test images)", fontsize=5.5, color="0.4", va="center")
-        axes[i, 0].set_ylabel(f"{_wrap(names[i], 18, 3)}\n(n = {len(imgs[i])})", rotation=0, ha="right",
-                              va="center", fontsize=6, labelpad=4)
-    fig.suptitle(f"{dataset}: test images per class ({size}×{size} px)", fontsize=7.5, y=1 - 0.08 / h, va="top")
+        axes[i, 0].set_ylabel(_wrap(names[i], 18, 3), rotation=0, ha="right", va="center", fontsize=6, labelpad=4)
+    fig.suptitle(f"{dataset}: test images per class ({size}×{size} px)", fontsize=7.5, y=1 - 0.04 / h, va="top",
+                 x=(label_w + ncols * cell / 2) / w)
     return fig
 
 
@@ -634,12 +688,16 @@ def write_figures(runs_dir: Path, out_dir: Path, suite: str | None = None, forma
              "ACC vs resolution")
         emit(lambda: plot_avg_rank(recs, suite_name), f"{suite_name}_avg_rank", index, "average rank")
         for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
-            emit(lambda ds=ds, size=size, names=names, imgs=imgs: plot_samples(ds, size, names, imgs, suite_name),
+            emit(lambda ds=ds, size=size, names=names, imgs=imgs: plot_samples(
+                ds, _sample_size(recs, ds, size), names, imgs, suite_name),
                  f"{suite_name}_samples_{ds}-{size}", index, f"samples {ds} {size}px")
         for rec in recs:
             rid = str(rec["run_id"])
             prefix = rid if run_ids.count(rid) == 1 else f"{suite_name}_{rid}"
             kinds = ("confusion", "roc", "confidence", "curves") if rec["status"] == "completed" else ("curves",)
+            if rec["status"] == "completed" and not isinstance(rec.get("test_predictions"), dict):
+                warnings.warn(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped",
+                              UserWarning, stacklevel=2)
             for kind in kinds:
                 if kind != "curves" and not isinstance(rec.get("test_predictions"), dict):
                     continue

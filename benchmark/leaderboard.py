@@ -1,24 +1,33 @@
-"""Leaderboard tables built from run records alone (`results/runs/<suite>/*.json`).
+"""Leaderboard tables built from run records (`results/runs/<suite>/*.json`) and the suite's planned grid.
 
-Reads records only: no torch, no `benchmark.data` / `benchmark.models` / `benchmark.train`.
+Reads records and the suite file as plain YAML only: no torch, no `benchmark.config` / `benchmark.data` /
+`benchmark.models` / `benchmark.train`.
+
+The planned grid of a suite comes from `suites/<suite>.yaml` (in the current directory, else the project's
+`suites/` folder): its datasets (a name = 28 px, `breast_ultrasound` 224 px; or `{name, size}`), models and
+seeds. A planned cell is keyed by (model, dataset, size) -- a model's scheme depends on its preset, so rows
+match the plan by (model, size). Without the file the plan is unknown and the tables fall back to what the
+records and published rows show.
 
 Output (`write_leaderboard`): `leaderboard.md`, `leaderboard.csv`, `leaderboard.tex` (booktabs). Per suite:
 
-* one table per headline metric (ACC, AUC, macro F1, balanced ACC): rows = model x dataset size x scheme,
-  columns = datasets; each cell is the mean ± sample standard deviation (ddof=1) over the completed seeds,
-  with the number of seeds.
-* Expected seeds of a group = the number of distinct seeds among *all* the suite's records (completed or
-  failed). A cell with fewer completed seeds is marked "k/N seeds" (and † in LaTeX) -- it is the mean over
-  the seeds that exist, never silently presented as complete. A cell whose runs all failed reads
-  "failed (0/N seeds)"; a cell with no record at all reads "not yet run".
+* one table per headline metric (ACC, AUC, macro F1, balanced ACC): rows = model x dataset size x scheme
+  (plus one row per planned model x size that has no record yet), columns = the datasets measured or
+  planned; each cell is the mean ± sample standard deviation (ddof=1) over the completed seeds, with the
+  number of seeds.
+* Expected seeds of a group = the seeds the suite file lists (without the file: the distinct seeds among
+  *all* the suite's records, completed or failed). A cell with fewer completed seeds is marked "k/N seeds"
+  (and † in LaTeX) -- it is the mean over the seeds that exist, never silently presented as complete. A cell
+  whose runs all failed reads "failed (0/N seeds)"; a planned cell with no record reads "not yet run", an
+  unplanned one "—" (without the file every cell counts as planned).
 * Bold = best measured mean per dataset (higher is better for every headline metric; exact ties are all
   bold). "Average" = mean of a row's per-dataset means over the measured datasets; "Avg. rank" = mean of
   the row's per-dataset ranks (1 = best, ties share the average rank). A row that lacks some measured
   datasets is annotated "(k/N datasets)" and is not eligible for bold in those two columns.
 * Published reference rows (`benchmark/published.csv`) are listed under the measured rows, marked
-  "published", and never take part in bold, averages or ranks. They are shown for a suite when their model
-  or their dataset occurs in the suite; a dataset that only published rows have appears as a column whose
-  measured cells read "not yet run".
+  "published", and never take part in bold, averages or ranks. With the suite file they fill only the
+  suite's columns; without it they are shown when their model or their dataset occurs in the records, and a
+  dataset that only published rows have becomes a column whose measured cells read "not yet run".
 * per-class precision / recall / F1 per dataset (mean over completed seeds), failed runs with their error
   and epoch, incomplete groups, and paired model comparisons (`compare_models`).
 
@@ -42,6 +51,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
 from benchmark.errors import UserError
@@ -56,6 +66,10 @@ METRIC_LABELS: dict[str, str] = {
 #: metrics that get a pairwise-comparison section in leaderboard.md / .tex
 PAIRWISE_METRICS: tuple[str, ...] = ("acc", "auc")
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+#: size of a dataset named in a suite file without one (`benchmark.data`'s defaults; 28 for the others)
+DEFAULT_SIZES: dict[str, int] = {"breast_ultrasound": 224}
+PUBLISHED_COLUMNS = ["model", "dataset", "size", "scheme", "metric", "value", "source", "reference"]
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 NOT_RUN = "not yet run"
@@ -145,6 +159,89 @@ def load_records(runs_dir: Path | str, suite: str | None = None) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Planned grid (the suite file)
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuitePlan:
+    """What a suite file plans: every model x every dataset (at its size) x every seed."""
+
+    file: str  # the suite file's name, for notes
+    models: tuple[str, ...]
+    datasets: tuple[tuple[str, int], ...]  # (name, size)
+    seeds: tuple[int, ...]
+
+    def planned(self, group: GroupKey, dataset: str) -> bool:
+        """Whether the plan has a run of this row's model on `dataset` at this row's size (any scheme)."""
+        model, size, _ = group
+        return model in self.models and (dataset, size) in self.datasets
+
+    @property
+    def dataset_names(self) -> set[str]:
+        return {name for name, _ in self.datasets}
+
+    @property
+    def model_sizes(self) -> set[tuple[str, int]]:
+        return {(model, size) for model in self.models for _, size in self.datasets}
+
+
+def find_suite_file(suite: str, suites_dir: Path | str | None = None) -> Path | None:
+    """`<suite>.yaml` in `suites_dir`, else in ./suites/ or the project's suites/ folder; None when absent."""
+    folders = [Path(suites_dir)] if suites_dir is not None else [Path("suites"), SUITES_DIR]
+    candidates = [folder / f"{suite}.yaml" for folder in folders]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _entry_name(item: object, section: str) -> str:
+    """The name of a suite-file entry: a string, or a mapping with a string `name:`."""
+    name = item.get("name") if isinstance(item, dict) else item
+    if not isinstance(name, str):
+        raise ValueError(f"{section}: entry {item!r} is neither a name nor a mapping with a `name:`")
+    return name
+
+
+def _planned_dataset(item: object) -> tuple[str, int]:
+    """(name, size) of a suite-file dataset entry; a bare name gets the dataset's default size."""
+    name = _entry_name(item, "datasets")
+    default = DEFAULT_SIZES.get(name, 28)
+    size = item.get("size", default) if isinstance(item, dict) else default
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ValueError(f"datasets.{name}: size {size!r} is not an integer")
+    return name, size
+
+
+def _read_plan(path: Path) -> SuitePlan:
+    """Parse a suite file's grid as plain YAML; ValueError when its shape is not a suite's."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError("not a YAML mapping")
+    sections = {key: raw.get(key) or [] for key in ("datasets", "models")}
+    seeds = raw.get("seeds", [0])
+    if not all(isinstance(v, list) for v in (*sections.values(), seeds)):
+        raise ValueError("datasets, models and seeds must be lists")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds {seeds!r} are not all integers")
+    plan = SuitePlan(path.name, tuple(_entry_name(m, "models") for m in sections["models"]),
+                     tuple(_planned_dataset(d) for d in sections["datasets"]), tuple(sorted(set(seeds))))
+    if not (plan.models and plan.datasets and plan.seeds):
+        raise ValueError("it plans no runs")
+    return plan
+
+
+def load_plan(suite: str, suites_dir: Path | str | None = None) -> SuitePlan | None:
+    """The planned grid of `suite` from its suite file (see `find_suite_file`); None when there is no usable
+    file (an unreadable one gets a `UserWarning`)."""
+    path = find_suite_file(suite, suites_dir)
+    if path is None:
+        return None
+    try:
+        return _read_plan(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
+        warnings.warn(f"ignoring suite file {path}: {_one_line(exc)}; the leaderboard of suite {suite!r} falls "
+                      f"back to the records alone", UserWarning, stacklevel=2)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Published reference rows
 # ----------------------------------------------------------------------------------------------------------
 def load_published(path: Path | str = PUBLISHED_CSV) -> pd.DataFrame:
@@ -152,7 +249,7 @@ def load_published(path: Path | str = PUBLISHED_CSV) -> pd.DataFrame:
     text = Path(path).read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     rows = list(csv.DictReader(lines))
-    df = pd.DataFrame(rows, columns=["model", "dataset", "size", "scheme", "metric", "value", "source", "reference"])
+    df = pd.DataFrame(rows, columns=PUBLISHED_COLUMNS)
     df["size"] = df["size"].astype(int)
     df["value"] = df["value"].astype(float)
     df["scheme"] = df["scheme"].fillna("").astype(str)
@@ -182,9 +279,17 @@ def _finite(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def expected_seeds(records: Sequence[dict]) -> list:
-    """Distinct seeds among the given records (completed or failed): the seeds every group should have."""
+def expected_seeds(records: Sequence[dict], plan: SuitePlan | None = None) -> list:
+    """The seeds every group should have: the plan's, else the distinct seeds among the given records
+    (completed or failed)."""
+    if plan is not None:
+        return list(plan.seeds)
     return sorted({r["seed"] for r in records}, key=lambda s: (str(type(s)), s))
+
+
+def _seed_rule(plan: SuitePlan | None) -> str:
+    """Where the expected seeds come from, for notes and captions."""
+    return f"the seeds listed in {plan.file}" if plan else "the distinct seeds among the suite's records"
 
 
 @dataclass
@@ -213,9 +318,10 @@ class CellStats:
         return self.n >= self.n_expected
 
 
-def summarize(records: Sequence[dict], metric: str) -> dict[tuple[GroupKey, str], CellStats]:
+def summarize(records: Sequence[dict], metric: str,
+              plan: SuitePlan | None = None) -> dict[tuple[GroupKey, str], CellStats]:
     """(group key, dataset name) -> CellStats for one metric, over the given records (one suite)."""
-    n_exp = len(expected_seeds(records))
+    n_exp = len(expected_seeds(records, plan))
     cells: dict[tuple[GroupKey, str], CellStats] = {}
     for rec in sorted(records, key=lambda r: (str(r["run_id"]))):
         key = (group_key(rec), str(rec["dataset"]["name"]))
@@ -275,6 +381,7 @@ class Table:
     rule_before: set[int] = field(default_factory=set)  # row indices preceded by \midrule
     caption: str = ""
     label: str = ""
+    tex_align: str = ""  # LaTeX column spec when it differs from `align` (e.g. p{5cm} for long text)
 
 
 def _md_escape(s: str) -> str:
@@ -328,7 +435,7 @@ def _render_tex(t: Table) -> str:
     ]
     if t.label:
         lines.append(rf"\label{{{t.label}}}")
-    lines += [rf"\begin{{tabular}}{{{t.align}}}", r"\toprule",
+    lines += [rf"\begin{{tabular}}{{{t.tex_align or t.align}}}", r"\toprule",
               " & ".join(_tex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
     for i, row in enumerate(t.rows):
         if i in t.rule_before:
@@ -362,6 +469,29 @@ def _published_for_suite(published: pd.DataFrame, records: Sequence[dict]) -> pd
     return published[mask]
 
 
+def _columns_and_published(cells: dict, records: Sequence[dict], published: pd.DataFrame,
+                           plan: SuitePlan | None) -> tuple[list[str], pd.DataFrame]:
+    """The table's dataset columns (sorted) and the published rows shown with them, all metrics alike so that
+    every metric's table has the same columns.
+
+    With a plan: the measured and planned datasets, and the published values on those. Without: the measured
+    datasets plus every dataset of the published rows whose model or dataset occurs in the records."""
+    measured_any = {d for _, d in cells}
+    if plan is None:
+        pub = _published_for_suite(published, records)
+        return sorted(measured_any | {str(d) for d in pub["dataset"]}), pub
+    datasets = sorted(measured_any | plan.dataset_names)
+    return datasets, published[published["dataset"].isin(datasets)]
+
+
+def _unrecorded_planned_groups(groups: set[GroupKey], plan: SuitePlan | None) -> set[GroupKey]:
+    """A row (scheme unknown: "") for each planned model x size that no record has, so the whole plan shows."""
+    if plan is None:
+        return set()
+    have = {(model, size) for model, size, _ in groups}
+    return {(model, size, "") for model, size in plan.model_sizes - have}
+
+
 @dataclass
 class MetricTable:
     """Numbers behind one headline-metric table (also used by figures)."""
@@ -378,25 +508,27 @@ class MetricTable:
     avg_rank: dict[GroupKey, tuple[float | None, int]]
     published_rows: list[tuple[tuple[str, int, str, str], dict[str, float]]]  # (model,size,scheme,source) -> {ds: v}
     n_expected: int
+    plan: SuitePlan | None = None  # the suite file's grid; None = unknown
+
+    def expects_run(self, group: GroupKey, dataset: str) -> bool:
+        """Whether a cell without records reads "not yet run" (planned, or no plan known) rather than "—"."""
+        return self.plan is None or self.plan.planned(group, dataset)
 
 
 def metric_table(records: Sequence[dict], metric: str, published: pd.DataFrame | None = None,
-                 suite: str = "") -> MetricTable:
-    """Compute one headline table for the records of ONE suite."""
-    cells = summarize(records, metric)
-    groups = sorted({k for k, _ in cells})
-    measured_any = sorted({d for _, d in cells})
+                 suite: str = "", plan: SuitePlan | None = None) -> MetricTable:
+    """Compute one headline table for the records of ONE suite and its planned grid (None = unknown)."""
+    cells = summarize(records, metric, plan)
+    recorded = {k for k, _ in cells}
+    groups = sorted(recorded | _unrecorded_planned_groups(recorded, plan))
+    if published is None:
+        published = pd.DataFrame(columns=PUBLISHED_COLUMNS)
+    datasets, pub = _columns_and_published(cells, records, published, plan)
     pub_rows: list = []
-    pub_datasets: set[str] = set()
-    if published is not None and len(published):
-        pub = _published_for_suite(published, records)
-        # same columns in every metric's table: any dataset a shown published row has, whatever the metric
-        pub_datasets = {str(d) for d in pub["dataset"]}
-        pub = pub[pub["metric"] == metric]
-        for (model, size, scheme, source), g in pub.groupby(["model", "size", "scheme", "source"], sort=True):
-            vals = {str(d): float(v) for d, v in zip(g["dataset"], g["value"])}
-            pub_rows.append(((str(model), int(size), str(scheme), str(source)), vals))
-    datasets = sorted(set(measured_any) | pub_datasets)
+    pub = pub[pub["metric"] == metric]
+    for (model, size, scheme, source), g in pub.groupby(["model", "size", "scheme", "source"], sort=True):
+        vals = {str(d): float(v) for d, v in zip(g["dataset"], g["value"])}
+        pub_rows.append(((str(model), int(size), str(scheme), str(source)), vals))
     measured = sorted({d for (k, d), c in cells.items() if c.mean is not None})
 
     best: dict[str, float] = {}
@@ -416,17 +548,17 @@ def metric_table(records: Sequence[dict], metric: str, published: pd.DataFrame |
         average[g] = (float(np.mean(ms)) if ms else None, len(ms))
         avg_rank[g] = (float(np.mean(rs)) if rs else None, len(rs))
     return MetricTable(metric, suite, datasets, measured, groups, cells, best, ranks, average, avg_rank, pub_rows,
-                       len(expected_seeds(records)))
+                       len(expected_seeds(records, plan)), plan)
 
 
 def _is_best(value: float | None, best: float | None) -> bool:
     return value is not None and best is not None and math.isclose(value, best, rel_tol=1e-12, abs_tol=1e-15)
 
 
-def _cell_display(c: CellStats | None) -> tuple[str, str, str]:
-    """(value text, note, status) for a measured cell."""
+def _cell_display(c: CellStats | None, expects_run: bool = True) -> tuple[str, str, str]:
+    """(value text, note, status) for a measured cell; `expects_run`: whether a cell without records was planned."""
     if c is None:
-        return "", NOT_RUN, "not_run"
+        return ("", NOT_RUN, "not_run") if expects_run else (DASH, "", "not_planned")
     if c.mean is None:
         what = "failed" if c.failed_seeds else "no value"
         return "", f"{what} (0/{c.n_expected} seeds)", "failed" if c.failed_seeds else "missing"
@@ -434,6 +566,13 @@ def _cell_display(c: CellStats | None) -> tuple[str, str, str]:
     if c.complete:
         return text, f"(n={c.n})", "ok"
     return text, f"({c.n}/{c.n_expected} seeds)†", "incomplete"
+
+
+def _missing_rule(plan: SuitePlan | None) -> str:
+    """What a cell without records means, for notes and captions."""
+    if plan is None:
+        return f"'{NOT_RUN}' = no record (the suite file is unknown, so every cell counts as planned)."
+    return f"'{NOT_RUN}' = planned in {plan.file} but no record yet; '{DASH}' = not planned."
 
 
 def _headline_table(mt: MetricTable) -> Table:
@@ -449,7 +588,7 @@ def _headline_table(mt: MetricTable) -> Table:
         row = [Cell(model), Cell(str(size)), Cell(scheme or DASH), Cell("measured")]
         for d in mt.datasets:
             c = mt.cells.get((g, d))
-            text, note, _ = _cell_display(c)
+            text, note, _ = _cell_display(c, mt.expects_run(g, d))
             bold = c is not None and d in mt.best and _is_best(c.mean, mt.best[d])
             row.append(Cell(text, bold=bold, note=note))
         avg, k = mt.average[g]
@@ -467,10 +606,10 @@ def _headline_table(mt: MetricTable) -> Table:
         row += [Cell(DASH), Cell(DASH)]
         rows.append(row)
     label = METRIC_LABELS.get(mt.metric, mt.metric)
-    caption = (f"Mean ± sample std over completed seeds (n = seeds; {mt.n_expected} expected = distinct "
-               f"seeds in the suite). † = incomplete group, averaged over the seeds that exist. Bold = best measured "
-               f"value per column. Published rows are copied from their source, not measured here, and excluded from "
-               f"bold, Average and Avg. rank.")
+    caption = (f"Mean ± sample std over completed seeds (n = seeds; {mt.n_expected} expected = "
+               f"{_seed_rule(mt.plan)}). † = incomplete group, averaged over the seeds that exist. "
+               f"{_missing_rule(mt.plan)} Bold = best measured value per column. Published rows are copied from "
+               f"their source, not measured here, and excluded from bold, Average and Avg. rank.")
     return Table(title=f"Suite {mt.suite}: test {label}", columns=columns, align=align, rows=rows, rule_before=rule,
                  caption=caption, label=f"tab:{_slug(mt.suite)}-{_slug(mt.metric)}")
 
@@ -484,7 +623,7 @@ def _headline_csv_rows(mt: MetricTable) -> list[dict]:
                     scheme=scheme, source="measured", cls="")
         for d in mt.datasets:
             c = mt.cells.get((g, d))
-            _, _, status = _cell_display(c)
+            _, _, status = _cell_display(c, mt.expects_run(g, d))
             out.append({**base, "dataset": d, "mean": _fc(c.mean if c else None, 6), "std": _fc(c.std if c else None, 6),
                         "n_seeds": c.n if c else 0, "n_expected": mt.n_expected, "status": status,
                         "best": int(c is not None and d in mt.best and _is_best(c.mean, mt.best[d])),
@@ -540,8 +679,8 @@ def per_class_summary(records: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
-def _per_class_tables(records: Sequence[dict], suite: str) -> list[Table]:
-    n_exp = len(expected_seeds(records))
+def _per_class_tables(records: Sequence[dict], suite: str, plan: SuitePlan | None = None) -> list[Table]:
+    n_exp = len(expected_seeds(records, plan))
     tables = []
     for ds, info in sorted(per_class_summary(records).items()):
         names = info["class_names"]
@@ -569,8 +708,8 @@ def _per_class_tables(records: Sequence[dict], suite: str) -> list[Table]:
     return tables
 
 
-def _per_class_csv_rows(records: Sequence[dict], suite: str) -> list[dict]:
-    n_exp = len(expected_seeds(records))
+def _per_class_csv_rows(records: Sequence[dict], suite: str, plan: SuitePlan | None = None) -> list[dict]:
+    n_exp = len(expected_seeds(records, plan))
     out = []
     for ds, info in sorted(per_class_summary(records).items()):
         for g, i, vals, n in info["rows"]:
@@ -615,13 +754,13 @@ def _failed_table(records: Sequence[dict], suite: str) -> Table | None:
         return None
     return Table(title=f"Suite {suite}: failed runs", columns=["Run", "Dataset", "Size", "Model", "Scheme", "Seed",
                                                                 "Epoch", "Error"],
-                 align="llrllrrl", rows=rows, caption="Runs that stopped with an error (epoch = the epoch it failed in). "
+                 align="llrllrrl", tex_align=r"p{3.2cm}lrllrrp{5.5cm}", rows=rows, caption="Runs that stopped with an error (epoch = the epoch it failed in). "
                  "They contribute no numbers to any table.", label=f"tab:{_slug(suite)}-failed")
 
 
-def _incomplete_table(records: Sequence[dict], suite: str) -> Table | None:
-    seeds = expected_seeds(records)
-    cells = summarize(records, "acc")
+def _incomplete_table(records: Sequence[dict], suite: str, plan: SuitePlan | None = None) -> Table | None:
+    seeds = expected_seeds(records, plan)
+    cells = summarize(records, "acc", plan)
     rows = []
     for (g, d), c in sorted(cells.items()):
         have = {r["seed"] for r in records if group_key(r) == g and str(r["dataset"]["name"]) == d
@@ -639,7 +778,7 @@ def _incomplete_table(records: Sequence[dict], suite: str) -> Table | None:
     return Table(title=f"Suite {suite}: incomplete groups", columns=["Dataset", "Model", "Size", "Scheme",
                                                                      "Completed", "Seeds done", "Failed", "Missing"],
                  align="llrlrlll", rows=rows,
-                 caption=f"Groups with fewer completed seeds than the {len(seeds)} distinct seeds in the suite "
+                 caption=f"Groups with fewer completed seeds than the {len(seeds)} expected, {_seed_rule(plan)} "
                          f"({', '.join(map(str, seeds))}); their table cells are means over the completed seeds only.",
                  label=f"tab:{_slug(suite)}-incomplete")
 
@@ -675,10 +814,15 @@ def compare_models(records: Sequence[dict], model_a: str, model_b: str, metric: 
 
     One row per (suite, dataset, size, scheme_a, scheme_b) where both models have completed runs with the same
     seed: n paired seeds, means, mean and sample std of the difference a - b, paired t-test and Wilcoxon
-    signed-rank p-values (NaN for n < 2; note says how small n limits the Wilcoxon p-value). Then one
-    `dataset == "ALL (per-dataset means)"` row per suite: Wilcoxon signed-rank (and paired t) over the
-    per-dataset means, as MedMNIST+ reports. Failed runs never enter.
+    signed-rank p-values (NaN for n < 2; note says how small n limits the Wilcoxon p-value). Then, for a suite
+    with >= 2 such rows, one `dataset == "ALL (per-dataset means)"` row: Wilcoxon signed-rank (and paired t)
+    over the per-dataset means, as MedMNIST+ reports. Failed runs never enter. Raises `UserError` when either
+    model has no completed run.
     """
+    for name in (model_a, model_b):
+        if not any(r["status"] == "completed" and r["model"]["name"] == name for r in records):
+            known = sorted({str(r["model"]["name"]) for r in records if r["status"] == "completed"})
+            raise UserError(f"no completed runs of model {name!r} to compare; models with results: {', '.join(known)}")
     table: dict[tuple, dict[str, dict]] = {}
     for rec in records:
         if rec["status"] != "completed" or rec["model"]["name"] not in (model_a, model_b):
@@ -708,6 +852,8 @@ def compare_models(records: Sequence[dict], model_a: str, model_b: str, metric: 
     per = pd.DataFrame(rows, columns=_COMPARE_COLUMNS)
     summary = []
     for suite, g in per.groupby("suite", sort=True):
+        if len(g) < 2:  # one dataset: the per-dataset row says it all
+            continue
         a = g["mean_a"].to_numpy(float)
         b = g["mean_b"].to_numpy(float)
         t_p, w_p, note = _paired_tests(a, b)
@@ -747,7 +893,7 @@ def _pairwise_table(records: Sequence[dict], suite: str, metric: str) -> Table |
         title=f"Suite {suite}: paired comparisons on test {label}",
         columns=["A − B", "Dataset", "Schemes", "n", "Mean A", "Mean B", "Diff", "Std diff", "t-test p", "Wilcoxon p",
                  "Note"],
-        align="lllrrrrrrrl", rows=rows, rule_before=rule,
+        align="lllrrrrrrrl", tex_align=r"lllrrrrrrrp{3.5cm}", rows=rows, rule_before=rule,
         caption="Per dataset: runs paired by seed (n = seeds both models completed); paired t-test and Wilcoxon "
                 "signed-rank p-values, two-sided, no correction for multiple comparisons. With a handful of seeds "
                 "these tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "
@@ -783,8 +929,25 @@ def by_suite(records: Iterable[dict]) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: str(r["run_id"])) for k, v in sorted(out.items())}
 
 
-def build_leaderboard(records: Sequence[dict], published: pd.DataFrame | None = None) -> tuple[str, str, str]:
-    """(markdown, csv, tex) text for the given records (any number of suites)."""
+def _plan_note(suite: str, plan: SuitePlan | None, seeds: list) -> list[str]:
+    """The markdown lines that say where a suite's columns, "not yet run" cells and expected seeds come from."""
+    listed = f"{len(seeds)} ({', '.join(map(str, seeds))})"
+    if plan is None:
+        return [f"Expected seeds per group: {listed}.", "",
+                f"No suite file `{suite}.yaml` was found (in `suites/` here or in the project), so the plan is "
+                f"unknown: columns are the datasets of the records and of the published rows shown, every cell "
+                f"without records reads `{NOT_RUN}`, and the expected seeds are {_seed_rule(plan)}.", ""]
+    sizes = ", ".join(f"{name} ({size}px)" for name, size in plan.datasets)
+    return [f"Expected seeds per group: {listed}, {_seed_rule(plan)}.", "",
+            f"Planned grid (`{plan.file}`): {len(plan.models)} model(s) ({', '.join(plan.models)}) × "
+            f"{len(plan.datasets)} dataset(s) ({sizes}) × {len(plan.seeds)} seed(s). `{NOT_RUN}` = planned but "
+            f"no record yet; `{DASH}` = not planned.", ""]
+
+
+def build_leaderboard(records: Sequence[dict], published: pd.DataFrame | None = None,
+                      suites_dir: Path | str | None = None) -> tuple[str, str, str]:
+    """(markdown, csv, tex) text for the given records (any number of suites); each suite's planned grid is read
+    from `<suite>.yaml` in `suites_dir` (None: ./suites/, then the project's suites/)."""
     if published is None:
         published = load_published()
     suites = by_suite(records)
@@ -793,30 +956,34 @@ def build_leaderboard(records: Sequence[dict], published: pd.DataFrame | None = 
           f"{len(records)} run records ({n_done} completed, {len(records) - n_done} failed) in "
           f"{len(suites)} suite(s): {', '.join(suites)}.", "",
           "How to read: each cell is the test metric's mean ± sample std (ddof=1) over completed seeds, with "
-          "n = seeds. The expected number of seeds for a group is the number of distinct seeds among the "
-          "suite's records (completed or failed); groups with fewer are marked `k/N seeds †`, and their cell is "
-          "the mean over the seeds that exist. `failed (0/N seeds)` = every run of the group failed; "
-          f"`{NOT_RUN}` = no run recorded (shown where only published numbers exist). **Bold** = best measured "
+          "n = seeds. Columns are the datasets measured or planned in the suite file (`suites/<suite>.yaml`); "
+          "a planned model × size without records still gets a row. The expected number of seeds for a group is "
+          "the number of seeds the suite file lists; groups with fewer are marked `k/N seeds †`, and their cell "
+          "is the mean over the seeds that exist. `failed (0/N seeds)` = every run of the group failed; "
+          f"`{NOT_RUN}` = planned but no run recorded; `{DASH}` = not planned. Without a suite file the plan is "
+          "unknown: the expected seeds are the distinct seeds among the suite's records (completed or failed), "
+          f"columns also include the datasets of the published rows shown, and every cell without records reads "
+          f"`{NOT_RUN}` (each suite's section says which applies). **Bold** = best measured "
           "value per dataset. Average = mean over the measured datasets; Avg. rank = mean per-dataset rank "
           "(1 = best, ties averaged); rows missing datasets are annotated and not eligible for bold there. "
           "*Published* rows are copied from the literature and excluded from bold, averages and ranks.", ""]
-    tex = ["% Generated by benchmark.leaderboard from run records. Requires \\usepackage{booktabs}.", ""]
+    tex = ["% Generated by benchmark.leaderboard from run records. Requires \\usepackage{booktabs}.",
+           "% Wide tables: wrap a tabular in \\resizebox{\\textwidth}{!}{...} (graphicx) or use table*.", ""]
     csv_rows: list[dict] = []
     for suite, recs in suites.items():
-        md += [f"## Suite `{suite}`", ""]
-        seeds = expected_seeds(recs)
-        md += [f"Expected seeds per group: {len(seeds)} ({', '.join(map(str, seeds))}).", ""]
+        plan = load_plan(suite, suites_dir)
+        md += [f"## Suite `{suite}`", "", *_plan_note(suite, plan, expected_seeds(recs, plan))]
         tex.append(f"% ---- suite {suite} ----")
         md += ["### Headline metrics", ""]
         for metric in HEADLINE_METRICS:
-            mt = metric_table(recs, metric, published, suite)
+            mt = metric_table(recs, metric, published, suite, plan)
             t = _headline_table(mt)
             md.append(_render_md(t))
             tex.append(_render_tex(t))
             csv_rows += _headline_csv_rows(mt)
-        for title, tables in (("Incomplete groups", [_incomplete_table(recs, suite)]),
+        for title, tables in (("Incomplete groups", [_incomplete_table(recs, suite, plan)]),
                               ("Failed runs", [_failed_table(recs, suite)]),
-                              ("Per-class metrics", _per_class_tables(recs, suite)),
+                              ("Per-class metrics", _per_class_tables(recs, suite, plan)),
                               ("Pairwise comparisons", [_pairwise_table(recs, suite, m) for m in PAIRWISE_METRICS])):
             tables = [t for t in tables if t is not None]
             md += [f"### {title}", ""]
@@ -826,7 +993,7 @@ def build_leaderboard(records: Sequence[dict], published: pd.DataFrame | None = 
             for t in tables:
                 md.append(_render_md(t))
                 tex.append(_render_tex(t))
-        csv_rows += _per_class_csv_rows(recs, suite)
+        csv_rows += _per_class_csv_rows(recs, suite, plan)
     md.append(_references_md(published))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator="\n")
@@ -837,13 +1004,15 @@ def build_leaderboard(records: Sequence[dict], published: pd.DataFrame | None = 
     return "\n".join(md).rstrip("\n") + "\n", buf.getvalue(), "\n".join(tex).rstrip("\n") + "\n"
 
 
-def write_leaderboard(runs_dir: Path, out_dir: Path, suite: str | None = None) -> list[Path]:
-    """Write `leaderboard.md`, `.csv` and `.tex` under `out_dir` from the records in `runs_dir`."""
+def write_leaderboard(runs_dir: Path, out_dir: Path, suite: str | None = None,
+                      suites_dir: Path | str | None = None) -> list[Path]:
+    """Write `leaderboard.md`, `.csv` and `.tex` under `out_dir` from the records in `runs_dir` and the suite
+    files in `suites_dir` (None: ./suites/, then the project's suites/)."""
     records = load_records(runs_dir, suite)
     if not records:
         where = Path(runs_dir) / suite if suite else Path(runs_dir)
         raise UserError(f"no run records found in {where}; run a suite first or pass --runs DIR")
-    md, csv_text, tex = build_leaderboard(records)
+    md, csv_text, tex = build_leaderboard(records, suites_dir=suites_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

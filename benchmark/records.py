@@ -2,11 +2,15 @@
 
 Files are written atomically (temp file, fsync, rename), so a reader sees a whole record or none; a file that
 does not parse (a copy interrupted by hand, a truncated disk) is ignored with a warning, never counted.
-A finished record is never overwritten: `--force` moves the old one to `superseded/` first.
+A record is never overwritten: a rerun (`--force`, or a run that failed before) moves the old one to
+`superseded/` first. A process killed mid-write leaves only a hidden `.<name>.*.tmp` file, which nothing
+reads; `remove_temp_files` clears those of one target when its run starts again.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import tempfile
@@ -18,6 +22,19 @@ from benchmark.errors import UserError
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "status", "suite", "run_id", "config_hash", "config", "seed")
+STATUSES = ("completed", "failed")
+
+
+class OutputError(UserError):
+    """The results folder cannot be written (full disk, permissions): no later run could save, so the grid stops."""
+
+
+def output_error(path: Path, err: OSError) -> OutputError:
+    if err.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {path}; free some space or choose another --output, then run "
+                           f"the same command again to resume")
+    return OutputError(f"cannot write {path}: {err.strerror or err}; check the folder's permissions and free space, "
+                       f"or choose another --output")
 
 
 def runs_dir(results_dir: Path, suite: str) -> Path:
@@ -34,17 +51,25 @@ def now_iso() -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` holds either its old content or all of `data`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {err.strerror or err}; free disk space or choose another --output") from None
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise output_error(path, err) from None
+
+
+def remove_temp_files(path: Path) -> None:
+    """Delete the temp files a killed `atomic_write_bytes(path, ...)` left behind."""
+    for tmp in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -58,7 +83,8 @@ def read_record(path: Path) -> dict | None:
     except (OSError, ValueError) as err:
         warnings.warn(f"ignoring unreadable record {path}: {err}")
         return None
-    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS) \
+            or record["status"] not in STATUSES:
         warnings.warn(f"ignoring {path}: not a run record")
         return None
     return record
@@ -78,11 +104,14 @@ def completed_hashes(results_dir: Path, suite: str) -> set[str]:
 
 
 def set_aside(path: Path) -> Path | None:
-    """Move an existing record to `superseded/` (for --force), so no finished result is lost."""
+    """Move an existing record to `superseded/` before a rerun writes `path`, so no result is lost."""
     if not path.exists():
         return None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     target = path.parent / "superseded" / f"{path.stem}-{stamp}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    except OSError as err:
+        raise output_error(target, err) from None
     return target

@@ -1,8 +1,9 @@
 """Run a suite's grid: skip finished runs, resume interrupted ones, write one record per run.
 
 A run that fails (bad data, unreachable model, non-finite loss, out of memory) is recorded as failed with
-its error and epoch, and the grid goes on unless `fail_fast`. Data is loaded once per (dataset, size) and
-kept on the training device for every run that uses it.
+its error and epoch, and the grid goes on unless `fail_fast` (or `debug`, which re-raises the error with its
+traceback). An output folder that cannot be written (full disk) stops the grid: no later run could save.
+Data is loaded once per (dataset, size) and kept on the training device for every run that uses it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import platform
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -29,8 +29,17 @@ from benchmark.config import RunSpec, Suite
 from benchmark.data import DatasetSplits, load_dataset
 from benchmark.errors import UserError
 from benchmark.models import build_model
-from benchmark.records import SCHEMA_VERSION, completed_hashes, now_iso, record_path, set_aside, write_record
-from benchmark.train import DeviceSplit, TrainingFailed, autocast_dtype, fit
+from benchmark.records import (
+    SCHEMA_VERSION,
+    OutputError,
+    completed_hashes,
+    now_iso,
+    record_path,
+    remove_temp_files,
+    set_aside,
+    write_record,
+)
+from benchmark.train import DeviceSplit, autocast_dtype, fit
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
@@ -110,9 +119,9 @@ class GridRunner:
     """Runs the specs of one suite into `output`; holds the accelerator and the device-resident data."""
 
     def __init__(self, output: Path, *, resume: bool = True, force: bool = False, fail_fast: bool = False,
-                 quiet: bool = False, keep_checkpoints: str = "best"):
+                 quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False):
         self.output = Path(output)
-        self.resume, self.force, self.fail_fast = resume, force, fail_fast
+        self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
         self.quiet, self.keep_checkpoints = quiet, keep_checkpoints
         self.accelerator = Accelerator()
         self._data_key = None
@@ -139,6 +148,7 @@ class GridRunner:
             label = f"[{index}/{len(suite.runs)}] {spec.run_id}"
             if spec.config_hash in done:
                 summary.skipped.append(spec.run_id)
+                self.prune_checkpoints(spec)  # in case a process died between writing the record and pruning
                 self.say(f"{label}: done already, skipped")
                 continue
             self.say(f"{label}: running")
@@ -157,29 +167,31 @@ class GridRunner:
     def run_one(self, spec: RunSpec) -> tuple[bool, str] | None:
         """Train one spec and write its record; returns (is_user_error, message) when it failed."""
         path = record_path(self.output, spec.suite, spec.run_id)
-        epoch, started = 0, time.perf_counter()
+        started = time.perf_counter()
+        self.remove_leftovers(spec, path)
         try:
             data, device_splits = self.data_for(spec)
-            set_seed(spec.seed)
-            built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
             if spec.recipe.batch_size > len(data.train.labels):
                 raise UserError(
                     f"batch_size {spec.recipe.batch_size} is larger than the {len(data.train.labels)}-image train split "
                     f"of {spec.dataset}; lower batch_size in the suite's recipe"
                 )
+            set_seed(spec.seed)
+            built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
             outcome = fit(built, data, device_splits, spec.recipe, spec.seed, self.accelerator,
                           self.checkpoint_dir(spec), resume=self.resume, quiet=self.quiet, description=spec.run_id)
-        except (UserError, TrainingFailed, torch.OutOfMemoryError) as err:
-            message = str(err)
-            if isinstance(err, torch.OutOfMemoryError):
-                message = (f"out of memory at batch_size {spec.recipe.batch_size}; lower batch_size or raise "
-                           "grad_accum_steps in the recipe")
-            epoch = getattr(err, "epoch", epoch)
-            self.write_failure(spec, path, err, message, epoch, started)
-            return isinstance(err, UserError), message
-        except Exception as err:  # a bug: keep the traceback in the record and go on with the grid
-            self.write_failure(spec, path, err, f"{type(err).__name__}: {err}", epoch, started, traceback.format_exc())
-            return False, f"{type(err).__name__}: {err}"
+        except OutputError:
+            raise
+        except Exception as err:
+            # A UserError is bad input, a non-finite loss or out of memory (TrainingFailed carries the epoch);
+            # anything else is a bug, whose traceback goes into the record. Either way the grid goes on.
+            user_error = isinstance(err, UserError)
+            message = str(err) if user_error else " ".join(f"{type(err).__name__}: {err}".split())
+            trace = None if user_error else traceback.format_exc()
+            self.write_failure(spec, path, err, message, started, trace)
+            if self.debug:
+                raise
+            return user_error, message
         finally:
             self.accelerator.free_memory()
 
@@ -206,37 +218,50 @@ class GridRunner:
             "error": None,
         })
         if self.accelerator.is_main_process:
-            if self.force:
-                set_aside(path)
+            set_aside(path)  # an earlier failed record (or a --force rerun's old one) is kept in superseded/
             write_record(path, record)
             self.prune_checkpoints(spec)
             self.say(f"  test acc {outcome.test['acc']:.4f}, auc {outcome.test['auc']:.4f} "
                      f"(best epoch {outcome.best_epoch}) → {path}")
         return None
 
-    def write_failure(self, spec: RunSpec, path: Path, err: Exception, message: str, epoch: int,
-                      started: float, trace: str | None = None) -> None:
+    def write_failure(self, spec: RunSpec, path: Path, err: Exception, message: str, started: float,
+                      trace: str | None = None) -> None:
+        """The failed record: the error with the epoch it stopped in (0 = before training) and the history so far."""
         if not self.accelerator.is_main_process:
             return
         record = base_record(spec, "failed")
         record.update({
-            "error": {"type": type(err).__name__, "message": message, "epoch": epoch, "traceback": trace},
+            "error": {"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
+                      "traceback": trace},
+            "history": getattr(err, "history", []),
             "timing": {"wall_seconds": time.perf_counter() - started},
             "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator)),
         })
         set_aside(path)
         write_record(path, record)
 
+    def remove_leftovers(self, spec: RunSpec, path: Path) -> None:
+        """Delete temp files of writes a killed process left unfinished (never read, but checkpoint-sized)."""
+        if not self.accelerator.is_main_process:
+            return
+        directory = self.checkpoint_dir(spec)
+        for target in (path, directory / "last.pt", directory / "best.pt"):
+            remove_temp_files(target)
+
     def prune_checkpoints(self, spec: RunSpec) -> None:
         """A finished run keeps only its best weights (or nothing, with keep_checkpoints='none')."""
+        if not self.accelerator.is_main_process:
+            return
         directory = self.checkpoint_dir(spec)
         (directory / "last.pt").unlink(missing_ok=True)
         if self.keep_checkpoints == "none":
             shutil.rmtree(directory, ignore_errors=True)
 
     def say(self, message: str, always: bool = False) -> None:
+        """Progress on stdout (stderr is kept for the one-line error); `always` prints even with `quiet`."""
         if (always or not self.quiet) and self.accelerator.is_main_process:
-            print(message, file=sys.stderr if always else sys.stdout, flush=True)
+            print(message, flush=True)
 
 
 def outcome_dtype_name(spec: RunSpec, accelerator: Accelerator) -> str:

@@ -37,21 +37,29 @@ from benchmark.records import atomic_write_bytes
 
 
 class TrainingFailed(UserError):
-    """A run that cannot go on (non-finite loss, out of memory); carries the epoch it stopped in."""
+    """A run that cannot go on (non-finite loss, out of memory); carries the epoch it stopped in and the
+    history of the epochs before it, for the failed record."""
 
-    def __init__(self, message: str, epoch: int):
+    def __init__(self, message: str, epoch: int, history: list[dict]):
         super().__init__(message)
-        self.epoch = epoch
+        self.epoch, self.history = epoch, list(history)
 
 
 @contextlib.contextmanager
-def out_of_memory_as_failure(recipe: Recipe, epoch: int):
+def out_of_memory_as_failure(recipe: Recipe, epoch: int, history: list[dict]):
     """Turn an out-of-memory error into a `TrainingFailed` that says how to fit the run in memory."""
     try:
         yield
     except torch.OutOfMemoryError:
         raise TrainingFailed(f"out of memory in epoch {epoch} at batch_size {recipe.batch_size}; lower batch_size "
-                             f"(and raise grad_accum_steps to keep the effective batch) in the recipe", epoch) from None
+                             f"(and raise grad_accum_steps to keep the effective batch) in the recipe", epoch,
+                             history) from None
+
+
+def check_finite(what: str, value: float, epoch: int, history: list[dict]) -> None:
+    if not math.isfinite(value):
+        raise TrainingFailed(f"{what} became {value} in epoch {epoch}; lower the learning rate (or set max_grad_norm) "
+                             f"in the recipe", epoch, history)
 
 
 @dataclass
@@ -296,7 +304,7 @@ def fit(
     stopped_early = False
     show = not quiet and accelerator.is_main_process
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
-        with out_of_memory_as_failure(recipe, epoch):
+        with out_of_memory_as_failure(recipe, epoch, state.history):
             model.train()
             batches = train_batches(
                 len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
@@ -330,12 +338,11 @@ def fit(
             epoch_seconds = time.perf_counter() - started
             train_seconds += epoch_seconds
             train_images += seen * accelerator.num_processes
-            if not math.isfinite(train_loss):
-                raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate "
-                                     f"(or set max_grad_norm) in the recipe", epoch)
+            check_finite("training loss", train_loss, epoch, state.history)
 
             val_loss, val_probs = predict(model, device_splits["val"], eval_transform, eval_batch, accelerator, dtype,
                                           channels_last)
+            check_finite("validation loss", val_loss, epoch, state.history)  # a last step can diverge
             val_metrics = {"loss": val_loss, **classification_metrics(data.val.labels, val_probs, data.task)}
             val_metrics.pop("per_class"), val_metrics.pop("confusion_matrix")
             state.history.append({
@@ -372,7 +379,7 @@ def fit(
                 break
 
     unwrapped.load_state_dict(best_weights)
-    with out_of_memory_as_failure(recipe, state.epoch):
+    with out_of_memory_as_failure(recipe, state.epoch, state.history):
         test_loss, test_probs = predict(model, device_splits["test"], eval_transform, eval_batch, accelerator, dtype,
                                         channels_last)
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}

@@ -7,6 +7,7 @@ derived from those predictions with scikit-learn, so a record is internally cons
     rec = make_record(dataset="breastmnist", model="resnet18_28", seed=0)
     recs = make_grid()                      # 2 datasets x 2 models x 3 seeds, one seed missing, one failed run
     write_records(recs, tmp_path / "runs")  # -> runs/<suite>/<run_id>.json
+    write_suite_file(tmp_path / "suites", "unit", datasets=["breastmnist", ("breast_ultrasound", 64)])  # the plan
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 from sklearn import metrics as skm
 
@@ -32,6 +34,14 @@ DATASETS: dict[str, dict] = {
             "basophil", "eosinophil", "erythroblast",
             "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
             "lymphocyte", "monocyte", "neutrophil", "platelet",
+        ],
+    },
+    "dermamnist": {
+        "task": "multi-class",
+        "channels": 3,
+        "class_names": [
+            "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
+            "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions",
         ],
     },
     "breast_ultrasound": {"task": "multi-class", "class_names": ["benign", "malignant", "normal"], "channels": 3},
@@ -222,3 +232,20 @@ def write_records(records, runs_dir: Path) -> list[Path]:
         p.write_text(json.dumps(rec, indent=1), encoding="utf-8")
         paths.append(p)
     return paths
+
+
+def write_suite_file(suites_dir: Path, name: str = "unit", datasets=GRID_DATASETS, models=GRID_MODELS,
+                     seeds=GRID_SEEDS) -> Path:
+    """`suites_dir/<name>.yaml` in the suite-file format of `benchmark/config.py`. A dataset is a name (default
+    size) or a (name, size) pair; every model gets the same short recipe."""
+    doc = {
+        "name": name,
+        "seeds": list(seeds),
+        "recipes": {"short": {"optimizer": "adam", "lr": 1.0e-3, "epochs": 3, "batch_size": 32}},
+        "datasets": [d if isinstance(d, str) else {"name": d[0], "size": d[1]} for d in datasets],
+        "models": [{"name": m, "recipe": "short"} for m in models],
+    }
+    path = Path(suites_dir) / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path

@@ -57,19 +57,19 @@ def load_medmnist(flag: str, *, size: int, data_root: str | None, download: bool
                   split_seed: int, verify: bool) -> DatasetSplits:
     info = INFO[flag]
     path = _locate(flag, size, data_root, download)
-    md5 = file_md5(path)
-    if verify:
-        if data_root == BUNDLED:
-            check_bundled_file(path, md5)
-        else:
-            check_md5(path, md5, info[_info_key("MD5", size)])
-    arrays, synthetic = _read_npz(path, limit)
+    arrays, synthetic = _read_npz(path, limit)  # before the MD5: a damaged file gets the specific message
     class_names = [info["label"][key] for key in sorted(info["label"], key=int)]
     splits = {
         split: checked_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], size=size,
                              n_channels=info["n_channels"], n_classes=len(class_names), where=f"{path} ({split})")
         for split in SPLIT_NAMES
     }
+    md5 = file_md5(path)
+    if verify:
+        if data_root == BUNDLED:
+            check_bundled_file(path, md5)
+        else:
+            check_md5(path, md5, info[_info_key("MD5", size)])
     return DatasetSplits(name=flag, size=size, task=info["task"], class_names=class_names, **splits,
                          source=str(path), md5=md5, synthetic=synthetic)
 

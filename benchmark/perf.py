@@ -1,0 +1,791 @@
+"""Throughput benchmark: our device-resident pipeline against its upper bound and the tutorials' pipeline.
+
+`python -m benchmark perf --model M --dataset D --size S [--batch B]` measures, in one process:
+
+- (a) ``ours``: train.py's step — a batch indexed from the uint8 split held on the device, resized, augmented
+  and normalised there by `BatchTransform`, bf16 autocast on a GPU, the recipe's optimizer;
+- (b) ``random``: the same step fed one random float batch already on the device (no data work: the bound);
+- (c) ``tutorial``: Hugging Face `Trainer` on a `datasets.Dataset` of PIL images whose `set_transform` runs
+  `reference_transform` per sample in the main process (`dataloader_num_workers=0`), same batch size;
+
+each as training and inference images/s, peak memory and seconds per epoch, with the ratios a/b and a/c,
+FLOPs per image (`FlopCounterMode`, one forward + backward) and, against the device's bf16 peak, the model
+FLOPs utilisation. `--data-only` times the data pipelines alone at `--input-size` (224) with augmentation:
+`BatchTransform(augment="tutorial")` over the device-resident split against `reference_transform` on the same
+images, per sample in one process — alone (``tutorial_transform``) and behind the tutorials' `datasets` +
+`set_transform` + `DataLoader(num_workers=0)` (``tutorial_loader``).
+
+Timings are steady state: warm-up steps run first and are not timed; on CUDA every timed block is bracketed
+by `torch.cuda.synchronize`. Pipelines measured by our own loop are timed in interleaved rounds (a, b, a, b,
+...) so that a busy machine slows them alike. `--threads 1` gives per-core CPU figures. Each run writes one
+JSON file to `--output` (default `results/perf/`) with the command, settings, figures, device and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmark.config import Recipe
+from benchmark.data import DatasetSplits, load_dataset
+from benchmark.data.transforms import BatchTransform, reference_transform
+from benchmark.errors import UserError
+from benchmark.models import BuiltModel, build_model, list_models, resolve_model
+from benchmark.records import atomic_write_bytes, now_iso
+from benchmark.train import (
+    DeviceSplit,
+    autocast,
+    autocast_dtype,
+    epoch_generator,
+    make_optimizer,
+    make_scheduler,
+    prepare_pixels,
+    train_batches,
+)
+
+DEFAULT_OUTPUT = Path("results") / "perf"
+PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "datasets", "numpy", "pillow")
+SCHEMA_VERSION = 1
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, matched in order
+# against torch.cuda.get_device_name(); `--peak-tflops` overrides (and is the only source on other devices).
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    (r"GH200", 989.0),
+    (r"H200", 989.0),
+    (r"H100.*PCIe", 756.0),
+    (r"H100.*NVL", 835.0),
+    (r"H100", 989.0),  # SXM (HBM3)
+    (r"A100", 312.0),
+    (r"L40S", 362.0),
+    (r"\bL4\b", 121.0),
+    (r"B200", 2250.0),
+)
+
+# ViT presets whose architecture is transformers' `ViTConfig` (224 px, patch 16) with these overrides.
+# Throughput does not depend on the weights, so perf builds them from the config (random weights) and never
+# needs the Hub. `vit_tiny_224` (perf only) is a 2-layer, 64-wide ViT at 224 px: a model so cheap that the
+# data pipeline dominates, which is the GPU's situation reproduced on a CPU.
+VIT_ARCHITECTURES: dict[str, dict] = {
+    "vit_b16": {},
+    "vit_b16_in21k": {},
+    "vit_l16": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+    "vit_tiny_224": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
+}
+
+TRAIN_PIPELINES = ("ours", "random", "tutorial")
+DATA_PIPELINES = ("ours", "tutorial_transform", "tutorial_loader")
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `perf` verb's options (the CLI adds them to its `perf` subparser)."""
+    parser.add_argument("--model", help="model preset, HF id or local directory (not needed with --data-only)")
+    parser.add_argument("--model-source", help="build --model from this HF id or local save_pretrained directory")
+    parser.add_argument("--dataset", default="breastmnist", help="dataset name [breastmnist]")
+    parser.add_argument("--size", type=int, default=28, help="stored image size of the dataset in px [28]")
+    parser.add_argument("--data-root", default="bundled",
+                        help="folder with the data files; 'bundled' = the shipped subsets [bundled]")
+    parser.add_argument("--batch", type=int, default=Recipe().batch_size, help="training batch size [32]")
+    parser.add_argument("--eval-batch", type=int, default=0, help="inference batch size; 0 = 2 x --batch [0]")
+    parser.add_argument("--steps", type=int, default=10, help="timed batches per round and pipeline [10]")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batches before timing, >= 1 [3]")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds [2]")
+    parser.add_argument("--data-only", action="store_true",
+                        help="time the data pipelines alone (augmentation at --input-size), no model")
+    parser.add_argument("--input-size", type=int, default=224, help="--data-only: output size in px [224]")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto = the GPU when there is one [auto]")
+    parser.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default="auto",
+                        help="auto = bf16 autocast on a GPU that supports it, else full precision [auto]")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model for (a) and (b)")
+    parser.add_argument("--skip-tutorial", action="store_true", help="skip (c), the Trainer pipeline")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (1 = per-core figures); 0 = torch's default [0]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results folder [results/perf]")
+
+
+def run_perf(args: argparse.Namespace) -> int:
+    """The `perf` verb: measure, print a summary, write the JSON; returns the exit status."""
+    _check_args(args)
+    _quiet_libraries()
+    device = _pick_device(args.device)
+    data = load_dataset(args.dataset, args.size, data_root=args.data_root)
+    threads = torch.get_num_threads()
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        result = measure_data_only(data, device, args) if args.data_only else measure_training(data, device, args)
+        env = environment(device)
+    finally:
+        torch.set_num_threads(threads)
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "mode": "data" if args.data_only else "train",
+        "command": command_line(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+                     if k not in ("func", "verb", "debug")},
+        "dataset": {"name": data.name, "size": data.size, "n_train": len(data.train), "source": data.source,
+                    "channels": int(data.train.images.shape[-1])},
+        **result,
+        "environment": env,
+        "created_at": now_iso(),
+    }
+    path = write_result(result, args.output, result_name(args, device))
+    print(summary(result))
+    print(f"wrote {path}")
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.data_only and not args.model:
+        raise UserError("perf needs --model (a preset, HF id or local directory), or --data-only")
+    if args.batch < 2:
+        raise UserError(f"--batch must be >= 2 (got {args.batch}); BatchNorm cannot train on one image")
+    for name, low in (("steps", 1), ("warmup", 1), ("rounds", 1), ("input_size", 1), ("eval_batch", 0), ("threads", 0)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(args, name)})")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        raise UserError(f"--peak-tflops must be > 0 (got {args.peak_tflops})")
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the allocator's peak since the last reset; CPU: the process's max RSS so far (never reset)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_kind(device: torch.device) -> str:
+    return "cuda_max_allocated" if device.type == "cuda" else "process_max_rss"
+
+
+@dataclass
+class Timing:
+    """Images and seconds of a pipeline's timed steps, summed over rounds."""
+
+    images: int = 0
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    round_rates: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else math.nan
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "seconds": self.seconds, "images_per_second": self.images_per_second,
+                "round_images_per_second": self.round_rates, "peak_memory_mb": self.peak_memory_mb}
+
+
+Step = Callable[[], int]  # runs one batch, returns its number of images
+
+
+def measure_interleaved(steps_by_name: dict[str, Step], device: torch.device, warmup: int, steps: int,
+                        rounds: int) -> dict[str, Timing]:
+    """Warm each pipeline up, then time `steps` batches of each in turn, `rounds` times."""
+    timings = {name: Timing() for name in steps_by_name}
+    for step in steps_by_name.values():
+        for _ in range(warmup):
+            step()
+    for _ in range(rounds):
+        for name, step in steps_by_name.items():
+            synchronize(device)
+            reset_peak_memory(device)
+            started, images = time.perf_counter(), 0
+            for _ in range(steps):
+                images += step()
+            synchronize(device)
+            seconds = time.perf_counter() - started
+            timing = timings[name]
+            timing.images += images
+            timing.seconds += seconds
+            timing.round_rates.append(images / seconds)
+            timing.peak_memory_mb = max(timing.peak_memory_mb, peak_memory_mb(device))
+    return timings
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+
+def count_flops(model: nn.Module, input_size: int, in_channels: int, device: torch.device,
+                dtype: torch.dtype | None, train: bool = True, batch: int = 2) -> float:
+    """Model FLOPs per image of one forward (+ backward when `train`), counted by `FlopCounterMode`.
+
+    Attention runs on the math SDPA kernel while counting, so its matmuls are counted on every device (the
+    counter knows the CUDA flash/efficient kernels but not the CPU one); the count is the same either way.
+    Gradients are cleared afterwards.
+    """
+    was_training = model.training
+    model.train(train)
+    pixels = torch.randn(batch, in_channels, input_size, input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter, torch.set_grad_enabled(train):
+        with autocast(device, dtype):
+            logits = model(pixels).float()
+        if train:
+            nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device)).backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return counter.get_total_flops() / batch
+
+
+def peak_tflops_for(device: torch.device, override: float | None) -> tuple[float | None, str | None]:
+    """(peak bf16 TFLOP/s, where it came from) for MFU; (None, None) when unknown."""
+    if override is not None:
+        return override, "--peak-tflops"
+    if device.type != "cuda":
+        return None, None
+    name = torch.cuda.get_device_name(device)
+    peak = known_peak_tflops(name)
+    return (peak, f"table ({name})") if peak else (None, None)
+
+
+def known_peak_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak TFLOP/s of a GPU from `BF16_PEAK_TFLOPS` by its CUDA name; None when not listed."""
+    for pattern, tflops in BF16_PEAK_TFLOPS:
+        if re.search(pattern, device_name):
+            return tflops
+    return None
+
+
+def utilisation(images_per_second: float, flops_per_image: float, peak_tflops: float | None) -> dict:
+    achieved = images_per_second * flops_per_image / 1e12
+    return {"achieved_tflops": achieved, "mfu": achieved / peak_tflops if peak_tflops else None}
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def build_for_perf(args: argparse.Namespace, data: DatasetSplits, workdir: Path) -> tuple[BuiltModel, dict]:
+    """The model to time, with random weights (throughput does not depend on them), and how it was built."""
+    channels = int(data.train.images.shape[-1])
+    if args.model_source:
+        spec = resolve_model(args.model, source=args.model_source, pretrained=False)
+        how = f"{args.model_source} (random weights)"
+    elif args.model in VIT_ARCHITECTURES:
+        source = write_vit_config(workdir / args.model, **VIT_ARCHITECTURES[args.model])
+        spec = resolve_model(args.model, source=str(source), pretrained=False)
+        how = f"transformers ViTConfig({VIT_ARCHITECTURES[args.model]}) (random weights)"
+    elif args.model in list_models():
+        spec = resolve_model(args.model, pretrained=False)
+        how = f"{spec.source} (random weights)"
+    else:  # a Hugging Face id or a local directory
+        spec = resolve_model(args.model, source=args.model, pretrained=False)
+        how = f"{args.model} (random weights)"
+    built = build_model(spec, data.class_names, channels)
+    return built, {"name": args.model, "family": built.family, "source": how, "input_size": built.input_size,
+                   "in_channels": built.in_channels, "n_params": built.n_params}
+
+
+def write_vit_config(directory: Path, **overrides) -> Path:
+    """A local model directory with a ViT config (224 px, patch 16 by default) and its image processor."""
+    from transformers import ViTConfig, ViTImageProcessor
+
+    config = ViTConfig(**overrides)
+    config.save_pretrained(directory)
+    ViTImageProcessor(size={"height": config.image_size, "width": config.image_size},
+                      image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------- (a), (b)
+
+
+def index_batches(n: int, batch: int, count: int, seed: int) -> list[torch.Tensor]:
+    """`count` full batches of sample indices: train.py's per-epoch shuffles, one epoch after another."""
+    chunks, have, epoch = [], 0, 0
+    while have < batch * count:
+        epoch += 1
+        chunks += train_batches(n, batch, epoch_generator(seed, epoch, 0), 0, 1)
+        have = sum(len(c) for c in chunks)
+    return list(torch.cat(chunks)[: batch * count].split(batch))
+
+
+class StepRunner:
+    """train.py's step after the transform (autocast forward, backward, optimizer and schedule step), one process;
+    and predict's no-grad forward. The caller sets train/eval mode once per phase, as `fit` does per epoch."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, device: torch.device, dtype: torch.dtype | None,
+                 total_steps: int):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.optimizer = make_optimizer(recipe, model, device)
+        self.scheduler = make_scheduler(recipe, self.optimizer, total_steps)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_sum = torch.zeros((), device=device)
+        self.images = 0
+
+    def train(self, pixels: torch.Tensor, labels: torch.Tensor) -> int:
+        with autocast(self.device, self.dtype):
+            loss = self.loss_fn(self.model(pixels).float(), labels)
+        loss.backward()
+        self.loss_sum += loss.detach() * len(labels)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.images += len(labels)
+        return len(labels)
+
+    @torch.no_grad()
+    def infer(self, pixels: torch.Tensor) -> int:
+        with autocast(self.device, self.dtype):
+            self.model(pixels).float()
+        return len(pixels)
+
+    def mean_loss(self) -> float:
+        return self.loss_sum.item() / max(self.images, 1)
+
+
+def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSplit, recipe: Recipe,
+                            device: torch.device, dtype: torch.dtype | None, channels_last: bool,
+                            n_classes: int, args: argparse.Namespace
+                            ) -> tuple[dict[str, Timing], dict[str, Timing], float]:
+    """Training and inference timings of (a) ours and (b) random, interleaved; and the mean training loss."""
+    batch, eval_batch = args.batch, args.eval_batch or 2 * args.batch
+    total = args.warmup + args.steps * args.rounds
+    runner = StepRunner(model, recipe, device, dtype, 2 * total)
+    train_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, recipe.augment)
+    eval_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, "none")
+    train_indices = iter(index_batches(len(split), batch, total, args.seed))
+    eval_indices = iter(torch.arange(eval_batch * total).remainder(len(split)).split(eval_batch))
+    augment_rng = epoch_generator(args.seed, 1, 1)
+
+    shape = (built.in_channels, built.input_size, built.input_size)
+    random_pixels = prepare_pixels(torch.randn(batch, *shape, device=device), channels_last)
+    random_labels = torch.randint(0, n_classes, (batch,), device=device)
+    random_eval = prepare_pixels(torch.randn(eval_batch, *shape, device=device), channels_last)
+
+    def ours_train() -> int:
+        index = next(train_indices)
+        pixels = prepare_pixels(train_transform(split.images[index], augment_rng), channels_last)
+        return runner.train(pixels, split.labels[index])
+
+    def ours_infer() -> int:
+        index = next(eval_indices)
+        return runner.infer(prepare_pixels(eval_transform(split.images[index]), channels_last))
+
+    model.train()
+    train = measure_interleaved({"ours": ours_train, "random": lambda: runner.train(random_pixels, random_labels)},
+                                device, args.warmup, args.steps, args.rounds)
+    model.eval()
+    infer = measure_interleaved({"ours": ours_infer, "random": lambda: runner.infer(random_eval)},
+                                device, args.warmup, args.steps, args.rounds)
+    loss = runner.mean_loss()
+    del runner
+    return train, infer, loss
+
+
+# ---------------------------------------------------------------------------------------------- (c)
+
+
+def pil_images(images: np.ndarray) -> list:
+    from PIL import Image
+
+    return [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image) for image in images]
+
+
+def tutorial_dataset(images: np.ndarray, labels: np.ndarray, transform, count: int | None = None):
+    """The tutorials' data: a `datasets.Dataset` with an image column, `set_transform` per-sample PIL transforms.
+
+    `count` rows cycle through the images (so a small split still fills large batches)."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"image": pil_images(images), "label": labels.tolist()})
+    if count is not None:
+        dataset = dataset.select(np.arange(count) % len(dataset))
+
+    def apply(examples: dict) -> dict:
+        examples["pixel_values"] = [transform(image) for image in examples["image"]]
+        return examples
+
+    dataset.set_transform(apply)
+    return dataset
+
+
+def tutorial_collate(examples: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "labels": torch.tensor([e["label"] for e in examples])}
+
+
+class WithLoss(nn.Module):
+    """`forward(pixel_values, labels)` -> {"loss", "logits"}, as Trainer expects, for non-HF models."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        logits = self.module(pixel_values)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits.float(), labels)
+        return out
+
+
+def trainer_model(built: BuiltModel) -> nn.Module:
+    """The HF model itself for HF presets (as in the tutorials); others get a loss wrapper."""
+    from transformers import PreTrainedModel
+
+    inner = getattr(built.module, "model", None)
+    return inner if isinstance(inner, PreTrainedModel) else WithLoss(built.module)
+
+
+def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, device: torch.device,
+                     dtype: torch.dtype | None, args: argparse.Namespace, workdir: Path) -> tuple[Timing, Timing]:
+    """(c): Hugging Face Trainer with per-sample PIL transforms, timed from the end of the warm-up steps."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    batch, eval_batch = args.batch, args.eval_batch or 2 * args.batch
+    timed = args.steps * args.rounds
+    size, mean, std, channels = built.input_size, built.mean, built.std, built.in_channels
+    # Rows repeat so that every step gets a full batch, even from a split smaller than the batch, and one
+    # batch more than the steps: accelerate's loader fetches a batch ahead, so the timed window then holds
+    # the data work of exactly `timed` batches.
+    train_set = tutorial_dataset(data.train.images, data.train.labels,
+                                 reference_transform(size, mean, std, channels, recipe.augment),
+                                 count=max(len(data.train), batch * (args.warmup + timed + 1)))
+    eval_transform = reference_transform(size, mean, std, channels, "none")
+    eval_set = tutorial_dataset(data.train.images, data.train.labels, eval_transform,
+                                count=eval_batch * (args.warmup + timed + 1))
+
+    class Clock(TrainerCallback):
+        """Timestamps after the warm-up steps and after the last step, training and prediction alike."""
+
+        def __init__(self) -> None:
+            self.marks: dict[str, float] = {}
+            self.rows_at: dict[str, int] = {}
+            self.rows = 0  # images the collate function has batched so far
+            self.predicted = 0
+
+        def collate(self, examples: list[dict]) -> dict:
+            self.rows += len(examples)
+            return tutorial_collate(examples)
+
+        def mark(self, name: str) -> None:
+            synchronize(device)
+            self.marks[name] = time.perf_counter()
+            self.rows_at[name] = self.rows
+            if name.endswith("start"):
+                reset_peak_memory(device)
+
+        def timing(self, phase: str) -> Timing:
+            start, end = f"{phase}_start", f"{phase}_end"
+            return Timing(images=self.rows_at[end] - self.rows_at[start],
+                          seconds=self.marks[end] - self.marks[start], peak_memory_mb=peak_memory_mb(device))
+
+        def on_step_end(self, _args, state, *_, **__):
+            if state.global_step == args.warmup:
+                self.mark("train_start")
+            if state.global_step == args.warmup + timed:
+                self.mark("train_end")
+
+        def on_prediction_step(self, *_, **__):
+            self.predicted += 1
+            if self.predicted == args.warmup:
+                self.mark("predict_start")
+            if self.predicted == args.warmup + timed:
+                self.mark("predict_end")
+
+    clock = Clock()
+    training_args = TrainingArguments(
+        output_dir=str(workdir / "trainer"),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=eval_batch,
+        max_steps=args.warmup + timed,
+        learning_rate=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        bf16=dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=args.seed,
+    )
+    trainer = Trainer(model=trainer_model(built), args=training_args, train_dataset=train_set,
+                      data_collator=clock.collate, callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)  # no metrics dicts printed over our summary
+    trainer.train()
+    train = clock.timing("train")
+    trainer.predict(eval_set)
+    infer = clock.timing("predict")
+    for timing in (train, infer):
+        timing.round_rates = [timing.images_per_second]
+    del trainer
+    return train, infer
+
+
+# ---------------------------------------------------------------------------------------------- modes
+
+
+def measure_training(data: DatasetSplits, device: torch.device, args: argparse.Namespace) -> dict:
+    recipe = Recipe(batch_size=args.batch, mixed_precision=args.mixed_precision, compile=args.compile)
+    dtype = autocast_dtype(recipe, device)
+    with tempfile.TemporaryDirectory(prefix="perf-") as tmp:
+        workdir = Path(tmp)
+        built, model_info = build_for_perf(args, data, workdir)
+        channels_last = device.type == "cuda" and built.family == "resnet"  # as in train.fit
+        model = built.module.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        train_flops = count_flops(model, built.input_size, built.in_channels, device, dtype, train=True)
+        infer_flops = count_flops(model, built.input_size, built.in_channels, device, dtype, train=False)
+        split = DeviceSplit.from_split(data.train, device)
+        timed_model = torch.compile(model) if args.compile else model
+        train, infer, loss = measure_ours_and_random(built, timed_model, split, recipe, device, dtype,
+                                                     channels_last, data.n_classes, args)
+        if not math.isfinite(loss):
+            raise RuntimeError(f"training loss became {loss} while timing; the step is broken")
+        del timed_model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if not args.skip_tutorial:
+            train["tutorial"], infer["tutorial"] = measure_tutorial(built, data, recipe, device, dtype, args, workdir)
+
+    peak, peak_source = peak_tflops_for(device, args.peak_tflops)
+    pipelines = {}
+    for name in TRAIN_PIPELINES:
+        if name not in train:
+            continue
+        pipelines[name] = {
+            "train": {**train[name].to_dict(), "seconds_per_epoch": len(data.train) / train[name].images_per_second,
+                      **utilisation(train[name].images_per_second, train_flops, peak)},
+            "inference": {**infer[name].to_dict(), **utilisation(infer[name].images_per_second, infer_flops, peak)},
+        }
+    return {
+        "model": model_info,
+        "batch": args.batch,
+        "eval_batch": args.eval_batch or 2 * args.batch,
+        "augment": recipe.augment,
+        "optimizer": recipe.optimizer,
+        "mixed_precision": str(dtype).removeprefix("torch.") if dtype else "no",
+        "channels_last": channels_last,
+        "compile": args.compile,
+        "timed_steps": args.steps * args.rounds,
+        "warmup_steps": args.warmup,
+        "train_loss_while_timing": loss,
+        "flops_per_image": {"train": train_flops, "inference": infer_flops},
+        "peak_bf16_tflops": peak,
+        "peak_bf16_tflops_source": peak_source,
+        "memory_kind": memory_kind(device),
+        "pipelines": pipelines,
+        "ratios": ratios(pipelines, "ours", {"random": "ours_over_random", "tutorial": "ours_over_tutorial"}),
+    }
+
+
+def ratios(pipelines: dict, numerator: str, denominators: dict[str, str]) -> dict:
+    """images/s of `numerator` over each measured denominator (per phase when there are phases)."""
+
+    def rates(pipeline: dict) -> dict[str, float]:
+        if "images_per_second" in pipeline:
+            return {"": pipeline["images_per_second"]}
+        return {f"{phase}_": figures["images_per_second"] for phase, figures in pipeline.items()}
+
+    top = rates(pipelines[numerator])
+    return {f"{prefix}{label}": top[prefix] / rate
+            for name, label in denominators.items() if name in pipelines
+            for prefix, rate in rates(pipelines[name]).items()}
+
+
+def measure_data_only(data: DatasetSplits, device: torch.device, args: argparse.Namespace) -> dict:
+    """images/s delivered at --input-size with the tutorial augmentation: ours vs the tutorial's."""
+    size, batch, mean, std, channels = args.input_size, args.batch, [0.5] * 3, [0.5] * 3, 3
+    total = args.warmup + args.steps * args.rounds
+    split = DeviceSplit.from_split(data.train, device)
+    ours = BatchTransform(size, mean, std, channels, "tutorial")
+    reference = reference_transform(size, mean, std, channels, "tutorial")
+    indices = index_batches(len(split), batch, total, args.seed)
+    augment_rng = epoch_generator(args.seed, 1, 1)
+    pictures = pil_images(data.train.images)
+    loader = tutorial_loader(data, reference, batch, args.seed, count=max(len(data.train), batch * total))
+    streams = {name: iter(indices) for name in ("ours", "tutorial_transform")}
+
+    def ours_step() -> int:
+        return len(ours(split.images[next(streams["ours"])], augment_rng))
+
+    def transform_step() -> int:
+        index = next(streams["tutorial_transform"]).tolist()
+        return len(torch.stack([reference(pictures[i]) for i in index]).to(device))
+
+    def loader_step() -> int:
+        return len(next(loader)["pixel_values"].to(device))
+
+    timings = measure_interleaved({"ours": ours_step, "tutorial_transform": transform_step,
+                                   "tutorial_loader": loader_step}, device, args.warmup, args.steps, args.rounds)
+    pipelines = {name: timing.to_dict() for name, timing in timings.items()}
+    return {
+        "input_size": size,
+        "augment": "tutorial",
+        "channels_out": channels,
+        "batch": batch,
+        "timed_batches": args.steps * args.rounds,
+        "warmup_batches": args.warmup,
+        "memory_kind": memory_kind(device),
+        "pipelines": pipelines,
+        "ratios": ratios(pipelines, "ours", {"tutorial_transform": "over_tutorial_transform",
+                                             "tutorial_loader": "over_tutorial_loader"}),
+    }
+
+
+def tutorial_loader(data: DatasetSplits, transform, batch: int, seed: int, count: int) -> Iterator[dict]:
+    """Endless full batches from the tutorials' loader: `count` shuffled rows, set_transform, no workers."""
+    generator = torch.Generator().manual_seed(seed)
+    dataset = tutorial_dataset(data.train.images, data.train.labels, transform, count=count)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0,
+                                         collate_fn=tutorial_collate, generator=generator, drop_last=True)
+    while True:
+        yield from loader
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def environment(device: torch.device) -> dict:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    from benchmark.runner import git_commit
+
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "versions": versions,
+        "git_commit": git_commit(),
+    }
+
+
+def command_line() -> str:
+    """The command as typed: `python -m benchmark [...] perf ...` (also when called outside the CLI)."""
+    argv = sys.argv[1:]
+    if "perf" not in argv:
+        argv = ["perf", *argv]
+    return shlex.join(["python", "-m", "benchmark", *argv])
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def result_name(args: argparse.Namespace, device: torch.device) -> str:
+    where = "cpu" if device.type == "cpu" else slug(device_name(device))
+    if args.data_only:
+        return f"data-{args.dataset}-{args.size}to{args.input_size}-b{args.batch}-{where}.json"
+    return f"train-{slug(Path(args.model).name)}-{args.dataset}-{args.size}-b{args.batch}-{where}.json"
+
+
+def write_result(result: dict, output: Path, name: str) -> Path:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {output}: {err.strerror}; choose another --output") from None
+    path = output / name
+    atomic_write_bytes(path, (json.dumps(result, indent=1, sort_keys=True, allow_nan=True) + "\n").encode())
+    return path
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def summary(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"perf ({result['mode']}) on {env['device']} [{env['device_name']}], "
+             f"{env['torch_threads']} torch threads, {result['dataset']['name']} {result['dataset']['size']} px"]
+    if result["mode"] == "data":
+        lines.append(f"data at {result['input_size']} px with augmentation, batch {result['batch']}:")
+        for name, p in result["pipelines"].items():
+            lines.append(f"  {name:<20} {_fmt(p['images_per_second']):>10} images/s")
+    else:
+        lines.append(f"{result['model']['name']} at {result['model']['input_size']} px, batch {result['batch']} "
+                     f"(eval {result['eval_batch']}), {result['mixed_precision']}, "
+                     f"{result['flops_per_image']['train'] / 1e9:.3g} GFLOP/image fwd+bwd")
+        lines.append(f"  {'pipeline':<10} {'train img/s':>12} {'s/epoch':>9} {'infer img/s':>12} "
+                     f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6}")
+        for name, p in result["pipelines"].items():
+            t, i = p["train"], p["inference"]
+            mfu = _fmt(100 * t["mfu"], ".1f") + "%" if t["mfu"] is not None else "-"
+            lines.append(f"  {name:<10} {_fmt(t['images_per_second']):>12} {_fmt(t['seconds_per_epoch'], '.2f'):>9} "
+                         f"{_fmt(i['images_per_second']):>12} {_fmt(t['peak_memory_mb'], '.0f'):>9} "
+                         f"{_fmt(t['achieved_tflops'], '.3g'):>8} {mfu:>6}")
+    lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+    return "\n".join(lines)

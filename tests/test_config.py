@@ -1,0 +1,91 @@
+"""Suite YAML → run specs: expansion, filters, overrides, hashing and validation messages."""
+
+from dataclasses import replace
+
+import pytest
+
+from benchmark.config import Recipe, load_suite
+from benchmark.errors import UserError
+
+SUITE = """
+name: demo
+data_root: bundled
+seeds: [0, 1]
+recipes:
+  fast: {optimizer: adam, lr: 1e-3, epochs: 2, batch_size: 16, augment: none}
+datasets:
+  - breastmnist
+  - {name: breast_ultrasound, size: 64}
+models:
+  - {name: resnet18_28, recipe: fast}
+  - {name: vit_tiny, recipe: {lr: 5.0e-4, epochs: 1, batch_size: 8}}
+"""
+
+
+def write(tmp_path, text=SUITE, name="demo.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_grid_is_datasets_by_models_by_seeds(tmp_path):
+    suite = load_suite(write(tmp_path))
+    assert suite.name == "demo"
+    assert len(suite.runs) == 2 * 2 * 2
+    first = suite.runs[0]
+    assert (first.dataset, first.size, first.model.name, first.seed) == ("breastmnist", 28, "resnet18_28", 0)
+    assert first.recipe.lr == 1e-3 and first.recipe.optimizer == "adam"  # `1e-3` read as a float
+    vit = next(r for r in suite.runs if r.model.name == "vit_tiny")
+    assert vit.recipe == replace(Recipe(), lr=5e-4, epochs=1, batch_size=8)
+    assert {r.size for r in suite.runs if r.dataset == "breast_ultrasound"} == {64}
+    assert len({r.config_hash for r in suite.runs}) == len(suite.runs)
+
+
+def test_filters_and_overrides(tmp_path):
+    suite = load_suite(write(tmp_path), datasets=["breastmnist"], models=["vit_tiny"], seeds=[5], epochs=3, limit=10)
+    assert [(r.dataset, r.model.name, r.seed, r.recipe.epochs, r.limit) for r in suite.runs] == [
+        ("breastmnist", "vit_tiny", 5, 3, 10)
+    ]
+
+
+def test_hash_ignores_where_data_lives_but_not_what_is_trained(tmp_path):
+    a = load_suite(write(tmp_path)).runs[0]
+    b = load_suite(write(tmp_path), data_root="/elsewhere").runs[0]
+    c = load_suite(write(tmp_path), epochs=7).runs[0]
+    assert a.config_hash == b.config_hash
+    assert a.config_hash != c.config_hash
+    assert a.run_id == f"breastmnist-28-resnet18_28-s0-{a.config_hash[:8]}"
+
+
+def test_shipped_suites_expand(tmp_path):
+    assert len(load_suite("medmnist").runs) == 5 * 4 * 3
+    assert len(load_suite("medmnist-v2").runs) == 4 * 2 * 3
+    smoke = load_suite("smoke")
+    assert {r.data_root for r in smoke.runs} == {"bundled"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("lr: 1e-3", "lr: -1"), "lr must be > 0"),
+        (("epochs: 2", "epochs: 0"), "epochs must be > 0"),
+        (("optimizer: adam", "optimiser: adam"), "unknown key 'optimiser'; did you mean 'optimizer'?"),
+        (("size: 64", "size: 100"), "'100' is not one of 28, 64, 128, 224"),
+        (("- breastmnist", "- breastmnst"), "did you mean 'breastmnist'"),
+        (("name: resnet18_28", "name: resnet19_28"), "unknown model 'resnet19_28'; did you mean 'resnet18_28'?"),
+        (("recipe: fast", "recipe: slow"), "recipe 'slow' is not defined"),
+        (("seeds: [0, 1]", "seeds: zero"), "seeds must be a list of integers"),
+        (("batch_size: 16", "batch_size: sixteen"), "'sixteen' is not a valid int"),
+        (("datasets:", "datasets: ["), "malformed YAML at line"),
+    ],
+)
+def test_invalid_suites_name_the_problem(tmp_path, change, message):
+    with pytest.raises(UserError, match=None) as info:
+        load_suite(write(tmp_path, SUITE.replace(*change)))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_suite_suggests(tmp_path):
+    with pytest.raises(UserError, match="did you mean 'smoke'"):
+        load_suite("smok")

@@ -1,0 +1,115 @@
+"""Figures from factory-built records: every figure is produced, non-empty and a valid PNG / PDF."""
+
+from __future__ import annotations
+
+import base64
+import json
+import warnings
+
+import pytest
+from PIL import Image
+
+from benchmark import figures
+from benchmark.errors import UserError
+from record_factory import make_grid, make_record, write_records
+
+SUITE = "unit"
+SUITE_KINDS = ["heatmap_acc", "heatmap_auc", "heatmap_f1_macro", "heatmap_balanced_acc",
+               "per_class_recall_breastmnist", "per_class_recall_retinamnist", "resolution_acc", "avg_rank",
+               "samples_breastmnist-28", "samples_retinamnist-28"]
+
+
+def _check_png(path):
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 50 and im.height > 30
+
+
+@pytest.fixture(scope="module")
+def grid_figures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("figs")
+    records = make_grid(suite=SUITE)
+    write_records(records, root / "runs")
+    (root / "runs" / SUITE / "half.json").write_text('{"schema_version": 1, "sta', encoding="utf-8")
+    with pytest.warns(UserWarning, match="half.json"):
+        # PNG only and a low dpi keep the test fast; PDF output is checked on a smaller suite below
+        paths = figures.write_figures(root / "runs", root / "figures", formats=("png",), dpi=40)
+    return records, root / "figures", paths
+
+
+def test_every_figure_produced_and_opens(grid_figures):
+    records, out, paths = grid_figures
+    expected = {f"{SUITE}_{k}.png" for k in SUITE_KINDS}
+    for rec in records:
+        kinds = ["confusion", "roc", "confidence", "curves"] if rec["status"] == "completed" else ["curves"]
+        expected |= {f"{rec['run_id']}_{k}.png" for k in kinds}
+    pngs = {p.name for p in paths if p.suffix == ".png"}
+    assert pngs == expected
+    assert len(pngs) == 10 * 4 + 1 + len(SUITE_KINDS)
+    for name in sorted(pngs):
+        _check_png(out / name)
+    index = out / f"{SUITE}_index.md"
+    assert index in paths and all(name in index.read_text(encoding="utf-8") for name in pngs)
+
+
+def test_no_pyplot_figures_left_open(grid_figures):
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []
+
+
+def test_png_and_pdf_small_suite(tmp_path):
+    recs = [make_record(suite="tiny", dataset="bloodmnist", model="vit_b16", seed=0, n_test=40),
+            make_record(suite="tiny", dataset="bloodmnist", model="resnet18_28", seed=0, n_test=40,
+                        status="failed", with_samples=False)]
+    write_records(recs, tmp_path / "runs")
+    paths = figures.write_figures(tmp_path / "runs", tmp_path / "out", suite="tiny", formats=("png", "pdf"), dpi=50)
+    figs = [p for p in paths if p.suffix in (".png", ".pdf")]
+    stems = {p.stem for p in figs}
+    assert {p.stem for p in figs if p.suffix == ".png"} == {p.stem for p in figs if p.suffix == ".pdf"} == stems
+    assert "tiny_samples_bloodmnist-28" in stems and f"{recs[1]['run_id']}_curves" in stems
+    assert f"{recs[1]['run_id']}_confusion" not in stems  # failed run: no predictions
+    for p in figs:
+        if p.suffix == ".pdf":
+            data = p.read_bytes()
+            assert data.startswith(b"%PDF") and len(data) > 1000
+        else:
+            _check_png(p)
+
+
+def test_old_records_without_samples_or_predictions(tmp_path):
+    # an old record: no test_predictions; its samples block has one undecodable image
+    rec = make_record(suite="old")
+    del rec["test_predictions"]
+    rec["samples"]["per_class"][0][0] = base64.b64encode(b"not a png").decode()
+    no_samples = make_record(suite="old", dataset="retinamnist", with_samples=False)
+    del no_samples["test_predictions"]
+    write_records([rec, no_samples], tmp_path / "runs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = figures.write_figures(tmp_path / "runs", tmp_path / "out", formats=("png",), dpi=40)
+    names = {p.name for p in paths}
+    assert f"{rec['run_id']}_curves.png" in names and f"{rec['run_id']}_confusion.png" not in names
+    assert "old_samples_breastmnist-28.png" in names and "old_samples_retinamnist-28.png" not in names
+    assert any("undecodable sample" in str(w.message) for w in caught)
+    assert any("no test_predictions" in str(w.message) for w in caught)
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    write_records([make_record(suite="x")], tmp_path / "runs")
+    with pytest.raises(UserError, match="format"):
+        figures.write_figures(tmp_path / "runs", tmp_path / "out", formats=("jpg",))
+    with pytest.raises(UserError, match="dpi"):
+        figures.write_figures(tmp_path / "runs", tmp_path / "out", dpi=0)
+    with pytest.raises(UserError, match="no records for suite"):
+        figures.write_figures(tmp_path / "runs", tmp_path / "out", suite="missing")
+
+
+def test_record_json_roundtrip_is_what_figures_read(tmp_path):
+    # records go through JSON (NaN-free, lists not arrays): the factory output must survive that unchanged
+    rec = make_record(dataset="retinamnist")
+    assert json.loads(json.dumps(rec)) == rec
+    probs = rec["test_predictions"]["probs"]
+    assert all(abs(sum(row) - 1.0) < 1e-9 for row in probs)

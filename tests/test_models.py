@@ -1,0 +1,74 @@
+"""Model building for each family: tiny HF configs saved with save_pretrained and loaded back, ResNet stems."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from benchmark.errors import UserError
+from benchmark.models import build_model, resolve_model
+
+CLASSES = ["benign", "malignant", "normal"]
+
+
+@pytest.fixture
+def tiny_vit_dir(tmp_path):
+    """A 2-layer ViT with random weights (two ImageNet-style labels) saved like a hub checkpoint."""
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=2)
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                      image_std=[0.2, 0.3, 0.4]).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_pretrained_local_dir_keeps_backbone_and_resizes_head(tiny_vit_dir):
+    saved = ViTForImageClassification.from_pretrained(tiny_vit_dir)
+    built = build_model(resolve_model("mine", source=str(tiny_vit_dir)), CLASSES, data_channels=1)
+    hf = built.module.model
+    assert (built.family, built.input_size, built.in_channels) == ("hf", 32, 3)
+    assert built.mean == pytest.approx([0.4, 0.5, 0.6]) and built.std == pytest.approx([0.2, 0.3, 0.4])
+    assert hf.config.id2label == {0: "benign", 1: "malignant", 2: "normal"}
+    assert hf.classifier.out_features == 3
+    assert torch.equal(hf.vit.embeddings.patch_embeddings.projection.weight,
+                       saved.vit.embeddings.patch_embeddings.projection.weight)
+    assert hf.config._attn_implementation == "sdpa"
+    assert built.module(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_from_config_has_random_weights(tiny_vit_dir):
+    saved = ViTForImageClassification.from_pretrained(tiny_vit_dir)
+    built = build_model(resolve_model("mine", source=str(tiny_vit_dir), pretrained=False), CLASSES, 3)
+    assert not torch.equal(built.module.model.vit.embeddings.patch_embeddings.projection.weight,
+                           saved.vit.embeddings.patch_embeddings.projection.weight)
+    assert built.module(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_bundled_tiny_vit_preset_builds_offline():
+    built = build_model(resolve_model("vit_tiny"), CLASSES, 1)
+    assert built.input_size == 32 and built.n_params < 200_000
+
+
+@pytest.mark.parametrize("name, kernel, stride, pooled", [("resnet18_28", 3, 1, False), ("resnet18_224", 7, 2, True),
+                                                           ("resnet50_28", 3, 1, False)])
+def test_medmnist_v2_resnet_stems(name, kernel, stride, pooled):
+    built = build_model(resolve_model(name), ["a", "b"], data_channels=1)
+    net = built.module
+    assert net.conv1.kernel_size == (kernel, kernel) and net.conv1.stride == (stride, stride)
+    assert net.conv1.in_channels == 1
+    assert isinstance(net.maxpool, nn.MaxPool2d) is pooled
+    assert built.mean == [0.5] and built.std == [0.5]
+    size = built.input_size
+    assert net(torch.zeros(2, 1, size, size)).shape == (2, 2)
+
+
+def test_unreachable_hub_id_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot load 'no-such-org/no-such-model'.*save_pretrained"):
+        build_model(resolve_model("x", source="no-such-org/no-such-model"), CLASSES, 3)
+
+
+def test_pretrained_resnet_preset_is_refused():
+    with pytest.raises(UserError, match="train from scratch"):
+        build_model(resolve_model("resnet18_28", pretrained=True), CLASSES, 1)
