@@ -904,6 +904,44 @@ def _pairwise_table(records: Sequence[dict], suite: str, metric: str) -> Table |
 # ----------------------------------------------------------------------------------------------------------
 # Published references list
 # ----------------------------------------------------------------------------------------------------------
+def _published_gap_table(records: Sequence[dict], suite: str, published: pd.DataFrame,
+                         plan: SuitePlan | None) -> Table | None:
+    """Measured vs published for every (model, size, dataset, metric) that has both a published value and
+    a measured or planned run: the gap, and the gap in units of the seed standard deviation."""
+    rows = []
+    for metric in ("acc", "auc"):
+        cells = summarize(records, metric, plan)
+        by_model_size: dict[tuple[str, int, str], list[CellStats]] = {}
+        for ((model, size, _), dataset), cell in cells.items():
+            by_model_size.setdefault((model, size, dataset), []).append(cell)
+        pub = published[published["metric"] == metric]
+        for model, size, dataset, value, source in sorted(
+                zip(pub["model"], pub["size"], pub["dataset"], pub["value"], pub["source"])):
+            key = (str(model), int(size), str(dataset))
+            planned = plan is not None and plan.planned((key[0], key[1], ""), key[2])
+            if key not in by_model_size and not planned:
+                continue
+            cell = by_model_size[key][0] if key in by_model_size else None
+            row = [Cell(key[0]), Cell(str(key[1])), Cell(key[2]), Cell(METRIC_LABELS.get(metric, metric)),
+                   Cell(_f(float(value)))]
+            if cell is None or cell.mean is None:
+                row += [Cell(NOT_RUN), Cell(""), Cell(DASH), Cell(DASH)]
+            else:
+                gap = cell.mean - float(value)
+                spread = f"{_f(cell.mean)} ± {_f(cell.std)}" if cell.std is not None else _f(cell.mean)
+                in_stds = _f(gap / cell.std, 1) if cell.std else DASH
+                row += [Cell(spread), Cell(f"{cell.n}/{cell.n_expected}"), Cell(f"{gap:+.3f}"), Cell(in_stds)]
+            rows.append(row + [Cell(str(source), italic=True)])
+    if not rows:
+        return None
+    return Table(title=f"Suite {suite}: measured vs published",
+                 columns=["Model", "Size", "Dataset", "Metric", "Published", "Measured (mean ± std)", "Seeds",
+                          "Δ", "Δ / seed std", "Source"],
+                 align="lrllrrrrrl", rows=rows, label=f"tab:{_slug(suite)}-published-gap",
+                 caption="Δ = measured mean − published value; Δ / seed std expresses the gap in units of the "
+                         "sample standard deviation over seeds (|Δ / std| > 2: a gap beyond seed noise).")
+
+
 def _references_md(published: pd.DataFrame) -> str:
     lines = ["## Published references", "",
              "Rows marked *published* are copied from these sources (values as fractions), not measured by this "
@@ -981,7 +1019,8 @@ def build_leaderboard(records: Sequence[dict], published: pd.DataFrame | None = 
             md.append(_render_md(t))
             tex.append(_render_tex(t))
             csv_rows += _headline_csv_rows(mt)
-        for title, tables in (("Incomplete groups", [_incomplete_table(recs, suite, plan)]),
+        for title, tables in (("Measured vs published", [_published_gap_table(recs, suite, published, plan)]),
+                              ("Incomplete groups", [_incomplete_table(recs, suite, plan)]),
                               ("Failed runs", [_failed_table(recs, suite)]),
                               ("Per-class metrics", _per_class_tables(recs, suite, plan)),
                               ("Pairwise comparisons", [_pairwise_table(recs, suite, m) for m in PAIRWISE_METRICS])):

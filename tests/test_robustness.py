@@ -177,7 +177,7 @@ BAD_INPUT = {
                                                           "--data-root", str(tmp_path)],
                                     r"breastmnist\.npz not found; pass --download to fetch it, or point --data-root "
                                     r"at a folder holding it"),
-    "MD5 mismatch": (npz_case(),
+    "MD5 mismatch": (npz_case(content=(BUNDLED_DIR / "breastmnist.npz").read_bytes()),
                      rf"breastmnist\.npz: MD5 mismatch \(expected {INFO['breastmnist']['MD5']}, got {BUNDLED_MD5}\); "
                      r".*delete it and re-download it with --download"),
     "truncated npz": (npz_case(content=(BUNDLED_DIR / "breastmnist.npz").read_bytes()[:5000]),
