@@ -61,6 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--format", choices=("png", "pdf", "both"), default="both")
     figures.add_argument("--dpi", type=int, default=200)
 
+    perf = verbs.add_parser("perf", help="throughput: our pipeline vs its random-input bound vs the tutorial's")
+    perf.add_argument("--model", help="model preset, HF id or local directory (not needed with --data-only)")
+    perf.add_argument("--model-source", help="build --model from this HF id or local save_pretrained directory")
+    perf.add_argument("--dataset", default="breastmnist", help="dataset name [breastmnist]")
+    perf.add_argument("--size", type=int, default=28, help="stored image size of the dataset in px [28]")
+    perf.add_argument("--data-root", default="bundled",
+                      help="folder with the data files; 'bundled' = the shipped subsets [bundled]")
+    perf.add_argument("--batch", type=int, default=32, help="training batch size [32]")
+    perf.add_argument("--eval-batch", type=int, default=0, help="inference batch size; 0 = 2 x --batch [0]")
+    perf.add_argument("--steps", type=int, default=10, help="timed batches per round and pipeline [10]")
+    perf.add_argument("--warmup", type=int, default=3, help="untimed batches before timing, >= 1 [3]")
+    perf.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds [2]")
+    perf.add_argument("--data-only", action="store_true",
+                      help="time the data pipelines alone (augmentation at --input-size), no model")
+    perf.add_argument("--input-size", type=int, default=224, help="--data-only: output size in px [224]")
+    perf.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="auto = the GPU when there is one [auto]")
+    perf.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default="auto",
+                      help="auto = bf16 autocast on a GPU that supports it, else full precision [auto]")
+    perf.add_argument("--compile", action="store_true", help="torch.compile the model for (a) and (b)")
+    perf.add_argument("--skip-tutorial", action="store_true", help="skip (c), the Trainer pipeline")
+    perf.add_argument("--peak-tflops", type=float,
+                      help="the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)")
+    perf.add_argument("--threads", type=int, default=0,
+                      help="torch intra-op threads (1 = per-core figures); 0 = torch's default [0]")
+    perf.add_argument("--seed", type=int, default=0)
+    perf.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "perf", help="results folder [results/perf]")
+
     add_debug_to_verbs(verbs)
     return parser
 
@@ -151,6 +179,12 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_perf(args) -> int:
+    from benchmark.perf import run_perf
+
+    return run_perf(args)
+
+
 def cmd_figures(args) -> int:
     from benchmark.figures import write_figures
 
@@ -160,7 +194,7 @@ def cmd_figures(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "status": cmd_status, "leaderboard": cmd_leaderboard,
+COMMANDS = {"run": cmd_run, "perf": cmd_perf, "list": cmd_list, "status": cmd_status, "leaderboard": cmd_leaderboard,
             "figures": cmd_figures}
 
 

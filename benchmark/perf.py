@@ -63,7 +63,6 @@ from benchmark.train import (
     train_batches,
 )
 
-DEFAULT_OUTPUT = Path("results") / "perf"
 PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "datasets", "numpy", "pillow")
 SCHEMA_VERSION = 1
 
@@ -97,36 +96,6 @@ DATA_PIPELINES = ("ours", "tutorial_transform", "tutorial_loader")
 
 
 # ---------------------------------------------------------------------------------------------- arguments
-
-
-def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `perf` verb's options (the CLI adds them to its `perf` subparser)."""
-    parser.add_argument("--model", help="model preset, HF id or local directory (not needed with --data-only)")
-    parser.add_argument("--model-source", help="build --model from this HF id or local save_pretrained directory")
-    parser.add_argument("--dataset", default="breastmnist", help="dataset name [breastmnist]")
-    parser.add_argument("--size", type=int, default=28, help="stored image size of the dataset in px [28]")
-    parser.add_argument("--data-root", default="bundled",
-                        help="folder with the data files; 'bundled' = the shipped subsets [bundled]")
-    parser.add_argument("--batch", type=int, default=Recipe().batch_size, help="training batch size [32]")
-    parser.add_argument("--eval-batch", type=int, default=0, help="inference batch size; 0 = 2 x --batch [0]")
-    parser.add_argument("--steps", type=int, default=10, help="timed batches per round and pipeline [10]")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed batches before timing, >= 1 [3]")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds [2]")
-    parser.add_argument("--data-only", action="store_true",
-                        help="time the data pipelines alone (augmentation at --input-size), no model")
-    parser.add_argument("--input-size", type=int, default=224, help="--data-only: output size in px [224]")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto = the GPU when there is one [auto]")
-    parser.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default="auto",
-                        help="auto = bf16 autocast on a GPU that supports it, else full precision [auto]")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model for (a) and (b)")
-    parser.add_argument("--skip-tutorial", action="store_true", help="skip (c), the Trainer pipeline")
-    parser.add_argument("--peak-tflops", type=float,
-                        help="the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (1 = per-core figures); 0 = torch's default [0]")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results folder [results/perf]")
 
 
 def run_perf(args: argparse.Namespace) -> int:
@@ -580,7 +549,7 @@ def measure_training(data: DatasetSplits, device: torch.device, args: argparse.N
     with tempfile.TemporaryDirectory(prefix="perf-") as tmp:
         workdir = Path(tmp)
         built, model_info = build_for_perf(args, data, workdir)
-        channels_last = device.type == "cuda" and built.family == "resnet"  # as in train.fit
+        channels_last = built.family == "resnet"  # as in train.fit (GPU and CPU alike)
         model = built.module.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

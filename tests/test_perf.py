@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from benchmark import perf
+from benchmark.cli import build_parser
 from benchmark.errors import UserError
 from benchmark.models import build_model, resolve_model
 
@@ -17,9 +18,7 @@ TRAIN_PHASE_KEYS = {"images", "seconds", "images_per_second", "round_images_per_
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    perf.add_perf_arguments(parser)
-    return parser.parse_args(list(argv))
+    return build_parser().parse_args(["perf", *argv])
 
 
 def positive_finite(value) -> bool:

@@ -1,0 +1,198 @@
+"""Resume and idempotence: a run killed at any point ends, when the same command runs again, with exactly one
+record bit-identical (on CPU) to an uninterrupted run's; finished runs are skipped, failed ones redone once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmark import cli, train
+from benchmark.config import load_suite
+from benchmark.leaderboard import load_records as leaderboard_records
+from benchmark.records import completed_hashes
+
+PROJECT = Path(__file__).resolve().parents[1]
+SUITE = "resume"
+RECIPE = {"optimizer": "adamw", "lr": 1.0e-3, "schedule": "cosine", "epochs": 3, "batch_size": 8,
+          "augment": "tutorial"}
+
+
+def write_suite(folder: Path, dataset: str = "breastmnist", seeds=(0,)) -> Path:
+    suite = {"name": SUITE, "data_root": "bundled", "seeds": list(seeds), "datasets": [dataset],
+             "models": [{"name": "vit_tiny", "recipe": RECIPE}]}
+    path = folder / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def arguments(suite: Path, output: Path, limit: int = 32) -> list[str]:
+    return ["run", "--suite", str(suite), "--output", str(output), "--limit", str(limit), "--quiet"]
+
+
+def record_files(output: Path) -> list[Path]:
+    return sorted((output / "runs" / SUITE).glob("*.json"))
+
+
+def only_record(output: Path) -> dict:
+    (path,) = record_files(output)
+    return json.loads(path.read_text())
+
+
+def outcome(record: dict) -> str:
+    """What must not change when a run is resumed: everything it learned and scored (not its timings)."""
+    history = [{key: value for key, value in entry.items() if key != "seconds"} for entry in record["history"]]
+    kept = {key: record[key] for key in ("config_hash", "best_epoch", "test", "test_predictions", "stopped_early")}
+    return json.dumps({**kept, "history": history}, sort_keys=True)  # exact float reprs; NaN compares equal
+
+
+def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_record(tmp_path):
+    suite = write_suite(tmp_path, dataset="retinamnist")
+    assert cli.main(arguments(suite, tmp_path / "reference", limit=96)) == 0
+    reference = only_record(tmp_path / "reference")
+
+    output = tmp_path / "killed"
+    command = [sys.executable, "-m", "benchmark", *arguments(suite, output, limit=96)]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    run_id = load_suite(str(suite), limit=96).runs[0].run_id
+    checkpoints = output / "checkpoints" / SUITE / run_id
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "last.pt").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    time.sleep(0.2)  # into the next epoch
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert not record_files(output)
+    killed_after = torch.load(checkpoints / "last.pt", weights_only=False)["loop"]["epoch"]
+    assert killed_after in (1, 2)
+    # what a kill during a write leaves: hidden temp files beside the checkpoint and the record
+    (checkpoints / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    (output / "runs" / SUITE).mkdir(parents=True)
+    (output / "runs" / SUITE / f".{run_id}.json.k1ll3d.tmp").write_text('{"status": "comp')
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    resumed = only_record(output)
+    assert resumed["resumed_from_epoch"] == killed_after and reference["resumed_from_epoch"] == 0
+    assert outcome(resumed) == outcome(reference)
+    assert not list(output.rglob("*.tmp"))
+    assert [path.name for path in checkpoints.iterdir()] == ["best.pt"]
+
+
+def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypatch, capsys):
+    suite = write_suite(tmp_path)
+    saved = {}
+    real_save = train.atomic_torch_save
+
+    def save_and_keep(obj, path):  # keep each epoch's checkpoint pair, as a kill right after it would leave them
+        real_save(obj, path)
+        if path.name == "last.pt":
+            saved[obj["loop"]["epoch"]] = {name: (path.parent / name).read_bytes() for name in ("last.pt", "best.pt")}
+
+    monkeypatch.setattr(train, "atomic_torch_save", save_and_keep)
+    assert cli.main(arguments(suite, tmp_path / "reference")) == 0
+    monkeypatch.undo()
+    reference = only_record(tmp_path / "reference")
+    assert sorted(saved) == [1, 2, 3]
+    run_id = reference["run_id"]
+    assert [p.name for p in (tmp_path / "reference" / "checkpoints" / SUITE / run_id).iterdir()] == ["best.pt"]
+
+    for epoch, extra in [(1, []), (2, []), (3, []), (2, ["--no-resume"])]:
+        output = tmp_path / f"from-{epoch}{''.join(extra)}"
+        checkpoints = output / "checkpoints" / SUITE / run_id
+        checkpoints.mkdir(parents=True)
+        for name, content in saved[epoch].items():
+            (checkpoints / name).write_bytes(content)
+        assert cli.main(arguments(suite, output) + extra) == 0
+        record = only_record(output)
+        assert record["resumed_from_epoch"] == (0 if extra else epoch)
+        assert outcome(record) == outcome(reference), (epoch, extra)
+        assert [len(entry["val"]) > 0 for entry in record["history"]] == [True] * 3
+
+
+def test_finished_runs_are_skipped_forced_reruns_keep_the_old_record(tmp_path, capsys):
+    suite = write_suite(tmp_path)
+    output = tmp_path / "results"
+    assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
+    (first,) = record_files(output)
+    first_bytes = first.read_bytes()
+    capsys.readouterr()
+
+    assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
+    assert capsys.readouterr().out.endswith(f"{SUITE}: 0 completed, 1 skipped (done before), 0 failed; records in "
+                                            f"{output / 'runs' / SUITE}\n")
+    assert first.read_bytes() == first_bytes
+
+    assert cli.main(arguments(suite, output) + ["--epochs", "1", "--force", "--keep-checkpoints", "none"]) == 0
+    assert record_files(output) == [first]
+    (old,) = (output / "runs" / SUITE / "superseded").glob("*.json")
+    assert old.read_bytes() == first_bytes
+    assert outcome(json.loads(first.read_text())) == outcome(json.loads(first_bytes))
+    assert not (output / "checkpoints" / SUITE / first.stem).exists()
+
+
+def test_garbage_record_is_ignored_and_the_run_redone_once(tmp_path):
+    suite = write_suite(tmp_path)
+    output = tmp_path / "results"
+    run_id = load_suite(str(suite), limit=32, epochs=1).runs[0].run_id
+    garbage = output / "runs" / SUITE / f"{run_id}.json"
+    garbage.parent.mkdir(parents=True)
+    garbage.write_text('{"schema_version": 1, "status": "comp')  # a copy cut short
+    with pytest.warns(UserWarning, match=f"ignoring unreadable record .*{run_id}.json"):
+        assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
+    assert record_files(output) == [garbage]
+    assert only_record(output)["status"] == "completed"
+    (kept,) = (garbage.parent / "superseded").glob("*.json")
+    assert kept.read_text() == '{"schema_version": 1, "status": "comp'
+
+
+def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys):
+    suite = write_suite(tmp_path, seeds=(0, 1, 2))
+    output = tmp_path / "results"
+    grid = arguments(suite, output) + ["--epochs", "1"]
+    ids = [spec.run_id for spec in load_suite(str(suite), limit=32, epochs=1).runs]
+    hashes = [spec.config_hash for spec in load_suite(str(suite), limit=32, epochs=1).runs]
+    assert cli.main(grid + ["--seeds", "0"]) == 0
+    assert cli.main(grid + ["--seeds", "1", "--data-root", str(tmp_path)]) == 2  # no data there
+    capsys.readouterr()
+    status = ["status", "--suite", str(suite), "--output", str(output), "--limit", "32", "--epochs", "1"]
+
+    assert cli.main(status) == 0
+    missing = f"{tmp_path / 'breastmnist.npz'} not found; pass --download to fetch it, or point --data-root at a " \
+              f"folder holding it"
+    assert capsys.readouterr().out.splitlines() == [
+        f"completed  {ids[0]}",
+        f"failed     {ids[1]}  {missing}",
+        f"pending    {ids[2]}",
+        f"{SUITE}: 1 done, 1 failed, 1 pending",
+    ]
+    assert completed_hashes(output, SUITE) == {hashes[0]}
+
+    assert cli.main(grid) == 0  # the failed run is redone (the data is there now), the pending one runs
+    assert cli.main(status) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"{SUITE}: 3 done, 0 failed, 0 pending"
+    assert completed_hashes(output, SUITE) == set(hashes)
+    assert [path.stem for path in record_files(output)] == sorted(ids)
+    (failed,) = (output / "runs" / SUITE / "superseded").glob("*.json")
+    assert json.loads(failed.read_text())["status"] == "failed"
+    assert sorted(r["run_id"] for r in leaderboard_records(output / "runs", SUITE)) == sorted(ids)
+
+    assert cli.main(status[:-4]) == 0  # other settings (no --limit/--epochs): all pending, and it says why
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"{SUITE}: 0 done, 0 failed, 3 pending",
+        f"(3 more record(s) in {output / 'runs' / SUITE} come from other settings; pass the same "
+        f"--limit/--epochs/--seeds/--datasets/--models as the run)",
+    ]
