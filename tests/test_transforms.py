@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from benchmark.data import transforms
 from benchmark.data.transforms import NONE_TOLERANCE, AugmentParams, BatchTransform, _jitter, reference_transform
 from benchmark.errors import UserError
 
@@ -64,6 +65,18 @@ def test_shape_dtype_and_autocast(augment):
     assert plain.shape == (3, 3, 32, 32) and plain.dtype == mixed.dtype == torch.float32
     assert plain.device == images.device
     torch.testing.assert_close(mixed, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("augment", ["none", "tutorial"])
+@pytest.mark.parametrize("channels, in_channels", [(1, 3), (3, 3), (3, 1)])
+def test_cpu_chunks_give_the_whole_batch_result(monkeypatch, augment, channels, in_channels):
+    n = 2 * transforms.CPU_CHUNK + 3  # a partial last chunk
+    norm = IMAGENET if in_channels == 3 else HALF
+    transform, images = BatchTransform(224, *norm, in_channels, augment), noise(n, channels, 28)
+    chunked = transform(images, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(transforms, "CPU_CHUNK", n)
+    whole = transform(images, torch.Generator().manual_seed(5))
+    assert chunked.shape == (n, in_channels, 224, 224) and torch.equal(chunked, whole)
 
 
 def test_tutorial_is_random_per_sample():

@@ -1,7 +1,8 @@
 """Batched, on-device image transforms: uint8 NCHW -> normalised float32 NCHW at the model's input size.
 
 `BatchTransform` replaces the tutorials' per-sample PIL pipeline (`reference_transform`) with a few
-whole-batch tensor ops on the batch's own device:
+whole-batch tensor ops on the batch's own device (on CPU, in chunks of ``CPU_CHUNK`` images, with the
+same output):
 
 - ``augment="none"``: bilinear resize (antialiased when downscaling, skipped at the same size), then
   ``(x/255 - mean) / std``. Matches the PIL reference within ``NONE_TOLERANCE`` pixel units.
@@ -56,6 +57,8 @@ LUMA = (0.299, 0.587, 0.114)
 # uint8 after each (<= 0.5/255 each) with fixed-point weights: measured worst case 1.002/255 on noise.
 # PIL's RGB -> L conversion rounds once more (+0.5/255).
 NONE_TOLERANCE = 1.05 / 255
+# Images per pass on CPU: a chunk's float32 intermediates at 224 px stay in cache (measured ~1.8x at batch 32).
+CPU_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -194,22 +197,36 @@ class BatchTransform:
         return self.apply(images, params)
 
     def apply(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
-        """Transform with explicit draws: None resizes deterministically, otherwise the tutorial recipe."""
+        """Transform with explicit draws: None resizes deterministically, otherwise the tutorial recipe.
+
+        On CPU the batch goes through in chunks of `CPU_CHUNK` images; every step is per-image, so the
+        output is bit-identical to one whole-batch pass.
+        """
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected uint8 (N, C, H, W) with C in {{1, 3}}; got {images.dtype} {tuple(images.shape)}")
+        n, size, device = images.shape[0], self.input_size, images.device
+        packed = None if params is None else params.packed().to(device, non_blocking=True)
+        out = torch.empty(n, self.in_channels, size, size, device=device)
+        chunk = CPU_CHUNK if device.type == "cpu" else max(n, 1)
+        with torch.autocast(device.type, enabled=False):
+            for start in range(0, n, chunk):
+                part = slice(start, start + chunk)
+                self._transform(images[part], None if packed is None else packed[part], out[part])
+        return out
+
+    def _transform(self, images: torch.Tensor, packed: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        """One pass over `images` (packed draws or None) written into `out`, in float32."""
         size = self.input_size
-        with torch.autocast(images.device.type, enabled=False):
-            x = images.float().div_(255)
-            if self.in_channels == 1:
-                x = _gray(x)
-            if params is None:
-                x = _resize(x, size, size)
-            else:
-                packed = params.packed().to(images.device, non_blocking=True)
-                x = _resize(x, min(x.shape[-2], size), min(x.shape[-1], size))
-                x = _warp(_jitter(x, packed[:, 6:]), packed, size)
-            scale, shift = self._normaliser(images.device)
-            return torch.addcmul(shift, x, scale)  # broadcasting repeats grayscale to in_channels
+        x = images.float().div_(255)
+        if self.in_channels == 1:
+            x = _gray(x)
+        if packed is None:
+            x = _resize(x, size, size)
+        else:
+            x = _resize(x, min(x.shape[-2], size), min(x.shape[-1], size))
+            x = _warp(_jitter(x, packed[:, 6:]), packed, size)
+        scale, shift = self._normaliser(images.device)
+        return torch.addcmul(shift, x, scale, out=out)  # broadcasting repeats grayscale to in_channels
 
     def _normaliser(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel 1/std and -mean/std on `device`, copied there once."""
