@@ -89,7 +89,7 @@ def test_same_seed_same_result_on_cpu(finished, tmp_path):
 def test_status_leaderboard_and_figures_from_records(finished, capsys):
     root, _ = finished
     suite = str(root / "e2e.yaml")
-    assert main(["status", "--suite", suite, "--output", str(root / "results")]) == 0
+    assert main(["status", "--suite", suite, "--limit", "48", "--output", str(root / "results")]) == 0
     assert "e2e: 4 done, 0 failed, 0 pending" in capsys.readouterr().out
     assert main(["leaderboard", "--runs", str(root / "results" / "runs"), "--output", str(root / "results")]) == 0
     table = (root / "results" / "leaderboard.md").read_text()

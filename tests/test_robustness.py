@@ -157,7 +157,8 @@ BAD_INPUT = {
                         r"suite\.yaml: unknown dataset 'breastmnst'; did you mean 'breastmnist' or 'retinamnist' or "
                         r"'pathmnist'\? \(see `python -m benchmark list`\)"),
     "unknown model": (suite_case(models=[{"name": "vit_tiy"}]),
-                      r"unknown model 'vit_tiy'; did you mean 'vit_tiny'\? use a preset from `python -m benchmark list`"),
+                      r"unknown model 'vit_tiy'; did you mean 'vit_tiny'\? use a preset from "
+                      r"`python -m benchmark list`"),
     "malformed YAML": (yaml_case("name: x\ndatasets: [breastmnist\nmodels: [vit_tiny]\n"),
                        r"suite\.yaml: malformed YAML at line 3, column 7; fix the syntax"),
     "negative lr": (suite_case(recipe={"lr": -0.001}),
@@ -330,16 +331,19 @@ def test_debug_raises_the_original_error_after_recording_it(results, tmp_path):
     assert "breastmnist.npz not found" in record["error"]["message"]
 
 
-def test_cli_prints_one_line_and_a_traceback_only_with_debug(tmp_path):
+def test_cli_prints_one_line_without_traceback(tmp_path):
     suite = write_suite(tmp_path, datasets=["breastmnst"])
     command = [sys.executable, "-m", "benchmark", "run", "--suite", str(suite), "--output", str(tmp_path / "out")]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    plain = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert plain.returncode == 2
-    assert plain.stderr == ("error: suite.yaml: unknown dataset 'breastmnst'; did you mean 'breastmnist' or "
-                            "'retinamnist' or 'pathmnist'? (see `python -m benchmark list`)\n")
-    debug = subprocess.run(command + ["--debug"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert debug.returncode == 1
-    assert debug.stderr.startswith("Traceback (most recent call last):")
-    assert "benchmark.errors.UserError: suite.yaml: unknown dataset 'breastmnst'" in debug.stderr
+    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == ("error: suite.yaml: unknown dataset 'breastmnst'; did you mean 'breastmnist' or "
+                           "'retinamnist' or 'pathmnist'? (see `python -m benchmark list`)\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["before the verb", "after the verb"])
+def test_debug_lets_the_error_through_with_its_traceback(where, tmp_path):
+    argv = ["run", "--suite", str(write_suite(tmp_path, datasets=["breastmnst"])), "--output", str(tmp_path / "out")]
+    with pytest.raises(UserError, match="unknown dataset 'breastmnst'"):
+        cli.main(["--debug", *argv] if where == "before the verb" else [*argv, "--debug"])
