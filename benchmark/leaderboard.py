@@ -55,6 +55,7 @@ import yaml
 from scipy import stats
 
 from benchmark.errors import UserError
+from benchmark.records import read_record
 
 HEADLINE_METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro", "balanced_acc")
 METRIC_LABELS: dict[str, str] = {
@@ -70,7 +71,6 @@ SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 #: size of a dataset named in a suite file without one (`benchmark.data`'s defaults; 28 for the others)
 DEFAULT_SIZES: dict[str, int] = {"breast_ultrasound": 224}
 PUBLISHED_COLUMNS = ["model", "dataset", "size", "scheme", "metric", "value", "source", "reference"]
-SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 NOT_RUN = "not yet run"
 DASH = "—"
@@ -79,29 +79,6 @@ DASH = "—"
 # ----------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------
-def _record_problem(rec: object) -> str | None:
-    """Why a parsed JSON object is not a usable record (None when it is)."""
-    if not isinstance(rec, dict):
-        return "not a JSON object"
-    version = rec.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        return f"unsupported schema_version {version!r}"
-    for key in ("status", "run_id", "dataset", "model", "seed"):
-        if key not in rec:
-            return f"missing key {key!r}"
-    if not isinstance(rec["dataset"], dict) or "name" not in rec["dataset"] or "size" not in rec["dataset"]:
-        return "dataset block lacks name/size"
-    if not isinstance(rec["model"], dict) or "name" not in rec["model"]:
-        return "model block lacks name"
-    if rec["status"] == "completed":
-        test = rec.get("test")
-        if not isinstance(test, dict):
-            return "completed record without a test block"
-    elif rec["status"] != "failed":
-        return f"unknown status {rec['status']!r}"
-    return None
-
-
 def _created_key(rec: dict) -> tuple:
     raw = rec.get("created_at") or ""
     try:
@@ -135,16 +112,8 @@ def load_records(runs_dir: Path | str, suite: str | None = None) -> list[dict]:
 
     best: dict[tuple[str, str], tuple[tuple, dict]] = {}
     for path in files:
-        if path.name.endswith(".tmp") or ".tmp." in path.name or not path.is_file():
-            continue
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            warnings.warn(f"skipping unreadable record {path}: {exc}", UserWarning, stacklevel=2)
-            continue
-        problem = _record_problem(rec)
-        if problem:
-            warnings.warn(f"skipping {path}: {problem}", UserWarning, stacklevel=2)
+        rec = read_record(path)
+        if rec is None:
             continue
         rec.setdefault("suite", path.parent.name)
         if rec.get("suite") is None:

@@ -37,7 +37,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, load_dataset
 from benchmark.data.transforms import BatchTransform, reference_transform
+from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel, build_model, list_models, resolve_model
 from benchmark.records import atomic_write_bytes, now_iso
@@ -61,9 +61,9 @@ from benchmark.train import (
     make_scheduler,
     prepare_pixels,
     train_batches,
+    uses_channels_last,
 )
 
-PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "datasets", "numpy", "pillow")
 SCHEMA_VERSION = 1
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, matched in order
@@ -314,12 +314,13 @@ def write_vit_config(directory: Path, **overrides) -> Path:
 # ---------------------------------------------------------------------------------------------- (a), (b)
 
 
-def index_batches(n: int, batch: int, count: int, seed: int) -> list[torch.Tensor]:
-    """`count` full batches of sample indices: train.py's per-epoch shuffles, one epoch after another."""
+def index_batches(n: int, batch: int, count: int, seed: int,
+                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """`count` full batches of sample indices on `device`: train.py's per-epoch shuffles, one after another."""
     chunks, have, epoch = [], 0, 0
     while have < batch * count:
         epoch += 1
-        chunks += train_batches(n, batch, epoch_generator(seed, epoch, 0), 0, 1)
+        chunks += train_batches(n, batch, epoch_generator(seed, epoch, 0), 0, 1, device)
         have = sum(len(c) for c in chunks)
     return list(torch.cat(chunks)[: batch * count].split(batch))
 
@@ -368,8 +369,8 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     runner = StepRunner(model, recipe, device, dtype, 2 * total)
     train_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, recipe.augment)
     eval_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, "none")
-    train_indices = iter(index_batches(len(split), batch, total, args.seed))
-    eval_indices = iter(torch.arange(eval_batch * total).remainder(len(split)).split(eval_batch))
+    train_indices = iter(index_batches(len(split), batch, total, args.seed, device))
+    eval_indices = iter(torch.arange(eval_batch * total, device=device).remainder(len(split)).split(eval_batch))
     augment_rng = epoch_generator(args.seed, 1, 1)
 
     shape = (built.in_channels, built.input_size, built.input_size)
@@ -392,9 +393,7 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     model.eval()
     infer = measure_interleaved({"ours": ours_infer, "random": lambda: runner.infer(random_eval)},
                                 device, args.warmup, args.steps, args.rounds)
-    loss = runner.mean_loss()
-    del runner
-    return train, infer, loss
+    return train, infer, runner.mean_loss()
 
 
 # ---------------------------------------------------------------------------------------------- (c)
@@ -549,7 +548,7 @@ def measure_training(data: DatasetSplits, device: torch.device, args: argparse.N
     with tempfile.TemporaryDirectory(prefix="perf-") as tmp:
         workdir = Path(tmp)
         built, model_info = build_for_perf(args, data, workdir)
-        channels_last = built.family == "resnet"  # as in train.fit (GPU and CPU alike)
+        channels_last = uses_channels_last(built)
         model = built.module.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -666,29 +665,7 @@ def tutorial_loader(data: DatasetSplits, transform, batch: int, seed: int, count
 # ---------------------------------------------------------------------------------------------- output
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-
-
 def environment(device: torch.device) -> dict:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    from benchmark.runner import git_commit
-
     return {
         "device": device.type,
         "device_name": device_name(device),
@@ -698,7 +675,7 @@ def environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
-        "versions": versions,
+        "versions": package_versions(),
         "git_commit": git_commit(),
     }
 

@@ -21,8 +21,7 @@ from pathlib import Path
 from benchmark.errors import UserError
 
 SCHEMA_VERSION = 1
-REQUIRED_KEYS = ("schema_version", "status", "suite", "run_id", "config_hash", "config", "seed")
-STATUSES = ("completed", "failed")
+SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 
 class OutputError(UserError):
@@ -76,16 +75,39 @@ def write_record(path: Path, record: dict) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=True).encode())
 
 
+def record_problem(rec: object) -> str | None:
+    """Why a parsed JSON object is not a usable record (None when it is)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    version = rec.get("schema_version")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        return f"unsupported schema_version {version!r}"
+    for key in ("status", "run_id", "dataset", "model", "seed"):
+        if key not in rec:
+            return f"missing key {key!r}"
+    if not isinstance(rec["dataset"], dict) or "name" not in rec["dataset"] or "size" not in rec["dataset"]:
+        return "dataset block lacks name/size"
+    if not isinstance(rec["model"], dict) or "name" not in rec["model"]:
+        return "model block lacks name"
+    if rec["status"] == "completed":
+        test = rec.get("test")
+        if not isinstance(test, dict):
+            return "completed record without a test block"
+    elif rec["status"] != "failed":
+        return f"unknown status {rec['status']!r}"
+    return None
+
+
 def read_record(path: Path) -> dict | None:
     """The record at `path`, or None (with a warning) when it is unreadable or not a run record."""
     try:
-        record = json.loads(Path(path).read_text())
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        warnings.warn(f"ignoring unreadable record {path}: {err}")
+        warnings.warn(f"skipping unreadable record {path}: {err}", UserWarning, stacklevel=2)
         return None
-    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS) \
-            or record["status"] not in STATUSES:
-        warnings.warn(f"ignoring {path}: not a run record")
+    problem = record_problem(record)
+    if problem:
+        warnings.warn(f"skipping {path}: {problem}", UserWarning, stacklevel=2)
         return None
     return record
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import base64
 import io
-import platform
 import shutil
 import socket
-import subprocess
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -27,6 +24,7 @@ from PIL import Image
 
 from benchmark.config import RunSpec, Suite
 from benchmark.data import DatasetSplits, load_dataset
+from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import build_model
 from benchmark.records import (
@@ -43,7 +41,6 @@ from benchmark.train import DeviceSplit, autocast_dtype, fit
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
-PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "datasets", "medmnist", "scikit-learn", "numpy")
 
 
 @dataclass
@@ -55,33 +52,16 @@ class GridSummary:
 
 
 def environment(accelerator: Accelerator, dtype_name: str) -> dict:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
     device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "device": device.type,
-        "device_name": name,
+        "device_name": device_name(device),
         "mixed_precision": dtype_name,
         "num_processes": accelerator.num_processes,
-        "versions": versions,
+        "versions": package_versions(),
         "git_commit": git_commit(),
         "hostname": socket.gethostname(),
     }
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def encode_samples(data: DatasetSplits) -> dict:
@@ -109,6 +89,8 @@ def base_record(spec: RunSpec, status: str) -> dict:
         "config_hash": spec.config_hash,
         "config": spec.to_dict(),
         "seed": spec.seed,
+        "dataset": {"name": spec.dataset, "size": spec.size},  # completed runs get the full block
+        "model": asdict(spec.model),
         "scheme": "fine_tune" if spec.model.pretrained else "from_scratch",
         "selection_metric": spec.recipe.selection_metric,
         "created_at": now_iso(),

@@ -160,7 +160,7 @@ def test_garbage_record_is_ignored_and_the_run_redone_once(tmp_path):
     garbage = output / "runs" / SUITE / f"{run_id}.json"
     garbage.parent.mkdir(parents=True)
     garbage.write_text('{"schema_version": 1, "status": "comp')  # a copy cut short
-    with pytest.warns(UserWarning, match=f"ignoring unreadable record .*{run_id}.json"):
+    with pytest.warns(UserWarning, match=f"skipping unreadable record .*{run_id}.json"):
         assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
     assert record_files(output) == [garbage]
     assert only_record(output)["status"] == "completed"
