@@ -372,6 +372,15 @@ def _tex_escape(s: str) -> str:
     return "".join(ch if ord(ch) < 128 else "?" for ch in out)
 
 
+def _format_cell(c: Cell, escape, bold: str, italic: str) -> str:
+    """One cell's text, escaped, in the `bold` / `italic` template (`{}` = the text), with its note after it."""
+    text = escape(c.text)
+    if c.text and (c.bold or c.italic):
+        text = (bold if c.bold else italic).format(text)
+    note = escape(c.note) if c.note else ""
+    return f"{text} {note}" if text and note else text or note
+
+
 def _render_md(t: Table) -> str:
     lines = [f"#### {t.title}", ""]
     if t.caption:
@@ -379,16 +388,7 @@ def _render_md(t: Table) -> str:
     lines.append("| " + " | ".join(_md_escape(c) for c in t.columns) + " |")
     lines.append("|" + "|".join("---:" if a == "r" else ":---:" if a == "c" else "---" for a in t.align) + "|")
     for row in t.rows:
-        cells = []
-        for c in row:
-            s = _md_escape(c.text)
-            if c.bold and c.text:
-                s = f"**{s}**"
-            elif c.italic and c.text:
-                s = f"*{s}*"
-            if c.note:
-                s = f"{s} {_md_escape(c.note)}" if s else _md_escape(c.note)
-            cells.append(s)
+        cells = [_format_cell(c, _md_escape, "**{}**", "*{}*") for c in row]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -408,16 +408,7 @@ def _render_tex(t: Table) -> str:
     for i, row in enumerate(t.rows):
         if i in t.rule_before:
             lines.append(r"\midrule")
-        cells = []
-        for c in row:
-            s = _tex_escape(c.text)
-            if c.bold and c.text:
-                s = rf"\textbf{{{s}}}"
-            elif c.italic and c.text:
-                s = rf"\textit{{{s}}}"
-            if c.note:
-                s = f"{s} {_tex_escape(c.note)}" if s else _tex_escape(c.note)
-            cells.append(s)
+        cells = [_format_cell(c, _tex_escape, r"\textbf{{{}}}", r"\textit{{{}}}") for c in row]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
