@@ -13,7 +13,12 @@ DEFAULT_RESULTS = Path("results")
 
 
 def _csv(kind):
-    return lambda text: [kind(item) for item in text.split(",") if item.strip()]
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+    return parse
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:

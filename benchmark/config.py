@@ -31,6 +31,7 @@ from benchmark.data import dataset_sizes
 from benchmark.errors import UserError
 from benchmark.models import ModelSpec, list_models, resolve_model
 
+RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -76,9 +77,12 @@ class Recipe:
             if getattr(self, name) < 0:
                 raise UserError(f"{where}.{name} must be >= 0 (got {getattr(self, name)}); fix it in the suite file")
         if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"{where}.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
-        if not all(0 < m < 1 for m in self.milestones):
-            raise UserError(f"{where}.milestones are fractions of the epochs, each in (0, 1) (got {list(self.milestones)})")
+            raise UserError(f"{where}.warmup_ratio must be in [0, 1) (got {self.warmup_ratio}); fix it in the suite file")
+        if not all(0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise UserError(f"{where}.milestones must be increasing fractions of the epochs in (0, 1) "
+                            f"(got {list(self.milestones)}); fix it in the suite file")
+        if not 0 < self.gamma <= 1 or not 0 <= self.momentum < 1:
+            raise UserError(f"{where}: gamma must be in (0, 1] and momentum in [0, 1); fix it in the suite file")
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,23 @@ class RunSpec:
         """SHA-256 of what determines the result: not where the data lives, nor the suite's name."""
         identity = {k: v for k, v in self.to_dict().items() if k not in ("suite", "data_root", "download")}
         identity["model"].pop("description", None)
+        if data_variant(self.data_root):
+            identity["data"] = data_variant(self.data_root)
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     @property
     def run_id(self) -> str:
         return f"{self.dataset}-{self.size}-{self.model.name}-s{self.seed}-{self.config_hash[:8]}"
+
+
+def data_variant(data_root: str | None) -> str | None:
+    """Data that differs from the canonical, MD5-checked files: the shipped subsets or a hub copy (its own split).
+
+    Part of the run hash, so a run on the subsets is never taken for (or resumed as) a run on the full data.
+    """
+    if data_root == "bundled" or (data_root or "").startswith("hub:"):
+        return data_root
+    return None
 
 
 @dataclass(frozen=True)
@@ -272,12 +288,14 @@ def load_suite(
         else:
             raise UserError(f"{where}: recipe '{recipe_ref}' is not defined under `recipes:` ({', '.join(recipes) or 'none'})")
         spec = resolve_model(entry.pop("name"), **entry)
-        if spec.input_size is not None and spec.input_size <= 0:
-            raise UserError(f"{where}.input_size must be > 0")
+        if spec.input_size is not None and (type(spec.input_size) is not int or spec.input_size <= 0):
+            raise UserError(f"{where}.input_size must be a positive integer (got {spec.input_size!r})")
+        if spec.family == "resnet" and (spec.input_size is None or spec.source not in RESNET_ARCHS):
+            raise UserError(f"{where}: a resnet entry needs `input_size:` and `source:` one of {', '.join(RESNET_ARCHS)}")
         model_entries.append((spec, recipe))
 
     suite_seeds = raw.get("seeds", [0])
-    if not isinstance(suite_seeds, list) or not all(isinstance(s, int) for s in suite_seeds):
+    if not isinstance(suite_seeds, list) or not all(type(s) is int for s in suite_seeds):
         raise UserError(f"{path.name}: seeds must be a list of integers, e.g. [0, 1, 2]")
 
     selected_datasets = _select(dataset_entries, datasets, lambda e: e[0], "dataset", path.name)

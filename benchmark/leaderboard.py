@@ -54,7 +54,7 @@ import yaml
 from scipy import stats
 
 from benchmark.errors import UserError
-from benchmark.records import read_record
+from benchmark.records import atomic_write_bytes, read_record
 
 HEADLINE_METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro", "balanced_acc")
 METRIC_LABELS: dict[str, str] = {
@@ -94,6 +94,8 @@ def load_records(runs_dir: Path | str, suite: str | None = None) -> list[dict]:
       record is skipped with a `UserWarning`.
     * Records that share a `config_hash` within a suite (re-runs of the same config) collapse to one: a
       completed record beats a failed one, then the newest `created_at`, then the file name.
+    * Records of one group, dataset and seed with different configs (e.g. a trial with other epochs) collapse
+      to the newest completed one, with a warning: a seed is never counted twice.
     * Each returned record gets `record["suite"]` filled from its folder when the field is missing.
 
     Returns records sorted by (suite, run_id).
@@ -121,9 +123,18 @@ def load_records(runs_dir: Path | str, suite: str | None = None) -> list[dict]:
         rank = (rec["status"] == "completed", _created_key(rec), path.name)
         if key not in best or rank > best[key][0]:
             best[key] = (rank, rec)
-    out = [rec for _, rec in best.values()]
-    out.sort(key=lambda r: (str(r["suite"]), str(r["run_id"])))
-    return out
+    return _one_record_per_seed([rec for _, rec in best.values()])
+
+
+def _one_record_per_seed(records: list[dict]) -> list[dict]:
+    kept: dict[tuple, dict] = {}
+    for rec in sorted(records, key=lambda r: (r["status"] == "completed", _created_key(r), str(r["run_id"]))):
+        key = (str(rec["suite"]), group_key(rec), str(rec["dataset"]["name"]), str(rec["seed"]))
+        if key in kept:
+            warnings.warn(f"{rec['run_id']} replaces {kept[key]['run_id']} (same model, dataset and seed, other "
+                          "config); move the older record away to silence this", UserWarning, stacklevel=3)
+        kept[key] = rec
+    return sorted(kept.values(), key=lambda r: (str(r["suite"]), str(r["run_id"])))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1015,9 +1026,6 @@ def write_leaderboard(runs_dir: Path, out_dir: Path, suite: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in (("leaderboard.md", md), ("leaderboard.csv", csv_text), ("leaderboard.tex", tex)):
-        p = out_dir / name
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8", newline="\n")
-        tmp.replace(p)
-        paths.append(p)
+        atomic_write_bytes(out_dir / name, text.encode("utf-8"))
+        paths.append(out_dir / name)
     return paths

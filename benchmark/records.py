@@ -82,7 +82,7 @@ def record_problem(rec: object) -> str | None:
     version = rec.get("schema_version")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         return f"unsupported schema_version {version!r}"
-    for key in ("status", "run_id", "dataset", "model", "seed"):
+    for key in ("status", "run_id", "config_hash", "config", "dataset", "model", "seed"):
         if key not in rec:
             return f"missing key {key!r}"
     if not isinstance(rec["dataset"], dict) or "name" not in rec["dataset"] or "size" not in rec["dataset"]:
@@ -95,6 +95,8 @@ def record_problem(rec: object) -> str | None:
             return "completed record without a test block"
     elif rec["status"] != "failed":
         return f"unknown status {rec['status']!r}"
+    elif not isinstance(rec.get("error"), dict) or "message" not in rec["error"]:
+        return "failed record without an error message"
     return None
 
 
@@ -125,12 +127,17 @@ def completed_hashes(results_dir: Path, suite: str) -> set[str]:
     return {r["config_hash"] for r in load_records(results_dir, suite) if r["status"] == "completed"}
 
 
+def superseded_path(path: Path, tag: str = "") -> Path:
+    """A fresh name under `superseded/` beside `path` (readers of the suite folder never see it)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return path.parent / "superseded" / f"{path.stem}-{tag + '-' if tag else ''}{stamp}.json"
+
+
 def set_aside(path: Path) -> Path | None:
     """Move an existing record to `superseded/` before a rerun writes `path`, so no result is lost."""
     if not path.exists():
         return None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    target = path.parent / "superseded" / f"{path.stem}-{stamp}.json"
+    target = superseded_path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)

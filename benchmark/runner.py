@@ -34,7 +34,9 @@ from benchmark.records import (
     now_iso,
     record_path,
     remove_temp_files,
+    read_record,
     set_aside,
+    superseded_path,
     write_record,
 )
 from benchmark.train import DeviceSplit, autocast_dtype, fit
@@ -105,7 +107,8 @@ class GridRunner:
         self.output = Path(output)
         self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
         self.quiet, self.keep_checkpoints = quiet, keep_checkpoints
-        self.accelerator = Accelerator()
+        # Precision and accumulation come from each run's recipe, never from `accelerate config` defaults.
+        self.accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=1)
         self._data_key = None
         self._data: tuple[DatasetSplits, dict[str, DeviceSplit]] | None = None
 
@@ -220,7 +223,11 @@ class GridRunner:
             "timing": {"wall_seconds": time.perf_counter() - started},
             "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator)),
         })
-        set_aside(path)
+        existing = read_record(path) if path.exists() else None
+        if existing is not None and existing["status"] == "completed":  # a failed --force rerun
+            path = superseded_path(path, "failed")
+        else:
+            set_aside(path)
         write_record(path, record)
 
     def remove_leftovers(self, spec: RunSpec, path: Path) -> None:

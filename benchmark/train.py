@@ -100,6 +100,8 @@ class LoopState:
     best_epoch: int = 0
     best_score: float = -math.inf
     epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    num_processes: int = 1  # a resumed run must shard its data the same way
 
 
 def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
@@ -112,12 +114,19 @@ def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.mixed_precision]
 
 
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and kernels only, not on biases and norm scales (as HF Trainer does)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {}
+    groups = parameter_groups(model, recipe.weight_decay)
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
     optimizer_class = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
+    return optimizer_class(groups, lr=recipe.lr, fused=device.type == "cuda")
 
 
 def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -126,7 +135,7 @@ def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_e
     if recipe.schedule == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, round(recipe.warmup_ratio * total), total)
     if recipe.schedule == "multistep":
-        milestones = [round(m * recipe.epochs) * steps_per_epoch for m in recipe.milestones]
+        milestones = [int(m * recipe.epochs) * steps_per_epoch for m in recipe.milestones]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=recipe.gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
@@ -173,8 +182,11 @@ def predict(
     accelerator: Accelerator,
     dtype: torch.dtype | None,
     channels_last: bool,
+    n_classes: int,
 ) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy and softmax probabilities (N, n_classes) for a whole split, in split order."""
+    """Mean cross-entropy and softmax probabilities (N, n_classes) for a whole split, in split order.
+
+    `model` is the unwrapped module: every process runs its own share of the split, outside DDP."""
     model.eval()
     indices = torch.arange(accelerator.process_index, len(split), accelerator.num_processes, device=split.labels.device)
     logits = []
@@ -182,7 +194,7 @@ def predict(
         pixels = prepare_pixels(transform(split.images[batch]), channels_last)
         with autocast(accelerator.device, dtype):
             logits.append(model(pixels).float())
-    local = torch.cat(logits) if logits else torch.empty(0, device=split.labels.device)
+    local = torch.cat(logits) if logits else torch.empty(0, n_classes, device=split.labels.device)
     all_logits = gather_in_order(accelerator, indices, local)
     loss = nn.functional.cross_entropy(all_logits, split.labels).item()
     return loss, torch.softmax(all_logits, dim=1).cpu().numpy()
@@ -252,6 +264,26 @@ def resume_point(last_path: Path, best_path: Path) -> tuple[dict, dict] | None:
     return (checkpoint, best_weights) if best_weights is not None else None
 
 
+def restore_training_state(checkpoint: dict, path: Path, model: nn.Module, optimizer, scheduler, scaler,
+                           fresh: LoopState) -> LoopState:
+    """Load a checkpoint into the run; one written for another process count or by other code is an error."""
+    saved = checkpoint["loop"]
+    if saved.get("num_processes", 1) != fresh.num_processes:
+        raise UserError(f"{path} was written by {saved.get('num_processes', 1)} processes, this run has "
+                        f"{fresh.num_processes}; launch as before, or pass --no-resume to start the run over")
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = LoopState(**saved)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path} does not fit this run ({type(err).__name__}, e.g. written by another version); "
+                        "pass --no-resume to start the run over") from None
+    restore_rng_states(checkpoint["rng"])
+    return state
+
+
 def peak_memory(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
@@ -272,6 +304,8 @@ def fit(
 ) -> TrainOutcome:
     """Train `built` on `data` with `recipe`, pick the best epoch on validation, score it on test."""
     device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     dtype = autocast_dtype(recipe, device)
     channels_last = uses_channels_last(built)
     model = built.module.to(device)
@@ -293,24 +327,20 @@ def fit(
     eval_batch = recipe.eval_batch_size or 2 * recipe.batch_size
     loss_fn = nn.CrossEntropyLoss()
 
-    state, best_weights = LoopState(), None
+    state, best_weights = LoopState(num_processes=accelerator.num_processes), None
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
     resumed = resume_point(last_path, best_path) if (resume and last_path) else None
     if resumed is not None:
         checkpoint, best_weights = resumed
-        unwrapped.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_states(checkpoint["rng"])
-        state = LoopState(**checkpoint["loop"])
+        state = restore_training_state(checkpoint, last_path, unwrapped, optimizer, scheduler, scaler, state)
     resumed_from = state.epoch
 
     train_seconds, train_images = 0.0, 0
-    stopped_early = False
     show = not quiet and accelerator.is_main_process
-    for epoch in range(state.epoch + 1, recipe.epochs + 1):
+    first_epoch = recipe.epochs + 1 if state.stopped_early else state.epoch + 1
+    for epoch in range(first_epoch, recipe.epochs + 1):
+        learning_rate = optimizer.param_groups[0]["lr"]  # what this epoch starts with
         with out_of_memory_as_failure(recipe, epoch, state.history):
             model.train()
             batches = train_batches(
@@ -347,15 +377,15 @@ def fit(
             train_images += seen * accelerator.num_processes
             check_finite("training loss", train_loss, epoch, state.history)
 
-            val_loss, val_probs = predict(model, device_splits["val"], eval_transform, eval_batch, accelerator, dtype,
-                                          channels_last)
+            val_loss, val_probs = predict(unwrapped, device_splits["val"], eval_transform, eval_batch, accelerator,
+                                          dtype, channels_last, data.n_classes)
             check_finite("validation loss", val_loss, epoch, state.history)  # a last step can diverge
             val_metrics = {"loss": val_loss, **classification_metrics(data.val.labels, val_probs, data.task)}
             val_metrics.pop("per_class"), val_metrics.pop("confusion_matrix")
             state.history.append({
                 "epoch": epoch,
                 "train_loss": train_loss,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": learning_rate,
                 "seconds": epoch_seconds,
                 "val": val_metrics,
             })
@@ -368,6 +398,8 @@ def fit(
             else:
                 state.epochs_without_improvement += 1
             state.epoch = epoch
+            patience = recipe.early_stopping_patience
+            state.stopped_early = bool(patience) and state.epochs_without_improvement >= patience
             if last_path and accelerator.is_main_process:
                 atomic_torch_save({
                     "model": unwrapped.state_dict(),
@@ -380,15 +412,13 @@ def fit(
             if show:
                 tqdm.write(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
                            f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
-            patience = recipe.early_stopping_patience
-            if patience and state.epochs_without_improvement >= patience:
-                stopped_early = True
+            if state.stopped_early:
                 break
 
     unwrapped.load_state_dict(best_weights)
     with out_of_memory_as_failure(recipe, state.epoch, state.history):
-        test_loss, test_probs = predict(model, device_splits["test"], eval_transform, eval_batch, accelerator, dtype,
-                                        channels_last)
+        test_loss, test_probs = predict(unwrapped, device_splits["test"], eval_transform, eval_batch, accelerator,
+                                        dtype, channels_last, data.n_classes)
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
     memory, memory_kind = peak_memory(device)
     return TrainOutcome(
@@ -402,5 +432,5 @@ def fit(
         peak_memory_mb=memory,
         peak_memory_kind=memory_kind,
         resumed_from_epoch=resumed_from,
-        stopped_early=stopped_early,
+        stopped_early=state.stopped_early,
     )

@@ -49,11 +49,13 @@ def test_filters_and_overrides(tmp_path):
 
 
 def test_hash_ignores_where_data_lives_but_not_what_is_trained(tmp_path):
-    a = load_suite(write(tmp_path)).runs[0]
-    b = load_suite(write(tmp_path), data_root="/elsewhere").runs[0]
-    c = load_suite(write(tmp_path), epochs=7).runs[0]
-    assert a.config_hash == b.config_hash
-    assert a.config_hash != c.config_hash
+    a = load_suite(write(tmp_path), data_root="/data/one").runs[0]
+    b = load_suite(write(tmp_path), data_root="/data/two").runs[0]
+    c = load_suite(write(tmp_path), data_root="/data/one", epochs=7).runs[0]
+    subset = load_suite(write(tmp_path)).runs[0]  # data_root: bundled, the shipped subsets
+    hub = load_suite(write(tmp_path), data_root="hub:emre570/breastcancer-ultrasound-images").runs[0]
+    assert a.config_hash == b.config_hash  # canonical files, MD5-checked wherever they are
+    assert len({a.config_hash, c.config_hash, subset.config_hash, hub.config_hash}) == 4
     assert a.run_id == f"breastmnist-28-resnet18_28-s0-{a.config_hash[:8]}"
 
 
@@ -75,6 +77,11 @@ def test_shipped_suites_expand(tmp_path):
         (("name: resnet18_28", "name: resnet19_28"), "unknown model 'resnet19_28'; did you mean 'resnet18_28'?"),
         (("recipe: fast", "recipe: slow"), "recipe 'slow' is not defined"),
         (("seeds: [0, 1]", "seeds: zero"), "seeds must be a list of integers"),
+        (("seeds: [0, 1]", "seeds: [true]"), "seeds must be a list of integers"),
+        (("epochs: 2,", "epochs: 2, milestones: [0.75, 0.5],"), "milestones must be increasing fractions"),
+        (("epochs: 2,", "epochs: 2, gamma: 0,"), "gamma must be in (0, 1]"),
+        (("name: resnet18_28, recipe: fast", "name: r34, family: resnet, source: resnet34, recipe: fast"),
+         "a resnet entry needs `input_size:`"),
         (("batch_size: 16", "batch_size: sixteen"), "'sixteen' is not a valid int"),
         (("datasets:", "datasets: ["), "malformed YAML at line"),
     ],

@@ -458,3 +458,13 @@ def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch):
         [blood] = [r for r in rows if (r["Model"], r["Dataset"], r["Metric"]) == ("resnet18_28", "bloodmnist", label)]
         assert blood["Measured (mean ± std)"] == "not yet run"
     assert not [r for r in rows if r["Model"] == "resnet18_224"]  # neither planned nor measured
+
+
+def test_same_seed_with_another_config_is_never_counted_twice(tmp_path):
+    trial = make_record(seed=0, created_at="2026-11-20T00:00:00+00:00")
+    trial["config_hash"], trial["run_id"] = "trial" * 8, "breastmnist-28-resnet18_28-s0-trial"
+    final = make_record(seed=0, created_at="2026-11-22T00:00:00+00:00")
+    write_records([trial, final], tmp_path)
+    with pytest.warns(UserWarning, match=f"{final['run_id']} replaces breastmnist-28-resnet18_28-s0-trial"):
+        recs = lb.load_records(tmp_path)
+    assert [r["run_id"] for r in recs] == [final["run_id"]]

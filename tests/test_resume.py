@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
-from benchmark import cli, train
+from benchmark import cli, runner, train
 from benchmark.config import load_suite
+from benchmark.errors import UserError
 from benchmark.leaderboard import load_records as leaderboard_records
 from benchmark.records import completed_hashes
 
@@ -168,20 +169,25 @@ def test_garbage_record_is_ignored_and_the_run_redone_once(tmp_path):
     assert kept.read_text() == '{"schema_version": 1, "status": "comp'
 
 
-def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys):
+def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys, monkeypatch):
     suite = write_suite(tmp_path, seeds=(0, 1, 2))
     output = tmp_path / "results"
     grid = arguments(suite, output) + ["--epochs", "1"]
     ids = [spec.run_id for spec in load_suite(str(suite), limit=32, epochs=1).runs]
     hashes = [spec.config_hash for spec in load_suite(str(suite), limit=32, epochs=1).runs]
     assert cli.main(grid + ["--seeds", "0"]) == 0
-    assert cli.main(grid + ["--seeds", "1", "--data-root", str(tmp_path)]) == 2  # no data there
+    missing = "breastmnist.npz not found; pass --download to fetch it, or point --data-root at a folder holding it"
+
+    def data_gone(*args, **kwargs):
+        raise UserError(missing)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "load_dataset", data_gone)
+        assert cli.main(grid + ["--seeds", "1"]) == 2
     capsys.readouterr()
     status = ["status", "--suite", str(suite), "--output", str(output), "--limit", "32", "--epochs", "1"]
 
     assert cli.main(status) == 0
-    missing = f"{tmp_path / 'breastmnist.npz'} not found; pass --download to fetch it, or point --data-root at a " \
-              f"folder holding it"
     assert capsys.readouterr().out.splitlines() == [
         f"completed  {ids[0]}",
         f"failed     {ids[1]}  {missing}",
@@ -205,3 +211,21 @@ def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys)
         f"(2 more record(s) in {output / 'runs' / SUITE} come from other settings; pass the same "
         f"--limit/--epochs/--seeds/--datasets/--models as the run)",
     ]
+
+
+def test_a_failed_forced_rerun_keeps_the_finished_record(tmp_path, monkeypatch):
+    suite = write_suite(tmp_path)
+    output = tmp_path / "results"
+    grid = arguments(suite, output) + ["--epochs", "1", "--seeds", "0"]
+    assert cli.main(grid) == 0
+    (record,) = record_files(output)
+    finished = record.read_bytes()
+
+    def data_gone(*args, **kwargs):
+        raise UserError("breastmnist.npz not found; pass --download to fetch it")
+
+    monkeypatch.setattr(runner, "load_dataset", data_gone)
+    assert cli.main(grid + ["--force"]) == 2
+    assert record_files(output) == [record] and record.read_bytes() == finished
+    (failed,) = (record.parent / "superseded").glob(f"{record.stem}-failed-*.json")
+    assert json.loads(failed.read_text())["error"]["message"] == "breastmnist.npz not found; pass --download to fetch it"

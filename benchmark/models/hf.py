@@ -36,9 +36,20 @@ def _unreachable(spec: ModelSpec, err: Exception) -> UserError:
     )
 
 
+BUNDLED_PREFIX = "bundled:"
+
+
+def load_path(source: str) -> str:
+    """Where transformers loads `source` from: `bundled:NAME` is a config shipped in the package (kept symbolic in
+    the spec so run hashes do not depend on where the package is installed); anything else is a hub id or folder."""
+    if source.startswith(BUNDLED_PREFIX):
+        return str(BUNDLED_MODELS / source.removeprefix(BUNDLED_PREFIX))
+    return source
+
+
 def _input_size_and_norm(spec: ModelSpec, config) -> tuple[int, list[float], list[float]]:
     try:
-        processor = AutoImageProcessor.from_pretrained(spec.source)
+        processor = AutoImageProcessor.from_pretrained(load_path(spec.source))
     except (OSError, ValueError):
         size = int(getattr(config, "image_size", 224))
         warnings.warn(f"{spec.source}: no image processor found; using {size} px and mean/std 0.5")
@@ -46,6 +57,14 @@ def _input_size_and_norm(spec: ModelSpec, config) -> tuple[int, list[float], lis
     size = processor.size
     side = size.get("height") or size.get("shortest_edge")
     return int(side), list(processor.image_mean), list(processor.image_std)
+
+
+def _load(spec: ModelSpec, labels: dict, **kwargs) -> nn.Module:
+    source = load_path(spec.source)
+    if spec.pretrained:
+        return AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **labels, **kwargs)
+    config = AutoConfig.from_pretrained(source, **labels)
+    return AutoModelForImageClassification.from_config(config, **kwargs)
 
 
 @register_family("hf")
@@ -56,13 +75,9 @@ def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> Bui
         "label2id": {name: i for i, name in enumerate(class_names)},
     }
     try:
-        if spec.pretrained:
-            model = AutoModelForImageClassification.from_pretrained(
-                spec.source, ignore_mismatched_sizes=True, attn_implementation="sdpa", **labels
-            )
-        else:
-            config = AutoConfig.from_pretrained(spec.source, **labels)
-            model = AutoModelForImageClassification.from_config(config, attn_implementation="sdpa")
+        model = _load(spec, labels, attn_implementation="sdpa")
+    except ValueError:  # an architecture without SDPA support: its default attention
+        model = _load(spec, labels)
     except OSError as err:
         raise _unreachable(spec, err) from err
     input_size, mean, std = _input_size_and_norm(spec, model.config)
@@ -82,6 +97,6 @@ for _name, _source, _pretrained, _about in (
     ("vit_b16", "google/vit-base-patch16-224", True, "ViT-B/16 (ImageNet-21k + 1k), fine-tuned"),
     ("vit_b16_in21k", "google/vit-base-patch16-224-in21k", True, "ViT-B/16 (ImageNet-21k), fine-tuned"),
     ("vit_l16", "google/vit-large-patch16-224", True, "ViT-L/16 (ImageNet-21k + 1k), fine-tuned"),
-    ("vit_tiny", str(BUNDLED_MODELS / "vit-tiny"), False, "2-layer ViT config shipped for offline smoke runs"),
+    ("vit_tiny", BUNDLED_PREFIX + "vit-tiny", False, "2-layer ViT config shipped for offline smoke runs"),
 ):
     register_model(ModelSpec(_name, "hf", _source, _pretrained, description=_about))
