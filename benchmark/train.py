@@ -101,6 +101,8 @@ class LoopState:
     best_score: float = -math.inf
     epochs_without_improvement: int = 0
     stopped_early: bool = False
+    train_seconds: float = 0.0  # over every session of the run, so throughput survives a resume
+    train_images: int = 0
     num_processes: int = 1  # a resumed run must shard its data the same way
 
 
@@ -336,7 +338,6 @@ def fit(
         state = restore_training_state(checkpoint, last_path, unwrapped, optimizer, scheduler, scaler, state)
     resumed_from = state.epoch
 
-    train_seconds, train_images = 0.0, 0
     show = not quiet and accelerator.is_main_process
     first_epoch = recipe.epochs + 1 if state.stopped_early else state.epoch + 1
     for epoch in range(first_epoch, recipe.epochs + 1):
@@ -373,8 +374,8 @@ def fit(
             seen = sum(len(b) for b in batches)
             train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)
             epoch_seconds = time.perf_counter() - started
-            train_seconds += epoch_seconds
-            train_images += seen * accelerator.num_processes
+            state.train_seconds += epoch_seconds
+            state.train_images += seen * accelerator.num_processes
             check_finite("training loss", train_loss, epoch, state.history)
 
             val_loss, val_probs = predict(unwrapped, device_splits["val"], eval_transform, eval_batch, accelerator,
@@ -427,8 +428,8 @@ def fit(
         test=test_metrics,
         test_labels=data.test.labels.tolist(),
         test_probs=test_probs.tolist(),
-        train_seconds=train_seconds,
-        train_images=train_images,
+        train_seconds=state.train_seconds,
+        train_images=state.train_images,
         peak_memory_mb=memory,
         peak_memory_kind=memory_kind,
         resumed_from_epoch=resumed_from,

@@ -157,15 +157,28 @@ def test_ultrasound_split_is_fixed_and_independent_of_the_run_seed(bundled_ultra
     assert again.md5 == other.md5 == bundled_ultrasound.md5
 
 
-def test_limit_keeps_the_first_n_of_each_split(bundled_ultrasound: DatasetSplits) -> None:
+def test_limit_keeps_the_first_n_of_each_medmnist_split() -> None:
     full = load_dataset("retinamnist", data_root="bundled")
     small = load_dataset("retinamnist", data_root="bundled", limit=5)
-    tiny_ultrasound = load_dataset("breast_ultrasound", size=64, data_root="bundled", limit=4)
     for name in SPLITS:
         np.testing.assert_array_equal(getattr(small, name).images, getattr(full, name).images[:5])
         np.testing.assert_array_equal(getattr(small, name).labels, getattr(full, name).labels[:5])
-        np.testing.assert_array_equal(getattr(tiny_ultrasound, name).images,
-                                      getattr(bundled_ultrasound, name).images[:4])
+
+
+def test_limit_on_an_image_folder_with_splits_is_a_fixed_mixed_subset(tmp_path: Path) -> None:
+    for split in ("train", "test"):  # folder splits list their images class by class
+        for label, name in enumerate(("benign", "malignant", "normal")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(6 if split == "train" else 3):
+                pixels = np.full((8, 8), 40 * label + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{name} ({i}).png")
+    full = load_dataset("breast_ultrasound", size=28, data_root=str(tmp_path))
+    first = load_dataset("breast_ultrasound", size=28, data_root=str(tmp_path), limit=4)
+    again = load_dataset("breast_ultrasound", size=28, data_root=str(tmp_path), limit=4)
+    assert len(set(first.test.labels.tolist())) > 1  # not the first class alone
+    np.testing.assert_array_equal(first.test.images, again.test.images)
+    full_rows = {row.tobytes() for row in full.test.images}
+    assert all(row.tobytes() in full_rows for row in first.test.images)
 
 
 # --- synthetic files for sets and sizes not available offline ------------------------------------------

@@ -84,10 +84,20 @@ def load_breast_ultrasound(*, size: int, data_root: str | None, download: bool, 
     else:
         raw = _read_folder(source, check_bundled=verify and data_root == BUNDLED)
     samples = _complete_splits(raw.splits, split_seed, raw.source)
-    splits = {name: _to_split(samples[name][:limit], size, len(raw.class_names), f"{raw.source} ({name})")
+    splits = {name: _to_split(_subset(samples[name], limit, split_seed), size, len(raw.class_names),
+                              f"{raw.source} ({name})")
               for name in SPLIT_FOLDERS}
     return DatasetSplits(name="breast_ultrasound", size=size, task="multi-class", class_names=raw.class_names,
                          **splits, source=raw.source, md5=raw.md5)
+
+
+def _subset(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
+    """`limit` samples drawn with a fixed seed, in their original order (folder splits are sorted by class,
+    so their first N would all be one class)."""
+    if limit is None or limit >= len(samples):
+        return samples
+    keep = np.sort(np.random.default_rng(seed).permutation(len(samples))[:limit])
+    return [samples[i] for i in keep]
 
 
 def _resolve_source(data_root: str | None, download: bool) -> Path | str:
