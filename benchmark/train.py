@@ -84,8 +84,9 @@ class DeviceSplit:
 
     @classmethod
     def from_split(cls, split: Split, device: torch.device) -> "DeviceSplit":
-        images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).contiguous()
-        return cls(images.to(device), torch.from_numpy(split.labels).to(device))
+        # NHWC → NCHW on the device, so a GPU run never holds a second full copy in host memory
+        images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device).permute(0, 3, 1, 2).contiguous()
+        return cls(images, torch.from_numpy(split.labels).to(device))
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -72,3 +72,9 @@ def test_unreachable_hub_id_is_a_user_error(monkeypatch):
 def test_pretrained_resnet_preset_is_refused():
     with pytest.raises(UserError, match="train from scratch"):
         build_model(resolve_model("resnet18_28", pretrained=True), CLASSES, 1)
+
+
+def test_vit_at_another_input_size_interpolates_position_embeddings(tiny_vit_dir):
+    built = build_model(resolve_model("mine", source=str(tiny_vit_dir), input_size=48), CLASSES, 1)
+    assert built.input_size == 48
+    assert built.module(torch.zeros(2, 3, 48, 48)).shape == (2, 3)

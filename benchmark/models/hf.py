@@ -21,12 +21,13 @@ from benchmark.models.registry import BUNDLED_MODELS, BuiltModel, ModelSpec, reg
 class LogitsOnly(nn.Module):
     """Adapts an HF classifier to `forward(pixel_values) -> logits`, like every other family."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, **forward_kwargs):
         super().__init__()
         self.model = model
+        self.forward_kwargs = forward_kwargs
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
+        return self.model(pixel_values=pixel_values, **self.forward_kwargs).logits
 
 
 def _unreachable(spec: ModelSpec, err: Exception) -> UserError:
@@ -81,10 +82,14 @@ def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> Bui
     except OSError as err:
         raise _unreachable(spec, err) from err
     input_size, mean, std = _input_size_and_norm(spec, model.config)
-    if spec.input_size is not None:
-        input_size = spec.input_size
+    forward_kwargs = {}
+    if spec.input_size is not None and spec.input_size != input_size:
+        if getattr(model.config, "model_type", "") != "vit":
+            raise UserError(f"model '{spec.name}': input_size {spec.input_size} differs from the model's "
+                            f"{input_size} px; only ViTs can interpolate their position embeddings, drop input_size")
+        input_size, forward_kwargs = spec.input_size, {"interpolate_pos_encoding": True}
     return BuiltModel(
-        module=LogitsOnly(model),
+        module=LogitsOnly(model, **forward_kwargs),
         input_size=input_size,
         mean=mean,
         std=std,
