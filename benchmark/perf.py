@@ -543,7 +543,8 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
 
 
 def measure_training(data: DatasetSplits, device: torch.device, args: argparse.Namespace) -> dict:
-    recipe = Recipe(batch_size=args.batch, mixed_precision=args.mixed_precision, compile=args.compile)
+    # one "epoch" of 2 × (warm-up + timed) steps per pipeline: the schedule spans the whole measurement
+    recipe = Recipe(epochs=1, batch_size=args.batch, mixed_precision=args.mixed_precision, compile=args.compile)
     dtype = autocast_dtype(recipe, device)
     with tempfile.TemporaryDirectory(prefix="perf-") as tmp:
         workdir = Path(tmp)
