@@ -53,7 +53,7 @@ class GridSummary:
     user_errors: list[str] = field(default_factory=list)
 
 
-def environment(accelerator: Accelerator, dtype_name: str) -> dict:
+def environment(accelerator: Accelerator, dtype_name: str, commit: str | None) -> dict:
     device = accelerator.device
     return {
         "device": device.type,
@@ -61,7 +61,7 @@ def environment(accelerator: Accelerator, dtype_name: str) -> dict:
         "mixed_precision": dtype_name,
         "num_processes": accelerator.num_processes,
         "versions": package_versions(),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "hostname": socket.gethostname(),
     }
 
@@ -109,6 +109,7 @@ class GridRunner:
         self.quiet, self.keep_checkpoints = quiet, keep_checkpoints
         # Precision and accumulation come from each run's recipe, never from `accelerate config` defaults.
         self.accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=1)
+        self.commit = git_commit()  # the code this process runs, even if the checkout moves on meanwhile
         self._data_key = None
         self._data: tuple[DatasetSplits, dict[str, DeviceSplit]] | None = None
 
@@ -199,7 +200,7 @@ class GridRunner:
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
-            "environment": environment(self.accelerator, dtype),
+            "environment": environment(self.accelerator, dtype, self.commit),
             "error": None,
         })
         if self.accelerator.is_main_process:
@@ -221,7 +222,7 @@ class GridRunner:
                       "traceback": trace},
             "history": getattr(err, "history", []),
             "timing": {"wall_seconds": time.perf_counter() - started},
-            "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator)),
+            "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator), self.commit),
         })
         existing = read_record(path) if path.exists() else None
         if existing is not None and existing["status"] == "completed":  # a failed --force rerun
