@@ -203,18 +203,12 @@ COMMANDS = {"run": cmd_run, "perf": cmd_perf, "list": cmd_list, "status": cmd_st
             "figures": cmd_figures}
 
 
-def quiet_libraries() -> None:
-    """Keep library chatter (load reports, weight-download bars) out of benchmark output."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.verb in ("run", "list", "status"):
+            from benchmark.environment import quiet_libraries
+
             quiet_libraries()
         return COMMANDS[args.verb](args)
     except UserError as err:

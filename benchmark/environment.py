@@ -46,3 +46,11 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (load reports, weight-download bars) out of benchmark output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import re
-import resource
 import shlex
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, load_dataset
 from benchmark.data.transforms import BatchTransform, reference_transform
-from benchmark.environment import device_name, git_commit, package_versions
+from benchmark.environment import device_name, git_commit, package_versions, quiet_libraries
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel, build_model, list_models, resolve_model
 from benchmark.records import atomic_write_bytes, now_iso
@@ -59,6 +58,7 @@ from benchmark.train import (
     epoch_generator,
     make_optimizer,
     make_scheduler,
+    peak_memory,
     prepare_pixels,
     train_batches,
     uses_channels_last,
@@ -101,7 +101,7 @@ DATA_PIPELINES = ("ours", "tutorial_transform", "tutorial_loader")
 def run_perf(args: argparse.Namespace) -> int:
     """The `perf` verb: measure, print a summary, write the JSON; returns the exit status."""
     _check_args(args)
-    _quiet_libraries()
+    quiet_libraries()
     device = _pick_device(args.device)
     data = load_dataset(args.dataset, args.size, data_root=args.data_root)
     threads = torch.get_num_threads()
@@ -143,13 +143,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--peak-tflops must be > 0 (got {args.peak_tflops})")
 
 
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _pick_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
@@ -169,17 +162,6 @@ def synchronize(device: torch.device) -> None:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: the allocator's peak since the last reset; CPU: the process's max RSS so far (never reset)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def memory_kind(device: torch.device) -> str:
-    return "cuda_max_allocated" if device.type == "cuda" else "process_max_rss"
 
 
 @dataclass
@@ -223,7 +205,7 @@ def measure_interleaved(steps_by_name: dict[str, Step], device: torch.device, wa
             timing.images += images
             timing.seconds += seconds
             timing.round_rates.append(images / seconds)
-            timing.peak_memory_mb = max(timing.peak_memory_mb, peak_memory_mb(device))
+            timing.peak_memory_mb = max(timing.peak_memory_mb, peak_memory(device)[0])
     return timings
 
 
@@ -492,7 +474,7 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
         def timing(self, phase: str) -> Timing:
             start, end = f"{phase}_start", f"{phase}_end"
             return Timing(images=self.rows_at[end] - self.rows_at[start],
-                          seconds=self.marks[end] - self.marks[start], peak_memory_mb=peak_memory_mb(device))
+                          seconds=self.marks[end] - self.marks[start], peak_memory_mb=peak_memory(device)[0])
 
         def on_step_end(self, _args, state, *_, **__):
             if state.global_step == args.warmup:
@@ -593,7 +575,7 @@ def measure_training(data: DatasetSplits, device: torch.device, args: argparse.N
         "flops_per_image": {"train": train_flops, "inference": infer_flops},
         "peak_bf16_tflops": peak,
         "peak_bf16_tflops_source": peak_source,
-        "memory_kind": memory_kind(device),
+        "memory_kind": peak_memory(device)[1],
         "pipelines": pipelines,
         "ratios": ratios(pipelines, "ours", {"random": "ours_over_random", "tutorial": "ours_over_tutorial"}),
     }
@@ -646,7 +628,7 @@ def measure_data_only(data: DatasetSplits, device: torch.device, args: argparse.
         "batch": batch,
         "timed_batches": args.steps * args.rounds,
         "warmup_batches": args.warmup,
-        "memory_kind": memory_kind(device),
+        "memory_kind": peak_memory(device)[1],
         "pipelines": pipelines,
         "ratios": ratios(pipelines, "ours", {"tutorial_transform": "over_tutorial_transform",
                                              "tutorial_loader": "over_tutorial_loader"}),
