@@ -107,6 +107,9 @@ class RunSpec:
         """SHA-256 of what determines the result: not where the data lives, nor the suite's name."""
         identity = {k: v for k, v in self.to_dict().items() if k not in ("suite", "data_root", "download")}
         identity["model"].pop("description", None)
+        for key, default in HASH_NEUTRAL_MODEL_DEFAULTS.items():
+            if identity["model"].get(key) == default:
+                identity["model"].pop(key)
         if data_variant(self.data_root):
             identity["data"] = data_variant(self.data_root)
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -202,8 +205,13 @@ def _read_yaml(path: Path) -> dict:
 
 
 SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
-MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size"}
-MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int}
+MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size", "in_channels", "init"}
+MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "in_channels": int,
+                     "init": str}
+RESNET_INITS = ("torchvision", "pytorch_default")
+# ModelSpec fields added after the first records were written: left out of the hash at these defaults, so
+# those records keep their run ids.
+HASH_NEUTRAL_MODEL_DEFAULTS = {"in_channels": None, "init": "torchvision"}
 DATASET_ENTRY_KEYS = {"name", "size"}
 
 
@@ -292,6 +300,13 @@ def load_suite(
             raise UserError(f"{where}.input_size must be a positive integer (got {spec.input_size!r})")
         if spec.family == "resnet" and (spec.input_size is None or spec.source not in RESNET_ARCHS):
             raise UserError(f"{where}: a resnet entry needs `input_size:` and `source:` one of {', '.join(RESNET_ARCHS)}")
+        if spec.family == "resnet":
+            _check_choice(spec.init, RESNET_INITS, f"{where}.init")
+            if spec.in_channels not in (None, 1, 3):
+                raise UserError(f"{where}.in_channels: {spec.in_channels!r} is not 1 or 3; or leave it out "
+                                "to use the dataset's own channels")
+        elif (spec.in_channels, spec.init) != (None, "torchvision"):
+            raise UserError(f"{where}: `in_channels:` and `init:` apply to resnet models only; remove them")
         model_entries.append((spec, recipe))
 
     suite_seeds = raw.get("seeds", [0])

@@ -1,6 +1,8 @@
 """Suite YAML → run specs: expansion, filters, overrides, hashing and validation messages."""
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +63,7 @@ def test_hash_ignores_where_data_lives_but_not_what_is_trained(tmp_path):
 
 def test_shipped_suites_expand(tmp_path):
     assert len(load_suite("medmnist").runs) == 5 * 4 * 3
-    assert len(load_suite("medmnist-v2").runs) == 4 * 2 * 3
+    assert len(load_suite("medmnist-v2").runs) == 4 * 3 * 3
     smoke = load_suite("smoke")
     assert {r.data_root for r in smoke.runs} == {"bundled"}
 
@@ -83,6 +85,10 @@ def test_shipped_suites_expand(tmp_path):
         (("name: resnet18_28, recipe: fast", "name: r34, family: resnet, source: resnet34, recipe: fast"),
          "a resnet entry needs `input_size:`"),
         (("batch_size: 16", "batch_size: sixteen"), "'sixteen' is not a valid int"),
+        (("recipe: fast}", "recipe: fast, init: xavier}"), "init: 'xavier' is not one of torchvision, pytorch_default"),
+        (("recipe: fast}", "recipe: fast, in_channels: 2}"), "in_channels: 2 is not 1 or 3"),
+        (("epochs: 1,", "epochs: 1, init: pytorch_default,"), "unknown key 'init'"),
+        (("name: vit_tiny,", "name: vit_tiny, in_channels: 3,"), "apply to resnet models only"),
         (("datasets:", "datasets: ["), "malformed YAML at line"),
     ],
 )
@@ -91,6 +97,18 @@ def test_invalid_suites_name_the_problem(tmp_path, change, message):
         load_suite(write(tmp_path, SUITE.replace(*change)))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_committed_records_keep_their_run_ids():
+    """Every committed record's run is still planned under the same id: a change to what enters the hash
+    (e.g. a new ModelSpec field) must not silently orphan finished results or make them run again."""
+    records = sorted(Path(__file__).resolve().parents[1].glob("results/runs/*/*.json"))
+    assert records
+    planned = {name: {run.run_id for run in load_suite(name, data_root="anywhere").runs}
+               for name in {p.parent.name for p in records}}
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["run_id"] in planned[record["suite"]], path.name
 
 
 def test_unknown_suite_suggests(tmp_path):

@@ -63,6 +63,36 @@ def test_medmnist_v2_resnet_stems(name, kernel, stride, pooled):
     assert net(torch.zeros(2, 1, size, size)).shape == (2, 2)
 
 
+def _convs(net):
+    return [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_reference_resnet_takes_grayscale_as_rgb_with_pytorch_default_init():
+    """`_ref`: the MedMNIST reference build (3 input channels, each layer's default init); the plain preset keeps
+    torchvision's Kaiming-normal (fan_out) convolutions except the replaced 28-px stem, which is a fresh layer
+    with the default init. Same architecture, so the same parameter count up to the stem's input channels."""
+    torch.manual_seed(0)
+    ref = build_model(resolve_model("resnet18_28_ref"), ["a", "b"], data_channels=1)
+    torch.manual_seed(0)
+    plain = build_model(resolve_model("resnet18_28"), ["a", "b"], data_channels=1)
+    assert (ref.in_channels, ref.module.conv1.in_channels, ref.mean, ref.std) == (3, 3, [0.5] * 3, [0.5] * 3)
+    assert plain.in_channels == 1 and ref.n_params - plain.n_params == 2 * 64 * 9
+    for conv in _convs(ref.module):  # kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        fan_in = conv.weight[0].numel()
+        bound = fan_in ** -0.5
+        assert conv.weight.abs().max() <= bound
+        assert conv.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+    for conv in _convs(plain.module)[1:]:  # kaiming_normal(fan_out, relu): N(0, 2 / fan_out)
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+    assert ref.module(torch.zeros(2, 3, 28, 28)).shape == (2, 2)
+
+
+def test_resnet_in_channels_cannot_drop_image_channels():
+    with pytest.raises(UserError, match="in_channels 1 cannot take 3-channel images"):
+        build_model(resolve_model("resnet18_28", in_channels=1), ["a", "b"], data_channels=3)
+
+
 def test_unreachable_hub_id_is_a_user_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="cannot load 'no-such-org/no-such-model'.*save_pretrained"):

@@ -29,6 +29,11 @@ class ModelSpec:
     pretrained: bool
     input_size: int | None = None  # ResNets: fixed by the preset; HF: None = from the image processor
     description: str = ""
+    # ResNets only. in_channels: None = the dataset's own (1 or 3); 3 = grayscale replicated (medmnist's as_rgb).
+    # init: "torchvision" (its Kaiming-normal convolutions) or "pytorch_default" (each layer's own default, as
+    # the MedMNIST reference ResNet, which is not torchvision's, starts from).
+    in_channels: int | None = None
+    init: str = "torchvision"
 
 
 @dataclass
