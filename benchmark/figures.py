@@ -349,8 +349,9 @@ def _group_tick(g: lb.GroupKey) -> str:
     return f"{model}\n{size} px · {scheme}" if scheme else f"{model}\n{size} px"
 
 
-def plot_heatmap(records: Sequence[dict], metric: str, suite: str) -> Figure | None:
-    mt = lb.metric_table(records, metric, None, suite)
+def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: lb.SuitePlan | None = None
+                 ) -> Figure | None:
+    mt = lb.metric_table(records, metric, None, suite, plan)
     ds = mt.measured_datasets
     groups = [g for g in mt.groups if any((g, d) in mt.cells for d in ds)]  # all-failed groups show "failed"
     if not ds or not groups:
@@ -404,14 +405,15 @@ def _recall_by_group(records: Sequence[dict], dataset: str) -> tuple[list[str], 
     return names, per
 
 
-def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str) -> Figure | None:
+def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str, plan: lb.SuitePlan | None = None
+                          ) -> Figure | None:
     names, per = _recall_by_group(records, dataset)
     if not per:
         return None
     k = len(names)
     groups = sorted(per)
     n_g = len(groups)
-    n_exp = len(lb.expected_seeds(records))
+    n_exp = len(lb.expected_seeds(records, plan))
     wide = k * n_g > 12
     w = DOUBLE if wide else SINGLE
     ncol = 1 if not wide else min(3, n_g)
@@ -442,7 +444,8 @@ def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str) -> 
     return fig
 
 
-def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc") -> Figure | None:
+def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc", plan: lb.SuitePlan | None = None
+                    ) -> Figure | None:
     # (dataset) -> (model, scheme) -> size -> [values]
     data: dict[str, dict[tuple[str, str], dict[int, list[float]]]] = {}
     for rec in records:
@@ -456,7 +459,7 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc") ->
             int(rec["dataset"]["size"]), []).append(v)
     if not data:
         return None
-    n_exp = len(lb.expected_seeds(records))
+    n_exp = len(lb.expected_seeds(records, plan))
     datasets = sorted(data)
     lines = sorted({k for d in data.values() for k in d})
     colors = dict(zip(lines, _palette(len(lines))))
@@ -503,8 +506,8 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc") ->
     return fig
 
 
-def plot_avg_rank(records: Sequence[dict], suite: str) -> Figure | None:
-    tables = {m: lb.metric_table(records, m, None, suite) for m in lb.HEADLINE_METRICS}
+def plot_avg_rank(records: Sequence[dict], suite: str, plan: lb.SuitePlan | None = None) -> Figure | None:
+    tables = {m: lb.metric_table(records, m, None, suite, plan) for m in lb.HEADLINE_METRICS}
     primary = tables["acc"]
     groups = [g for g in primary.groups if any(t.avg_rank[g][0] is not None for t in tables.values())]
     if not groups or not primary.measured_datasets:
@@ -643,8 +646,11 @@ def _check_args(formats: Sequence[str], dpi: int) -> tuple[str, ...]:
 
 
 def write_figures(runs_dir: Path, out_dir: Path, suite: str | None = None, formats=("png", "pdf"),
-                  dpi: int = 200) -> list[Path]:
+                  dpi: int = 200, suites_dir: Path | str | None = None) -> list[Path]:
     """Draw every per-run and per-suite figure for the records in `runs_dir` into `out_dir`.
+
+    Seeds expected per group come from `<suite>.yaml` (in `suites_dir`, else ./suites/ or the project's), as in
+    the leaderboard, so a group short of the suite's seeds is marked even when every record has fewer.
 
     Returns the written paths (figures in each format, then one `<suite>_index.md` per suite)."""
     fmts = _check_args(formats, dpi)
@@ -678,15 +684,16 @@ def write_figures(runs_dir: Path, out_dir: Path, suite: str | None = None, forma
     run_ids = [str(r["run_id"]) for r in records]
     for suite_name, recs in suites.items():
         index: list = []
+        plan = lb.load_plan(suite_name, suites_dir)
         for m in lb.HEADLINE_METRICS:
-            emit(lambda m=m: plot_heatmap(recs, m, suite_name), f"{suite_name}_heatmap_{m}", index,
+            emit(lambda m=m: plot_heatmap(recs, m, suite_name, plan), f"{suite_name}_heatmap_{m}", index,
                  f"heatmap {m}")
         for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
-            emit(lambda ds=ds: plot_per_class_recall(recs, ds, suite_name), f"{suite_name}_per_class_recall_{ds}",
+            emit(lambda ds=ds: plot_per_class_recall(recs, ds, suite_name, plan), f"{suite_name}_per_class_recall_{ds}",
                  index, f"per-class recall {ds}")
-        emit(lambda: plot_resolution(recs, suite_name, "acc"), f"{suite_name}_resolution_acc", index,
+        emit(lambda: plot_resolution(recs, suite_name, "acc", plan), f"{suite_name}_resolution_acc", index,
              "ACC vs resolution")
-        emit(lambda: plot_avg_rank(recs, suite_name), f"{suite_name}_avg_rank", index, "average rank")
+        emit(lambda: plot_avg_rank(recs, suite_name, plan), f"{suite_name}_avg_rank", index, "average rank")
         for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
             emit(lambda ds=ds, size=size, names=names, imgs=imgs: plot_samples(
                 ds, _sample_size(recs, ds, size), names, imgs, suite_name),

@@ -113,3 +113,22 @@ def test_record_json_roundtrip_is_what_figures_read(tmp_path):
     assert json.loads(json.dumps(rec)) == rec
     probs = rec["test_predictions"]["probs"]
     assert all(abs(sum(row) - 1.0) < 1e-9 for row in probs)
+
+
+def test_seeds_expected_come_from_the_suite_file(tmp_path):
+    """Every record has seed 0 only, but the suite file plans seeds 0-2: the heatmap marks each cell 1/3†."""
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "planned.yaml").write_text(
+        "name: planned\nseeds: [0, 1, 2]\ndatasets: [breastmnist]\nmodels: [resnet18_28, vit_b16]\n")
+    records = [make_record(suite="planned", model=m, seed=0) for m in ("resnet18_28", "vit_b16")]
+    write_records(records, tmp_path / "runs")
+    figures.write_figures(tmp_path / "runs", tmp_path / "figures", formats=("png",), dpi=40,
+                          suites_dir=tmp_path / "suites")
+    index = (tmp_path / "figures" / "planned_index.md").read_text()
+    assert "planned_heatmap_acc" in index
+    plan = figures.lb.load_plan("planned", tmp_path / "suites")
+    fig = figures.plot_heatmap(records, "acc", "planned", plan)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(texts) == 2 and all(t.endswith("\n1/3†") for t in texts), texts
+    unplanned = figures.plot_heatmap(records, "acc", "planned")
+    assert not any("†" in t.get_text() for t in unplanned.axes[0].texts)
