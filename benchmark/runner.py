@@ -39,7 +39,7 @@ from benchmark.records import (
     superseded_path,
     write_record,
 )
-from benchmark.train import DeviceSplit, autocast_dtype, fit
+from benchmark.train import DeviceSplit, autocast_dtype, fit, pending_best_path
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
@@ -236,7 +236,7 @@ class GridRunner:
         if not self.accelerator.is_main_process:
             return
         directory = self.checkpoint_dir(spec)
-        for target in (path, directory / "last.pt", directory / "best.pt"):
+        for target in (path, directory / "last.pt", directory / "best.pt", pending_best_path(directory / "best.pt")):
             remove_temp_files(target)
 
     def prune_checkpoints(self, spec: RunSpec) -> None:

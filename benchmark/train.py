@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import resource
 import sys
@@ -258,13 +259,29 @@ def load_checkpoint(path: Path) -> dict | None:
         return None
 
 
-def resume_point(last_path: Path, best_path: Path) -> tuple[dict, dict] | None:
-    """The last checkpoint and the best weights saved with it, or None to start over (either missing or damaged)."""
+def pending_best_path(best_path: Path) -> Path:
+    """Where an epoch's new best weights wait until that epoch's `last.pt` is written (then renamed to best.pt).
+
+    Written before `last.pt` and renamed after it, so a kill between the writes never leaves best weights that
+    `last.pt` does not count: each best file carries its epoch, and resuming takes the one `last.pt` names.
+    """
+    return best_path.with_name("best.next.pt")
+
+
+def resume_point(last_path: Path, best_path: Path) -> tuple[dict, dict, Path] | None:
+    """The last checkpoint, the best weights that go with it and the file they came from; None to start over
+    (either missing or damaged, or no best file of the epoch `last.pt` records as best)."""
     checkpoint = load_checkpoint(last_path)
-    best_weights = load_checkpoint(best_path) if checkpoint is not None else None
-    if checkpoint is not None and best_weights is None:
-        print(f"warning: {best_path} is missing or damaged; starting the run over", file=sys.stderr)
-    return (checkpoint, best_weights) if best_weights is not None else None
+    if checkpoint is None:
+        return None
+    best_epoch = checkpoint.get("loop", {}).get("best_epoch")
+    for path in (pending_best_path(best_path), best_path):
+        best = load_checkpoint(path)
+        if isinstance(best, dict) and best.get("epoch") == best_epoch:
+            return checkpoint, best["weights"], path
+    print(f"warning: no best weights of epoch {best_epoch} beside {last_path}; starting the run over",
+          file=sys.stderr)
+    return None
 
 
 def restore_training_state(checkpoint: dict, path: Path, model: nn.Module, optimizer, scheduler, scaler,
@@ -333,10 +350,16 @@ def fit(
     state, best_weights = LoopState(num_processes=accelerator.num_processes), None
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
+    pending_path = pending_best_path(best_path) if best_path else None
     resumed = resume_point(last_path, best_path) if (resume and last_path) else None
     if resumed is not None:
-        checkpoint, best_weights = resumed
+        checkpoint, best_weights, best_source = resumed
         state = restore_training_state(checkpoint, last_path, unwrapped, optimizer, scheduler, scaler, state)
+        accelerator.wait_for_everyone()  # every process has read its best file before the main one settles them
+        if accelerator.is_main_process:
+            if best_source == pending_path:
+                os.replace(pending_path, best_path)
+            pending_path.unlink(missing_ok=True)
     resumed_from = state.epoch
 
     show = not quiet and accelerator.is_main_process
@@ -392,11 +415,12 @@ def fit(
                 "val": val_metrics,
             })
             score = selection_score(val_metrics, recipe.selection_metric)
-            if best_weights is None or score > state.best_score:
+            improved = best_weights is None or score > state.best_score
+            if improved:
                 state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
                 best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
                 if best_path and accelerator.is_main_process:
-                    atomic_torch_save(best_weights, best_path)
+                    atomic_torch_save({"epoch": epoch, "weights": best_weights}, pending_path)
             else:
                 state.epochs_without_improvement += 1
             state.epoch = epoch
@@ -411,6 +435,8 @@ def fit(
                     "rng": rng_states(),
                     "loop": vars(state),
                 }, last_path)
+                if improved:
+                    os.replace(pending_path, best_path)
             if show:
                 tqdm.write(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
                            f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")

@@ -4,6 +4,7 @@ record bit-identical (on CPU) to an uninterrupted run's; finished runs are skipp
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -103,10 +104,10 @@ def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypat
     saved = {}
     real_save = train.atomic_torch_save
 
-    def save_and_keep(obj, path):  # keep each epoch's checkpoint pair, as a kill right after it would leave them
+    def save_and_keep(obj, path):  # keep each epoch's checkpoint files, as a kill right after last.pt leaves them
         real_save(obj, path)
         if path.name == "last.pt":
-            saved[obj["loop"]["epoch"]] = {name: (path.parent / name).read_bytes() for name in ("last.pt", "best.pt")}
+            saved[obj["loop"]["epoch"]] = {p.name: p.read_bytes() for p in path.parent.glob("*.pt")}
 
     monkeypatch.setattr(train, "atomic_torch_save", save_and_keep)
     assert cli.main(arguments(suite, tmp_path / "reference") + ["--epochs", "2"]) == 0
@@ -116,9 +117,18 @@ def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypat
     run_id = reference["run_id"]
     assert [p.name for p in (tmp_path / "reference" / "checkpoints" / SUITE / run_id).iterdir()] == ["best.pt"]
 
-    damaged = {"last.pt": saved[1]["last.pt"][:1000], "best.pt": saved[1]["best.pt"]}  # a checkpoint copy cut short
+    # epoch 1 is always a new best: killed after its last.pt, its weights still wait in best.next.pt
+    assert sorted(saved[1]) == ["best.next.pt", "last.pt"]
+    best_1 = torch.load(io.BytesIO(saved[1]["best.next.pt"]), weights_only=False)
+    assert best_1["epoch"] == 1
+    damaged = {"last.pt": saved[1]["last.pt"][:1000], "best.next.pt": saved[1]["best.next.pt"]}  # a copy cut short
+    # killed during epoch 2 between writing its new best and its last.pt: that best must not be taken for epoch 1's
+    wrong = {name: tensor + 1 for name, tensor in best_1["weights"].items()}
+    stale = {"last.pt": saved[1]["last.pt"], "best.pt": saved[1]["best.next.pt"],
+             "best.next.pt": _torch_bytes({"epoch": 2, "weights": wrong})}
     for name, checkpoint, extra, resumed_from in [("from-1", saved[1], [], 1),
                                                   ("from-2", saved[2], [], 2),  # killed before the record
+                                                  ("stale-best", stale, [], 1),
                                                   ("no-resume", saved[1], ["--no-resume"], 0),
                                                   ("damaged", damaged, [], 0)]:
         output = tmp_path / name
@@ -130,7 +140,16 @@ def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypat
         record = only_record(output)
         assert record["resumed_from_epoch"] == resumed_from, name
         assert outcome(record) == outcome(reference), name
+        assert [p.name for p in checkpoints.iterdir()] == ["best.pt"], name
+        kept = torch.load(checkpoints / "best.pt", weights_only=False)
+        assert kept["epoch"] == record["best_epoch"], name
     assert f"warning: ignoring damaged checkpoint {tmp_path / 'damaged' / 'checkpoints'}" in capsys.readouterr().err
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def test_finished_runs_are_skipped_forced_reruns_keep_the_old_record(tmp_path, capsys):
