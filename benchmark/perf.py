@@ -2,7 +2,7 @@
 
 `python -m benchmark perf --model M --dataset D --size S [--batch B]` measures, in one process:
 
-- (a) ``ours``: train.py's step — a batch indexed from the uint8 split held on the device, resized, augmented
+- (a) ``ours``: train.py's `TrainStep` — a batch indexed from the uint8 split held on the device, resized, augmented
   and normalised there by `BatchTransform`, bf16 autocast on a GPU, the recipe's optimizer;
 - (b) ``random``: the same step fed one random float batch already on the device (no data work: the bound);
 - (c) ``tutorial``: Hugging Face `Trainer` on a `datasets.Dataset` of PIL images whose `set_transform` runs
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -53,6 +54,7 @@ from benchmark.models import BuiltModel, build_model, list_models, resolve_model
 from benchmark.records import atomic_write_bytes, now_iso
 from benchmark.train import (
     DeviceSplit,
+    TrainStep,
     autocast,
     autocast_dtype,
     epoch_generator,
@@ -307,38 +309,12 @@ def index_batches(n: int, batch: int, count: int, seed: int,
     return list(torch.cat(chunks)[: batch * count].split(batch))
 
 
-class StepRunner:
-    """train.py's step after the transform (autocast forward, backward, optimizer and schedule step), one process;
-    and predict's no-grad forward. The caller sets train/eval mode once per phase, as `fit` does per epoch."""
-
-    def __init__(self, model: nn.Module, recipe: Recipe, device: torch.device, dtype: torch.dtype | None,
-                 total_steps: int):
-        self.model, self.device, self.dtype = model, device, dtype
-        self.optimizer = make_optimizer(recipe, model, device)
-        self.scheduler = make_scheduler(recipe, self.optimizer, total_steps)
-        self.loss_fn = nn.CrossEntropyLoss()
-        self.loss_sum = torch.zeros((), device=device)
-        self.images = 0
-
-    def train(self, pixels: torch.Tensor, labels: torch.Tensor) -> int:
-        with autocast(self.device, self.dtype):
-            loss = self.loss_fn(self.model(pixels).float(), labels)
-        loss.backward()
-        self.loss_sum += loss.detach() * len(labels)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.images += len(labels)
-        return len(labels)
-
-    @torch.no_grad()
-    def infer(self, pixels: torch.Tensor) -> int:
-        with autocast(self.device, self.dtype):
-            self.model(pixels).float()
-        return len(pixels)
-
-    def mean_loss(self) -> float:
-        return self.loss_sum.item() / max(self.images, 1)
+@torch.no_grad()
+def forward_only(model: nn.Module, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> int:
+    """`predict`'s forward (no gather or softmax); the caller sets eval mode once, as `fit` does per phase."""
+    with autocast(device, dtype):
+        model(pixels).float()
+    return len(pixels)
 
 
 def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSplit, recipe: Recipe,
@@ -348,7 +324,10 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     """Training and inference timings of (a) ours and (b) random, interleaved; and the mean training loss."""
     batch, eval_batch = args.batch, args.eval_batch or 2 * args.batch
     total = args.warmup + args.steps * args.rounds
-    runner = StepRunner(model, recipe, device, dtype, 2 * total)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    optimizer = accelerator.prepare(make_optimizer(recipe, model, device))
+    step = TrainStep(model, optimizer, make_scheduler(recipe, optimizer, 2 * total), recipe, accelerator, dtype)
+    weighted_losses, batch_sizes = [], []  # batch loss × batch size stays on the device until the end
     train_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, recipe.augment)
     eval_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, "none")
     train_indices = iter(index_batches(len(split), batch, total, args.seed, device))
@@ -360,22 +339,28 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     random_labels = torch.randint(0, n_classes, (batch,), device=device)
     random_eval = prepare_pixels(torch.randn(eval_batch, *shape, device=device), channels_last)
 
+    def train_on(pixels: torch.Tensor, labels: torch.Tensor) -> int:
+        weighted_losses.append(step(pixels, labels) * len(labels))
+        batch_sizes.append(len(labels))
+        return len(labels)
+
     def ours_train() -> int:
         index = next(train_indices)
-        pixels = prepare_pixels(train_transform(split.images[index], augment_rng), channels_last)
-        return runner.train(pixels, split.labels[index])
+        return train_on(prepare_pixels(train_transform(split.images[index], augment_rng), channels_last),
+                        split.labels[index])
 
     def ours_infer() -> int:
         index = next(eval_indices)
-        return runner.infer(prepare_pixels(eval_transform(split.images[index]), channels_last))
+        return forward_only(model, prepare_pixels(eval_transform(split.images[index]), channels_last), device, dtype)
 
     model.train()
-    train = measure_interleaved({"ours": ours_train, "random": lambda: runner.train(random_pixels, random_labels)},
+    train = measure_interleaved({"ours": ours_train, "random": lambda: train_on(random_pixels, random_labels)},
                                 device, args.warmup, args.steps, args.rounds)
     model.eval()
-    infer = measure_interleaved({"ours": ours_infer, "random": lambda: runner.infer(random_eval)},
+    infer = measure_interleaved({"ours": ours_infer, "random": lambda: forward_only(model, random_eval, device, dtype)},
                                 device, args.warmup, args.steps, args.rounds)
-    return train, infer, runner.mean_loss()
+    mean_loss = torch.stack(weighted_losses).sum().item() / sum(batch_sizes)
+    return train, infer, mean_loss
 
 
 # ---------------------------------------------------------------------------------------------- (c)

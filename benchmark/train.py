@@ -310,6 +310,36 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
+class TrainStep:
+    """One training micro-batch exactly as `fit` runs it (and `perf` times it): autocast forward, loss-scaled
+    backward, gradients synchronised across processes only on the last micro-batch of an accumulation window;
+    on that one, clipping and the optimizer, scaler and schedule steps. Returns the (detached) batch loss."""
+
+    def __init__(self, model: nn.Module, optimizer, scheduler, recipe: Recipe, accelerator: Accelerator,
+                 dtype: torch.dtype | None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.recipe, self.accelerator, self.dtype = recipe, accelerator, dtype
+        self.scaler = torch.amp.GradScaler(accelerator.device.type, enabled=dtype == torch.float16)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor, window: int = 1,
+                 last_in_window: bool = True) -> torch.Tensor:
+        sync = contextlib.nullcontext() if last_in_window else self.accelerator.no_sync(self.model)
+        with sync:
+            with autocast(self.accelerator.device, self.dtype):
+                loss = self.loss_fn(self.model(pixels).float(), labels)
+            self.accelerator.backward(self.scaler.scale(loss / window))
+        if last_in_window:
+            if self.recipe.max_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
 def fit(
     built: BuiltModel,
     data: DatasetSplits,
@@ -336,16 +366,15 @@ def fit(
     batches_per_epoch = len(train_batches(len(train_split), recipe.batch_size, torch.Generator(), 0, accelerator.num_processes))
     steps_per_epoch = math.ceil(batches_per_epoch / recipe.grad_accum_steps)
     scheduler = make_scheduler(recipe, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model, optimizer = accelerator.prepare(model, optimizer)
     if recipe.compile:
         model = torch.compile(model)
     unwrapped = accelerator.unwrap_model(model)
+    step = TrainStep(model, optimizer, scheduler, recipe, accelerator, dtype)
 
     train_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, recipe.augment)
     eval_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, "none")
     eval_batch = recipe.eval_batch_size or 2 * recipe.batch_size
-    loss_fn = nn.CrossEntropyLoss()
 
     state, best_weights = LoopState(num_processes=accelerator.num_processes), None
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
@@ -354,7 +383,8 @@ def fit(
     resumed = resume_point(last_path, best_path) if (resume and last_path) else None
     if resumed is not None:
         checkpoint, best_weights, best_source = resumed
-        state = restore_training_state(checkpoint, last_path, unwrapped, optimizer, scheduler, scaler, state)
+        state = restore_training_state(checkpoint, last_path, unwrapped, optimizer, scheduler, step.scaler,
+                                       state)
         accelerator.wait_for_everyone()  # every process has read its best file before the main one settles them
         if accelerator.is_main_process:
             if best_source == pending_path:
@@ -379,22 +409,9 @@ def fit(
             for i, batch in enumerate(bar):
                 window_start = i - i % recipe.grad_accum_steps
                 window = min(recipe.grad_accum_steps, len(batches) - window_start)
-                steps_now = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
+                last_in_window = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
                 pixels = prepare_pixels(train_transform(train_split.images[batch], augment_rng), channels_last)
-                sync = contextlib.nullcontext() if steps_now else accelerator.no_sync(model)
-                with sync:
-                    with autocast(device, dtype):
-                        loss = loss_fn(model(pixels).float(), train_split.labels[batch])
-                    accelerator.backward(scaler.scale(loss / window))
-                loss_sum += loss.detach() * len(batch)
-                if steps_now:
-                    if recipe.max_grad_norm:
-                        scaler.unscale_(optimizer)
-                        accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += step(pixels, train_split.labels[batch], window, last_in_window) * len(batch)
             seen = sum(len(b) for b in batches)
             train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)
             epoch_seconds = time.perf_counter() - started
@@ -431,7 +448,7 @@ def fit(
                     "model": unwrapped.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
+                    "scaler": step.scaler.state_dict(),
                     "rng": rng_states(),
                     "loop": vars(state),
                 }, last_path)
