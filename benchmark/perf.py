@@ -328,8 +328,8 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     optimizer = accelerator.prepare(make_optimizer(recipe, model, device))
     step = TrainStep(model, optimizer, make_scheduler(recipe, optimizer, 2 * total), recipe, accelerator, dtype)
     weighted_losses, batch_sizes = [], []  # batch loss × batch size stays on the device until the end
-    train_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, recipe.augment)
-    eval_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, "none")
+    train_transform = BatchTransform.for_model(built, recipe.augment)
+    eval_transform = BatchTransform.for_model(built)
     train_indices = iter(index_batches(len(split), batch, total, args.seed, device))
     eval_indices = iter(torch.arange(eval_batch * total, device=device).remainder(len(split)).split(eval_batch))
     augment_rng = epoch_generator(args.seed, 1, 1)
@@ -430,9 +430,9 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
     # batch more than the steps: accelerate's loader fetches a batch ahead, so the timed window then holds
     # the data work of exactly `timed` batches.
     train_set = tutorial_dataset(data.train.images, data.train.labels,
-                                 reference_transform(size, mean, std, channels, recipe.augment),
+                                 reference_transform(size, mean, std, channels, recipe.augment, built.upsample),
                                  count=max(len(data.train), batch * (args.warmup + timed + 1)))
-    eval_transform = reference_transform(size, mean, std, channels, "none")
+    eval_transform = reference_transform(size, mean, std, channels, "none", built.upsample)
     eval_set = tutorial_dataset(data.train.images, data.train.labels, eval_transform,
                                 count=eval_batch * (args.warmup + timed + 1))
 

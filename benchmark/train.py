@@ -372,8 +372,8 @@ def fit(
     unwrapped = accelerator.unwrap_model(model)
     step = TrainStep(model, optimizer, scheduler, recipe, accelerator, dtype)
 
-    train_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, recipe.augment)
-    eval_transform = BatchTransform(built.input_size, built.mean, built.std, built.in_channels, "none")
+    train_transform = BatchTransform.for_model(built, recipe.augment)
+    eval_transform = BatchTransform.for_model(built)
     eval_batch = recipe.eval_batch_size or 2 * recipe.batch_size
 
     state, best_weights = LoopState(num_processes=accelerator.num_processes), None

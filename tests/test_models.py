@@ -50,17 +50,17 @@ def test_bundled_tiny_vit_preset_builds_offline():
     assert built.input_size == 32 and built.n_params < 200_000
 
 
-@pytest.mark.parametrize("name, kernel, stride, pooled", [("resnet18_28", 3, 1, False), ("resnet18_224", 7, 2, True),
-                                                           ("resnet50_28", 3, 1, False)])
-def test_medmnist_v2_resnet_stems(name, kernel, stride, pooled):
+@pytest.mark.parametrize("name, kernel, stride, pooled, channels", [
+    ("resnet18_28", 3, 1, False, 1), ("resnet18_224", 7, 2, True, 3), ("resnet50_28", 3, 1, False, 1)])
+def test_medmnist_v2_resnet_stems(name, kernel, stride, pooled, channels):
     built = build_model(resolve_model(name), ["a", "b"], data_channels=1)
     net = built.module
     assert net.conv1.kernel_size == (kernel, kernel) and net.conv1.stride == (stride, stride)
-    assert net.conv1.in_channels == 1
+    assert net.conv1.in_channels == built.in_channels == channels
     assert isinstance(net.maxpool, nn.MaxPool2d) is pooled
-    assert built.mean == [0.5] and built.std == [0.5]
+    assert built.mean == [0.5] * channels and built.std == [0.5] * channels
     size = built.input_size
-    assert net(torch.zeros(2, 1, size, size)).shape == (2, 2)
+    assert net(torch.zeros(2, channels, size, size)).shape == (2, 2)
 
 
 def _convs(net):

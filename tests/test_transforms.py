@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 from benchmark.data import transforms
 from benchmark.data.transforms import NONE_TOLERANCE, AugmentParams, BatchTransform, _jitter, reference_transform
 from benchmark.errors import UserError
+from benchmark.models import build_model, resolve_model
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 HALF = ([0.5], [0.5])
@@ -21,9 +22,9 @@ def noise(n, channels, size, seed=0):
     return torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
 
 
-def pil_reference(images, size, mean, std, in_channels):
+def pil_reference(images, size, mean, std, in_channels, upsample="bilinear"):
     """The per-sample torchvision pipeline applied to each image as PIL, stacked."""
-    ref = reference_transform(size, mean, std, in_channels)
+    ref = reference_transform(size, mean, std, in_channels, upsample=upsample)
     hwc = images.permute(0, 2, 3, 1).numpy()
     return torch.stack([ref(Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im)) for im in hwc])
 
@@ -52,6 +53,29 @@ def test_none_matches_pil_reference(src, size, channels, in_channels, norm, tole
     diff = (unnormalise(ours, *norm) - unnormalise(ref, *norm)).abs()
     assert diff.max() <= tolerance
     assert diff.mean() <= 0.4 / 255  # no systematic offset: PIL's uint8 rounding alone averages ~0.3/255
+
+
+@pytest.mark.parametrize("src, size, channels, in_channels", [(28, 224, 1, 3), (28, 64, 3, 3), (20, 56, 1, 1)])
+def test_nearest_upsampling_matches_pil_nearest(src, size, channels, in_channels):
+    """The ResNets' `upsample="nearest"` (the MedMNIST reference's 28 -> 224 resize) is PIL's NEAREST exactly,
+    integer and non-integer factors alike; bilinear output differs from it."""
+    images = noise(4, channels, src)
+    ours = BatchTransform(size, *HALF, in_channels, upsample="nearest")(images)
+    ref = pil_reference(images, size, *HALF, in_channels, upsample="nearest")
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    assert (BatchTransform(size, *HALF, in_channels)(images) - ref).abs().max() > 0.1
+
+
+def test_resnets_upsample_nearest_and_shrink_antialiased():
+    built = build_model(resolve_model("resnet18_224"), ["a", "b"], data_channels=1)
+    transform = BatchTransform.for_model(built)
+    assert (transform.upsample, transform.in_channels, transform.input_size) == ("nearest", 3, 224)
+    images = noise(2, 1, 28)
+    torch.testing.assert_close(transform(images), pil_reference(images, 224, *HALF, 3, upsample="nearest"),
+                               rtol=0, atol=1e-6)
+    big = noise(2, 1, 224)  # shrinking a 224-px image for a 28-px ResNet stays antialiased bilinear
+    small = BatchTransform.for_model(build_model(resolve_model("resnet18_28"), ["a", "b"], data_channels=1))(big)
+    torch.testing.assert_close(small, BatchTransform(28, *HALF, 1)(big))
 
 
 @pytest.mark.parametrize("augment", ["none", "tutorial"])
@@ -179,6 +203,8 @@ def test_colour_jitter_matches_torchvision(channels):
 def test_bad_arguments():
     with pytest.raises(UserError, match="augment"):
         BatchTransform(28, *HALF, 3, "autoaugment")
+    with pytest.raises(UserError, match="unknown upsample 'bicubic'"):
+        BatchTransform(28, *HALF, 3, upsample="bicubic")
     with pytest.raises(UserError, match="channels"):
         BatchTransform(28, *HALF, 4)
     with pytest.raises(UserError, match="mean/std"):

@@ -5,7 +5,9 @@ whole-batch tensor ops on the batch's own device (on CPU, in chunks of ``CPU_CHU
 same output):
 
 - ``augment="none"``: bilinear resize (antialiased when downscaling, skipped at the same size), then
-  ``(x/255 - mean) / std``. Matches the PIL reference within ``NONE_TOLERANCE`` pixel units.
+  ``(x/255 - mean) / std``. Matches the PIL reference within ``NONE_TOLERANCE`` pixel units. With
+  ``upsample="nearest"`` images smaller than the input are enlarged by pixel replication instead (PIL's
+  NEAREST, as the MedMNIST reference code feeds its 224-px ResNets); shrinking stays antialiased bilinear.
 - ``augment="tutorial"``: the tutorials' RandomResizedCrop(scale=(0.8, 1), ratio=(3/4, 4/3)),
   RandomHorizontalFlip, RandomRotation(10) and ColorJitter(0.2, 0.2, 0.2, 0.1), drawn per sample.
   Crop, flip and rotation are folded into one sampling grid, so each image is interpolated once
@@ -32,15 +34,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+if TYPE_CHECKING:
+    from benchmark.models import BuiltModel
+
 from benchmark.errors import UserError
 
 AUGMENTS = ("none", "tutorial")
+UPSAMPLES = ("bilinear", "nearest")
 
 # The tutorials' recipe, in torchvision's terms.
 CROP_SCALE = (0.8, 1.0)
@@ -119,10 +126,13 @@ def _crop_extent(scale: torch.Tensor, log_ratio: torch.Tensor, height: int, widt
     return torch.where(fits.any(1, keepdim=True), chosen, fallback)
 
 
-def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize, antialiased when downscaling (matches PIL); a no-op at the same size."""
+def _resize(x: torch.Tensor, height: int, width: int, upsample: str = "bilinear") -> torch.Tensor:
+    """Bilinear resize, antialiased when downscaling (matches PIL); nearest-neighbour when enlarging with
+    `upsample="nearest"` (matches PIL's NEAREST); a no-op at the same size."""
     if x.shape[-2:] == (height, width):
         return x
+    if upsample == "nearest" and height >= x.shape[-2] and width >= x.shape[-1]:
+        return F.interpolate(x, size=(height, width), mode="nearest-exact")
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -176,18 +186,25 @@ class BatchTransform:
     """uint8 (N, C, H, W) on any device -> float32 (N, in_channels, S, S) normalised, on the same device."""
 
     def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
-                 augment: str = "none"):
+                 augment: str = "none", upsample: str = "bilinear"):
         if augment not in AUGMENTS:
             raise UserError(f"unknown augment {augment!r}; use one of: {', '.join(AUGMENTS)}")
+        if upsample not in UPSAMPLES:
+            raise UserError(f"unknown upsample {upsample!r}; use one of: {', '.join(UPSAMPLES)}")
         if in_channels not in (1, 3):
             raise UserError(f"models with {in_channels} input channels are not supported; use a 1- or 3-channel model")
         if len(mean) not in (1, in_channels) or len(std) != len(mean):
             raise UserError(f"mean/std need 1 or {in_channels} values each; got {len(mean)} and {len(std)}")
-        self.input_size, self.in_channels, self.augment = input_size, in_channels, augment
+        self.input_size, self.in_channels, self.augment, self.upsample = input_size, in_channels, augment, upsample
         std_t = torch.tensor(std, dtype=torch.float32).expand(in_channels)
         self._scale = (1 / std_t).view(1, -1, 1, 1)
         self._shift = (-torch.tensor(mean, dtype=torch.float32).expand(in_channels) / std_t).view(1, -1, 1, 1)
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def for_model(cls, built: BuiltModel, augment: str = "none") -> BatchTransform:
+        """The transform that feeds `built`: its input size, normalisation, channels and upsampling."""
+        return cls(built.input_size, built.mean, built.std, built.in_channels, augment, built.upsample)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Transform a batch; "tutorial" draws its per-sample randomness from `generator` (a CPU one)."""
@@ -221,7 +238,7 @@ class BatchTransform:
         if self.in_channels == 1:
             x = _gray(x)
         if packed is None:
-            x = _resize(x, size, size)
+            x = _resize(x, size, size, self.upsample)
         else:
             x = _resize(x, min(x.shape[-2], size), min(x.shape[-1], size))
             x = _warp(_jitter(x, packed[:, 6:]), packed, size)
@@ -236,13 +253,15 @@ class BatchTransform:
 
 
 def reference_transform(input_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
-                        augment: str = "none") -> T.Compose:
-    """The tutorials' per-sample PIL pipeline for the same recipe (for parity tests and speed comparisons)."""
+                        augment: str = "none", upsample: str = "bilinear") -> T.Compose:
+    """The tutorials' per-sample PIL pipeline for the same recipe (for parity tests and speed comparisons);
+    `upsample="nearest"` resizes as the MedMNIST reference code does for its 224-px ResNets."""
     if augment not in AUGMENTS:
         raise UserError(f"unknown augment {augment!r}; use one of: {', '.join(AUGMENTS)}")
     to_mode = T.Lambda(partial(Image.Image.convert, mode="L" if in_channels == 1 else "RGB"))
     if augment == "none":
-        steps = [T.Resize((input_size, input_size))]
+        mode = T.InterpolationMode.NEAREST if upsample == "nearest" else T.InterpolationMode.BILINEAR
+        steps = [T.Resize((input_size, input_size), interpolation=mode)]
     else:
         steps = [T.RandomResizedCrop(input_size, scale=CROP_SCALE, ratio=CROP_RATIO), T.RandomHorizontalFlip(FLIP_P),
                  T.RandomRotation(MAX_DEGREES), T.ColorJitter(BRIGHTNESS, CONTRAST, SATURATION, HUE)]

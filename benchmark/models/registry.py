@@ -44,6 +44,7 @@ class BuiltModel:
     std: list[float]
     in_channels: int
     family: str
+    upsample: str = "bilinear"  # how smaller images are enlarged to input_size: "bilinear" or "nearest"
     n_params: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -3,7 +3,9 @@
 For 28-px input the stem is a 3×3 stride-1 convolution with no max-pool (so the 28-px image is not
 shrunk to 7 px before the first block); larger inputs keep the standard 7×7 stride-2 stem and max-pool.
 The first convolution takes the dataset's own channels (1 for grayscale sets) unless the spec asks for 3
-(grayscale replicated, as medmnist's `as_rgb`), and images are normalised with mean 0.5 / std 0.5 as in the paper.
+(grayscale replicated, as medmnist's `as_rgb`; the 224-px presets do, keeping torchvision's own stem as the
+reference code does), and images are normalised with mean 0.5 / std 0.5 as in the paper. Images smaller than
+the input are enlarged nearest-neighbour, as the reference code does (`upsample="nearest"`).
 
 The `_ref` presets follow the MedMNIST reference code (github.com/MedMNIST/experiments, run with `--as_rgb` for
 grayscale sets as its maintainers state): 3 input channels and PyTorch's default layer init. The architecture
@@ -56,21 +58,32 @@ def build_resnet(spec: ModelSpec, class_names: list[str], data_channels: int) ->
         std=[0.5] * channels,
         in_channels=channels,
         family="resnet",
+        upsample="nearest",  # as the reference code enlarges 28-px images for its 224-px ResNets
     )
 
 
 for _arch in ("resnet18", "resnet50"):
-    for _size in (28, 224):
-        register_model(
-            ModelSpec(
-                name=f"{_arch}_{_size}",
-                family="resnet",
-                source=_arch,
-                pretrained=False,
-                input_size=_size,
-                description=f"MedMNIST v2 baseline: {_arch} from scratch at {_size} px",
-            )
+    register_model(
+        ModelSpec(
+            name=f"{_arch}_28",
+            family="resnet",
+            source=_arch,
+            pretrained=False,
+            input_size=28,
+            description=f"MedMNIST v2 baseline: {_arch} from scratch at 28 px",
         )
+    )
+    register_model(  # the reference feeds torchvision's 224-px ResNets RGB (grayscale replicated)
+        ModelSpec(
+            name=f"{_arch}_224",
+            family="resnet",
+            source=_arch,
+            pretrained=False,
+            input_size=224,
+            in_channels=3,
+            description=f"MedMNIST v2 baseline: {_arch} from scratch at 224 px, RGB input",
+        )
+    )
     register_model(
         ModelSpec(
             name=f"{_arch}_28_ref",
