@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from benchmark.data import dataset_sizes
+from benchmark.data.transforms import UPSAMPLES
 from benchmark.errors import UserError
 from benchmark.models import ModelSpec, list_models, resolve_model
 
@@ -205,13 +206,14 @@ def _read_yaml(path: Path) -> dict:
 
 
 SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
-MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size", "in_channels", "init"}
-MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "in_channels": int,
-                     "init": str}
+MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size", "upsample", "in_channels",
+                    "init"}
+MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "upsample": str,
+                     "in_channels": int, "init": str}
 RESNET_INITS = ("torchvision", "pytorch_default")
 # ModelSpec fields added after the first records were written: left out of the hash at these defaults, so
 # those records keep their run ids.
-HASH_NEUTRAL_MODEL_DEFAULTS = {"in_channels": None, "init": "torchvision"}
+HASH_NEUTRAL_MODEL_DEFAULTS = {"upsample": "bilinear", "in_channels": None, "init": "torchvision"}
 DATASET_ENTRY_KEYS = {"name", "size"}
 
 
@@ -300,6 +302,7 @@ def load_suite(
             raise UserError(f"{where}.input_size must be a positive integer (got {spec.input_size!r})")
         if spec.family == "resnet" and (spec.input_size is None or spec.source not in RESNET_ARCHS):
             raise UserError(f"{where}: a resnet entry needs `input_size:` and `source:` one of {', '.join(RESNET_ARCHS)}")
+        _check_choice(spec.upsample, UPSAMPLES, f"{where}.upsample")
         if spec.family == "resnet":
             _check_choice(spec.init, RESNET_INITS, f"{where}.init")
             if spec.in_channels not in (None, 1, 3):

@@ -24,6 +24,7 @@ JSON file to `--output` (default `results/perf/`) with the command, settings, fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -41,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -324,7 +326,8 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     """Training and inference timings of (a) ours and (b) random, interleaved; and the mean training loss."""
     batch, eval_batch = args.batch, args.eval_batch or 2 * args.batch
     total = args.warmup + args.steps * args.rounds
-    accelerator = Accelerator(cpu=device.type == "cpu")
+    # fit's settings (runner.py): precision and accumulation are the recipe's business, not accelerate's
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no", gradient_accumulation_steps=1)
     optimizer = accelerator.prepare(make_optimizer(recipe, model, device))
     step = TrainStep(model, optimizer, make_scheduler(recipe, optimizer, 2 * total), recipe, accelerator, dtype)
     weighted_losses, batch_sizes = [], []  # batch loss × batch size stays on the device until the end
@@ -416,6 +419,17 @@ def trainer_model(built: BuiltModel) -> nn.Module:
 
     inner = getattr(built.module, "model", None)
     return inner if isinstance(inner, PreTrainedModel) else WithLoss(built.module)
+
+
+@contextlib.contextmanager
+def own_accelerate_state():
+    """accelerate keeps one process-wide state that refuses another precision once set: the Trainer (bf16 on a
+    GPU) gets a fresh one, and whatever runs after it (the next test, a training run) gets a fresh one again."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, device: torch.device,
@@ -533,7 +547,9 @@ def measure_training(data: DatasetSplits, device: torch.device, args: argparse.N
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.skip_tutorial:
-            train["tutorial"], infer["tutorial"] = measure_tutorial(built, data, recipe, device, dtype, args, workdir)
+            with own_accelerate_state():
+                train["tutorial"], infer["tutorial"] = measure_tutorial(built, data, recipe, device, dtype, args,
+                                                                        workdir)
 
     peak, peak_source = peak_tflops_for(device, args.peak_tflops)
     pipelines = {}

@@ -3,7 +3,7 @@
     python scripts/run_table.py [RUNS_DIR]        # default: results/runs/medmnist-v2
 
 One row per completed run: best epoch, test ACC / AUC / balanced ACC, training minutes (the sum of the per-epoch
-training times in the history, so resumed runs count every session), the epoch a run was resumed at, the test
+training times in the history, so resumed runs count every session), the epoch its last session resumed at, the test
 images per predicted and per true class, and for binary tasks the best test ACC any threshold on the class-1
 probability could reach (a diagnostic, never a result: it is chosen on the test set).
 """

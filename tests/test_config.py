@@ -59,6 +59,9 @@ def test_hash_ignores_where_data_lives_but_not_what_is_trained(tmp_path):
     assert a.config_hash == b.config_hash  # canonical files, MD5-checked wherever they are
     assert len({a.config_hash, c.config_hash, subset.config_hash, hub.config_hash}) == 4
     assert a.run_id == f"breastmnist-28-resnet18_28-s0-{a.config_hash[:8]}"
+    variants = [replace(a, model=replace(a.model, **change))
+                for change in ({"upsample": "nearest"}, {"in_channels": 3}, {"init": "pytorch_default"})]
+    assert len({a.config_hash, *(v.config_hash for v in variants)}) == 4  # spec fields left out only at defaults
 
 
 def test_shipped_suites_expand(tmp_path):
@@ -87,6 +90,7 @@ def test_shipped_suites_expand(tmp_path):
         (("batch_size: 16", "batch_size: sixteen"), "'sixteen' is not a valid int"),
         (("recipe: fast}", "recipe: fast, init: xavier}"), "init: 'xavier' is not one of torchvision, pytorch_default"),
         (("recipe: fast}", "recipe: fast, in_channels: 2}"), "in_channels: 2 is not 1 or 3"),
+        (("recipe: fast}", "recipe: fast, upsample: cubic}"), "upsample: 'cubic' is not one of bilinear, nearest"),
         (("epochs: 1,", "epochs: 1, init: pytorch_default,"), "unknown key 'init'"),
         (("name: vit_tiny,", "name: vit_tiny, in_channels: 3,"), "apply to resnet models only"),
         (("datasets:", "datasets: ["), "malformed YAML at line"),

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from accelerate import Accelerator
 from torch import nn
 
 from benchmark import perf
@@ -169,3 +170,14 @@ def test_batches_larger_than_the_split_are_full_in_every_pipeline(tmp_path):
     r = json.loads((tmp_path / "train-vit-tiny-breastmnist-28-b150-cpu.json").read_text())
     assert {name: p["train"]["images"] for name, p in r["pipelines"].items()} == \
         {"ours": 150, "random": 150, "tutorial": 150}
+
+
+def test_bf16_with_the_tutorial_then_a_full_precision_accelerator(tmp_path):
+    """(a) sets accelerate up in full precision, then the Trainer of (c) in bf16: neither may refuse the other,
+    and a full-precision run (what `benchmark run` starts) must still be possible in the same process."""
+    args = parse("--model", "vit_tiny", "--mixed-precision", "bf16", "--batch", "4", "--steps", "1", "--warmup", "1",
+                 "--rounds", "1", "--threads", "1", "--output", str(tmp_path))
+    assert perf.run_perf(args) == 0
+    r = json.loads((tmp_path / "train-vit-tiny-breastmnist-28-b4-cpu.json").read_text())
+    assert r["mixed_precision"] == "bfloat16" and set(r["pipelines"]) == {"ours", "random", "tutorial"}
+    assert Accelerator(cpu=True, mixed_precision="no", gradient_accumulation_steps=1).mixed_precision == "no"

@@ -122,13 +122,14 @@ def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypat
     best_1 = torch.load(io.BytesIO(saved[1]["best.next.pt"]), weights_only=False)
     assert best_1["epoch"] == 1
     damaged = {"last.pt": saved[1]["last.pt"][:1000], "best.next.pt": saved[1]["best.next.pt"]}  # a copy cut short
-    # killed during epoch 2 between writing its new best and its last.pt: that best must not be taken for epoch 1's
+    # killed in a 3rd epoch between writing its new best and its last.pt: resumed after epoch 2 with nothing left
+    # to train, the weights scored are the ones loaded, so taking that newer best would change the test scores
     wrong = {name: tensor + 1 for name, tensor in best_1["weights"].items()}
-    stale = {"last.pt": saved[1]["last.pt"], "best.pt": saved[1]["best.next.pt"],
-             "best.next.pt": _torch_bytes({"epoch": 2, "weights": wrong})}
+    stale = {"last.pt": saved[2]["last.pt"], "best.pt": saved[reference["best_epoch"]]["best.next.pt"],
+             "best.next.pt": _torch_bytes({"epoch": 3, "weights": wrong})}
     for name, checkpoint, extra, resumed_from in [("from-1", saved[1], [], 1),
                                                   ("from-2", saved[2], [], 2),  # killed before the record
-                                                  ("stale-best", stale, [], 1),
+                                                  ("stale-best", stale, [], 2),
                                                   ("no-resume", saved[1], ["--no-resume"], 0),
                                                   ("damaged", damaged, [], 0)]:
         output = tmp_path / name

@@ -252,16 +252,24 @@ class BatchTransform:
         return self._on_device[device]
 
 
+def _pil_resize(image: Image.Image, size: int, upsample: str) -> Image.Image:
+    """torchvision's Resize to size x size: nearest when enlarging with upsample="nearest", else bilinear."""
+    enlarging = image.width <= size and image.height <= size
+    mode = T.InterpolationMode.NEAREST if upsample == "nearest" and enlarging else T.InterpolationMode.BILINEAR
+    return T.functional.resize(image, [size, size], interpolation=mode)
+
+
 def reference_transform(input_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
                         augment: str = "none", upsample: str = "bilinear") -> T.Compose:
     """The tutorials' per-sample PIL pipeline for the same recipe (for parity tests and speed comparisons);
     `upsample="nearest"` resizes as the MedMNIST reference code does for its 224-px ResNets."""
     if augment not in AUGMENTS:
         raise UserError(f"unknown augment {augment!r}; use one of: {', '.join(AUGMENTS)}")
+    if upsample not in UPSAMPLES:
+        raise UserError(f"unknown upsample {upsample!r}; use one of: {', '.join(UPSAMPLES)}")
     to_mode = T.Lambda(partial(Image.Image.convert, mode="L" if in_channels == 1 else "RGB"))
     if augment == "none":
-        mode = T.InterpolationMode.NEAREST if upsample == "nearest" else T.InterpolationMode.BILINEAR
-        steps = [T.Resize((input_size, input_size), interpolation=mode)]
+        steps = [T.Lambda(partial(_pil_resize, size=input_size, upsample=upsample))]
     else:
         steps = [T.RandomResizedCrop(input_size, scale=CROP_SCALE, ratio=CROP_RATIO), T.RandomHorizontalFlip(FLIP_P),
                  T.RandomRotation(MAX_DEGREES), T.ColorJitter(BRIGHTNESS, CONTRAST, SATURATION, HUE)]

@@ -95,6 +95,7 @@ def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> Bui
         std=std,
         in_channels=int(getattr(model.config, "num_channels", 3)),
         family="hf",
+        upsample=spec.upsample,
     )
 
 

@@ -29,6 +29,9 @@ class ModelSpec:
     pretrained: bool
     input_size: int | None = None  # ResNets: fixed by the preset; HF: None = from the image processor
     description: str = ""
+    # How images smaller than the input are enlarged: "bilinear", or "nearest" (pixel replication, as the
+    # MedMNIST reference code feeds its 224-px ResNets). Shrinking is always antialiased bilinear.
+    upsample: str = "bilinear"
     # ResNets only. in_channels: None = the dataset's own (1 or 3); 3 = grayscale replicated (medmnist's as_rgb).
     # init: "torchvision" (its Kaiming-normal convolutions) or "pytorch_default" (each layer's own default, as
     # the MedMNIST reference ResNet, which is not torchvision's, starts from).
@@ -44,7 +47,7 @@ class BuiltModel:
     std: list[float]
     in_channels: int
     family: str
-    upsample: str = "bilinear"  # how smaller images are enlarged to input_size: "bilinear" or "nearest"
+    upsample: str = "bilinear"  # ModelSpec.upsample
     n_params: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -4,8 +4,8 @@ For 28-px input the stem is a 3×3 stride-1 convolution with no max-pool (so the
 shrunk to 7 px before the first block); larger inputs keep the standard 7×7 stride-2 stem and max-pool.
 The first convolution takes the dataset's own channels (1 for grayscale sets) unless the spec asks for 3
 (grayscale replicated, as medmnist's `as_rgb`; the 224-px presets do, keeping torchvision's own stem as the
-reference code does), and images are normalised with mean 0.5 / std 0.5 as in the paper. Images smaller than
-the input are enlarged nearest-neighbour, as the reference code does (`upsample="nearest"`).
+reference code does, and enlarge 28-px images nearest-neighbour as it does), and images are normalised with
+mean 0.5 / std 0.5 as in the paper.
 
 The `_ref` presets follow the MedMNIST reference code (github.com/MedMNIST/experiments, run with `--as_rgb` for
 grayscale sets as its maintainers state): 3 input channels and PyTorch's default layer init. The architecture
@@ -58,7 +58,7 @@ def build_resnet(spec: ModelSpec, class_names: list[str], data_channels: int) ->
         std=[0.5] * channels,
         in_channels=channels,
         family="resnet",
-        upsample="nearest",  # as the reference code enlarges 28-px images for its 224-px ResNets
+        upsample=spec.upsample,
     )
 
 
@@ -73,15 +73,16 @@ for _arch in ("resnet18", "resnet50"):
             description=f"MedMNIST v2 baseline: {_arch} from scratch at 28 px",
         )
     )
-    register_model(  # the reference feeds torchvision's 224-px ResNets RGB (grayscale replicated)
+    register_model(  # the reference enlarges 28-px images nearest-neighbour and feeds them as RGB
         ModelSpec(
             name=f"{_arch}_224",
             family="resnet",
             source=_arch,
             pretrained=False,
             input_size=224,
+            upsample="nearest",
             in_channels=3,
-            description=f"MedMNIST v2 baseline: {_arch} from scratch at 224 px, RGB input",
+            description=f"MedMNIST v2 baseline: {_arch} from scratch at 224 px (RGB, nearest-neighbour upsampling)",
         )
     )
     register_model(
