@@ -207,9 +207,9 @@ def _read_yaml(path: Path) -> dict:
 
 SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
 MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size", "upsample", "in_channels",
-                    "init"}
+                    "init", "published_as"}
 MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "upsample": str,
-                     "in_channels": int, "init": str}
+                     "in_channels": int, "init": str, "published_as": str}
 RESNET_INITS = ("torchvision", "pytorch_default")
 # ModelSpec fields added after the first records were written: left out of the hash at these defaults, so
 # those records keep their run ids.
@@ -289,6 +289,7 @@ def load_suite(
         _check_keys(entry, MODEL_ENTRY_KEYS, where)
         _check_model_entry(entry, where)
         recipe_ref = entry.pop("recipe", None)
+        entry.pop("published_as", None)  # read by the leaderboard only: which published rows this model reproduces
         if isinstance(recipe_ref, dict):
             recipe = _typed(Recipe, recipe_ref, f"{where}.recipe")
             recipe = replace(recipe, epochs=epochs) if epochs is not None else recipe

@@ -148,6 +148,7 @@ class SuitePlan:
     models: tuple[str, ...]
     datasets: tuple[tuple[str, int], ...]  # (name, size)
     seeds: tuple[int, ...]
+    published_as: tuple[tuple[str, str], ...] = ()  # (model, published model whose rows it reproduces)
 
     def planned(self, group: GroupKey, dataset: str) -> bool:
         """Whether the plan has a run of this row's model on `dataset` at this row's size (any scheme)."""
@@ -199,8 +200,11 @@ def _read_plan(path: Path) -> SuitePlan:
         raise ValueError("datasets, models and seeds must be lists")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"seeds {seeds!r} are not all integers")
+    published_as = tuple((m["name"], m["published_as"]) for m in sections["models"]
+                         if isinstance(m, dict) and isinstance(m.get("published_as"), str))
     plan = SuitePlan(path.name, tuple(_entry_name(m, "models") for m in sections["models"]),
-                     tuple(_planned_dataset(d) for d in sections["datasets"]), tuple(sorted(set(seeds))))
+                     tuple(_planned_dataset(d) for d in sections["datasets"]), tuple(sorted(set(seeds))),
+                     published_as)
     if not (plan.models and plan.datasets and plan.seeds):
         raise ValueError("it plans no runs")
     return plan
@@ -877,7 +881,9 @@ def _pairwise_table(records: Sequence[dict], suite: str, metric: str) -> Table |
 def _published_gap_table(records: Sequence[dict], suite: str, published: pd.DataFrame,
                          plan: SuitePlan | None) -> Table | None:
     """Measured vs published for every (model, size, dataset, metric) that has both a published value and
-    a measured or planned run: the gap, and the gap in units of the seed standard deviation."""
+    a measured or planned run: the gap, and the gap in units of the seed standard deviation. A model the suite
+    file marks `published_as: <model>` (another build of the published model) is compared with its rows too."""
+    aliases = dict(plan.published_as) if plan is not None else {}
     rows = []
     for metric in ("acc", "auc"):
         cells = summarize(records, metric, plan)
@@ -885,23 +891,25 @@ def _published_gap_table(records: Sequence[dict], suite: str, published: pd.Data
         for ((model, size, _), dataset), cell in cells.items():
             by_model_size.setdefault((model, size, dataset), []).append(cell)
         pub = published[published["metric"] == metric]
-        for model, size, dataset, value, source in sorted(
+        for published_model, size, dataset, value, source in sorted(
                 zip(pub["model"], pub["size"], pub["dataset"], pub["value"], pub["source"])):
-            key = (str(model), int(size), str(dataset))
-            planned = plan is not None and plan.planned((key[0], key[1], ""), key[2])
-            if key not in by_model_size and not planned:
-                continue
-            cell = by_model_size[key][0] if key in by_model_size else None
-            row = [Cell(key[0]), Cell(str(key[1])), Cell(key[2]), Cell(METRIC_LABELS.get(metric, metric)),
-                   Cell(_f(float(value)))]
-            if cell is None or cell.mean is None:
-                row += [Cell(NOT_RUN), Cell(""), Cell(DASH), Cell(DASH)]
-            else:
-                gap = cell.mean - float(value)
-                spread = f"{_f(cell.mean)} ± {_f(cell.std)}" if cell.std is not None else _f(cell.mean)
-                in_stds = _f(gap / cell.std, 1) if cell.std else DASH
-                row += [Cell(spread), Cell(f"{cell.n}/{cell.n_expected}"), Cell(f"{gap:+.3f}"), Cell(in_stds)]
-            rows.append(row + [Cell(str(source), italic=True)])
+            for model in [str(published_model), *sorted(m for m, p in aliases.items() if p == published_model)]:
+                key = (model, int(size), str(dataset))
+                planned = plan is not None and plan.planned((key[0], key[1], ""), key[2])
+                if key not in by_model_size and not planned:
+                    continue
+                cell = by_model_size[key][0] if key in by_model_size else None
+                row = [Cell(key[0]), Cell(str(key[1])), Cell(key[2]), Cell(METRIC_LABELS.get(metric, metric)),
+                       Cell(_f(float(value)))]
+                if cell is None or cell.mean is None:
+                    row += [Cell(NOT_RUN), Cell(""), Cell(DASH), Cell(DASH)]
+                else:
+                    gap = cell.mean - float(value)
+                    spread = f"{_f(cell.mean)} ± {_f(cell.std)}" if cell.std is not None else _f(cell.mean)
+                    in_stds = _f(gap / cell.std, 1) if cell.std else DASH
+                    row += [Cell(spread), Cell(f"{cell.n}/{cell.n_expected}"), Cell(f"{gap:+.3f}"),
+                            Cell(in_stds)]
+                rows.append(row + [Cell(str(source), italic=True)])
     if not rows:
         return None
     return Table(title=f"Suite {suite}: measured vs published",

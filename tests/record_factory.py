@@ -50,6 +50,8 @@ DATASETS: dict[str, dict] = {
 MODELS: dict[str, dict] = {
     "resnet18_28": {"family": "resnet", "source": "torchvision:resnet18", "pretrained": False, "input_size": 28,
                     "n_params": 11170000, "scheme": "from_scratch", "skill": 1.6},
+    "resnet18_28_ref": {"family": "resnet", "source": "torchvision:resnet18", "pretrained": False, "input_size": 28,
+                        "n_params": 11170576, "scheme": "from_scratch", "skill": 1.9},
     "resnet50_28": {"family": "resnet", "source": "torchvision:resnet50", "pretrained": False, "input_size": 28,
                     "n_params": 23520000, "scheme": "from_scratch", "skill": 1.7},
     "vit_b16": {"family": "hf", "source": "google/vit-base-patch16-224", "pretrained": True, "input_size": 224,

@@ -439,23 +439,24 @@ def test_no_heavy_imports():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch):
-    recs = make_grid(suite="medmnist-v2", models=("resnet18_28",), missing=(), failed=())
+@pytest.mark.parametrize("model", ["resnet18_28", "resnet18_28_ref"])  # the latter `published_as: resnet18_28`
+def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch, model):
+    recs = make_grid(suite="medmnist-v2", models=("resnet18_28", "resnet18_28_ref"), missing=(), failed=())
     md = _real_suite_board(tmp_path, monkeypatch, "medmnist-v2", recs)
     rows = _md_table(md, "Suite medmnist-v2: measured vs published")
     published = lb.load_published()
     for metric, label in (("acc", "ACC"), ("auc", "AUC")):
-        values = np.array(_values(recs, "breastmnist", "resnet18_28", metric))
+        values = np.array(_values(recs, "breastmnist", model, metric))
         reference = published[(published.model == "resnet18_28") & (published.dataset == "breastmnist")
                               & (published.metric == metric) & (published["size"] == 28)]["value"].item()
-        [row] = [r for r in rows if (r["Model"], r["Dataset"], r["Metric"]) == ("resnet18_28", "breastmnist", label)]
+        [row] = [r for r in rows if (r["Model"], r["Dataset"], r["Metric"]) == (model, "breastmnist", label)]
         gap = values.mean() - reference
         assert row["Published"] == f"{reference:.3f}"
         assert row["Measured (mean ± std)"] == f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
         assert row["Seeds"] == "3/3"
         assert row["Δ"] == f"{gap:+.3f}"
         assert row["Δ / seed std"] == f"{gap / values.std(ddof=1):.1f}"
-        [blood] = [r for r in rows if (r["Model"], r["Dataset"], r["Metric"]) == ("resnet18_28", "bloodmnist", label)]
+        [blood] = [r for r in rows if (r["Model"], r["Dataset"], r["Metric"]) == (model, "bloodmnist", label)]
         assert blood["Measured (mean ± std)"] == "not yet run"
     assert not [r for r in rows if r["Model"] == "resnet18_224"]  # neither planned nor measured
 
