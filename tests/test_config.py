@@ -67,6 +67,7 @@ def test_hash_ignores_where_data_lives_but_not_what_is_trained(tmp_path):
 def test_shipped_suites_expand(tmp_path):
     assert len(load_suite("medmnist").runs) == 5 * 4 * 3
     assert len(load_suite("medmnist-v2").runs) == 4 * 3 * 3
+    assert len(load_suite("medmnist-v2-ablation").runs) == 1 * 2 * 3
     smoke = load_suite("smoke")
     assert {r.data_root for r in smoke.runs} == {"bundled"}
 
