@@ -211,9 +211,11 @@ MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_s
 MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "upsample": str,
                      "in_channels": int, "init": str, "published_as": str}
 RESNET_INITS = ("torchvision", "pytorch_default")
-# ModelSpec fields added after the first records were written: left out of the hash at these defaults, so
+# ModelSpec fields added after the first records were written: left out of the hash at their defaults, so
 # those records keep their run ids.
-HASH_NEUTRAL_MODEL_DEFAULTS = {"upsample": "bilinear", "in_channels": None, "init": "torchvision"}
+HASH_NEUTRAL_MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSpec) if f.name in ("upsample", "in_channels",
+                                                                                       "init")}
+RESNET_ONLY_FIELDS = ("in_channels", "init")
 DATASET_ENTRY_KEYS = {"name", "size"}
 
 
@@ -309,7 +311,7 @@ def load_suite(
             if spec.in_channels not in (None, 1, 3):
                 raise UserError(f"{where}.in_channels: {spec.in_channels!r} is not 1 or 3; or leave it out "
                                 "to use the dataset's own channels")
-        elif (spec.in_channels, spec.init) != (None, "torchvision"):
+        elif any(getattr(spec, key) != HASH_NEUTRAL_MODEL_DEFAULTS[key] for key in RESNET_ONLY_FIELDS):
             raise UserError(f"{where}: `in_channels:` and `init:` apply to resnet models only; remove them")
         model_entries.append((spec, recipe))
 

@@ -182,15 +182,19 @@ def _jitter(x: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     return _shift_hue(_blend(x, _gray(x), saturation), hue)
 
 
+def _check_options(augment: str, upsample: str) -> None:
+    if augment not in AUGMENTS:
+        raise UserError(f"unknown augment {augment!r}; use one of: {', '.join(AUGMENTS)}")
+    if upsample not in UPSAMPLES:
+        raise UserError(f"unknown upsample {upsample!r}; use one of: {', '.join(UPSAMPLES)}")
+
+
 class BatchTransform:
     """uint8 (N, C, H, W) on any device -> float32 (N, in_channels, S, S) normalised, on the same device."""
 
     def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
                  augment: str = "none", upsample: str = "bilinear"):
-        if augment not in AUGMENTS:
-            raise UserError(f"unknown augment {augment!r}; use one of: {', '.join(AUGMENTS)}")
-        if upsample not in UPSAMPLES:
-            raise UserError(f"unknown upsample {upsample!r}; use one of: {', '.join(UPSAMPLES)}")
+        _check_options(augment, upsample)
         if in_channels not in (1, 3):
             raise UserError(f"models with {in_channels} input channels are not supported; use a 1- or 3-channel model")
         if len(mean) not in (1, in_channels) or len(std) != len(mean):
@@ -263,10 +267,7 @@ def reference_transform(input_size: int, mean: Sequence[float], std: Sequence[fl
                         augment: str = "none", upsample: str = "bilinear") -> T.Compose:
     """The tutorials' per-sample PIL pipeline for the same recipe (for parity tests and speed comparisons);
     `upsample="nearest"` resizes as the MedMNIST reference code does for its 224-px ResNets."""
-    if augment not in AUGMENTS:
-        raise UserError(f"unknown augment {augment!r}; use one of: {', '.join(AUGMENTS)}")
-    if upsample not in UPSAMPLES:
-        raise UserError(f"unknown upsample {upsample!r}; use one of: {', '.join(UPSAMPLES)}")
+    _check_options(augment, upsample)
     to_mode = T.Lambda(partial(Image.Image.convert, mode="L" if in_channels == 1 else "RGB"))
     if augment == "none":
         steps = [T.Lambda(partial(_pil_resize, size=input_size, upsample=upsample))]
