@@ -30,7 +30,9 @@ import yaml
 from benchmark.data import dataset_sizes
 from benchmark.data.transforms import UPSAMPLES
 from benchmark.errors import UserError
+from benchmark.data.transforms import RESIZES
 from benchmark.models import ModelSpec, list_models, resolve_model
+from benchmark.schemes import SchemeSpec, check_scheme_fits, parse_scheme
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
@@ -39,6 +41,7 @@ SCHEDULES = ("cosine", "multistep", "constant")
 AUGMENTATIONS = ("none", "tutorial")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 SELECTION_METRICS = ("auc", "acc", "balanced_acc", "f1_macro", "loss")
+IMBALANCE = ("none", "balanced")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class Recipe:
     selection_metric: str = "auc"  # validation metric that picks the best epoch (MedMNIST v2: AUC)
     early_stopping_patience: int = 0  # 0 = off; else stop after this many epochs without improvement
     compile: bool = False  # torch.compile the model
+    # Class imbalance: "balanced" = cross-entropy weights n / (n_classes × count) from the training labels
+    # (scikit-learn's formula); sampler "balanced" = each batch drawn with replacement, every class equally likely.
+    class_weights: str = "none"
+    sampler: str = "none"
 
     def validate(self, where: str) -> None:
         _check_choice(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
@@ -70,6 +77,8 @@ class Recipe:
         _check_choice(self.augment, AUGMENTATIONS, f"{where}.augment")
         _check_choice(self.mixed_precision, MIXED_PRECISION, f"{where}.mixed_precision")
         _check_choice(self.selection_metric, SELECTION_METRICS, f"{where}.selection_metric")
+        _check_choice(self.class_weights, IMBALANCE, f"{where}.class_weights")
+        _check_choice(self.sampler, IMBALANCE, f"{where}.sampler")
         for name in ("lr", "epochs", "batch_size", "grad_accum_steps"):
             if not 0 < getattr(self, name) < math.inf:
                 raise UserError(f"{where}.{name} must be > 0 and finite (got {getattr(self, name)}); fix it in the "
@@ -99,6 +108,7 @@ class RunSpec:
     limit: int = 0  # 0 = full splits; N = first N images of each split
     data_root: str | None = field(default=None, compare=False)
     download: bool = field(default=False, compare=False)
+    scheme: SchemeSpec = field(default_factory=SchemeSpec)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,13 +121,19 @@ class RunSpec:
         for key, default in HASH_NEUTRAL_MODEL_DEFAULTS.items():
             if identity["model"].get(key) == default:
                 identity["model"].pop(key)
+        for key, default in HASH_NEUTRAL_RECIPE_DEFAULTS.items():
+            if identity["recipe"].get(key) == default:
+                identity["recipe"].pop(key)
+        if self.scheme.is_default:
+            identity.pop("scheme")
         if data_variant(self.data_root):
             identity["data"] = data_variant(self.data_root)
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     @property
     def run_id(self) -> str:
-        return f"{self.dataset}-{self.size}-{self.model.name}-s{self.seed}-{self.config_hash[:8]}"
+        scheme = "" if self.scheme.is_default else f"-{self.scheme.name}"
+        return f"{self.dataset}-{self.size}-{self.model.name}{scheme}-s{self.seed}-{self.config_hash[:8]}"
 
 
 def data_variant(data_root: str | None) -> str | None:
@@ -207,14 +223,15 @@ def _read_yaml(path: Path) -> dict:
 
 SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
 MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size", "upsample", "in_channels",
-                    "init", "published_as"}
+                    "init", "published_as", "resize", "scheme"}
 MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "upsample": str,
-                     "in_channels": int, "init": str, "published_as": str}
+                     "in_channels": int, "init": str, "published_as": str, "resize": str}
 RESNET_INITS = ("torchvision", "pytorch_default")
-# ModelSpec fields added after the first records were written: left out of the hash at their defaults, so
-# those records keep their run ids.
+# ModelSpec and Recipe fields added after the first records were written: left out of the hash at their
+# defaults, so those records keep their run ids (the scheme likewise, when it is finetune).
 HASH_NEUTRAL_MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSpec) if f.name in ("upsample", "in_channels",
-                                                                                       "init")}
+                                                                                       "init", "resize")}
+HASH_NEUTRAL_RECIPE_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.name in ("class_weights", "sampler")}
 RESNET_ONLY_FIELDS = ("in_channels", "init")
 DATASET_ENTRY_KEYS = {"name", "size"}
 
@@ -284,6 +301,10 @@ def load_suite(
         _check_choice(size, sizes, f"{where}.size")
         dataset_entries.append((entry["name"], size))
 
+    run_limit = limit if limit is not None else raw.get("limit") or 0
+    if not isinstance(run_limit, int) or isinstance(run_limit, bool) or run_limit < 0:
+        raise UserError(f"limit must be an integer >= 0 (got {run_limit!r}); fix --limit or the suite's `limit:`")
+
     model_entries = []
     for item in _section(raw, "models", list, path.name):
         entry = _as_entry(item, f"{path.name}: models")
@@ -291,6 +312,7 @@ def load_suite(
         _check_keys(entry, MODEL_ENTRY_KEYS, where)
         _check_model_entry(entry, where)
         recipe_ref = entry.pop("recipe", None)
+        scheme = parse_scheme(entry.pop("scheme", None), f"{where}.scheme")
         entry.pop("published_as", None)  # read by the leaderboard only: which published rows this model reproduces
         if isinstance(recipe_ref, dict):
             recipe = _typed(Recipe, recipe_ref, f"{where}.recipe")
@@ -306,6 +328,11 @@ def load_suite(
         if spec.family == "resnet" and (spec.input_size is None or spec.source not in RESNET_ARCHS):
             raise UserError(f"{where}: a resnet entry needs `input_size:` and `source:` one of {', '.join(RESNET_ARCHS)}")
         _check_choice(spec.upsample, UPSAMPLES, f"{where}.upsample")
+        _check_choice(spec.resize, RESIZES, f"{where}.resize")
+        if spec.resize == "pad" and recipe.augment != "none":
+            raise UserError(f"{where}: resize: pad works with augment: none only; set augment: none in its recipe")
+        check_scheme_fits(scheme, spec.family, limit=run_limit,
+                          imbalance=(recipe.class_weights, recipe.sampler) != ("none", "none"), where=where)
         if spec.family == "resnet":
             _check_choice(spec.init, RESNET_INITS, f"{where}.init")
             if spec.in_channels not in (None, 1, 3):
@@ -313,7 +340,7 @@ def load_suite(
                                 "to use the dataset's own channels")
         elif any(getattr(spec, key) != HASH_NEUTRAL_MODEL_DEFAULTS[key] for key in RESNET_ONLY_FIELDS):
             raise UserError(f"{where}: `in_channels:` and `init:` apply to resnet models only; remove them")
-        model_entries.append((spec, recipe))
+        model_entries.append((spec, recipe, scheme))
 
     suite_seeds = raw.get("seeds", [0])
     if not isinstance(suite_seeds, list) or not all(type(s) is int for s in suite_seeds):
@@ -323,15 +350,12 @@ def load_suite(
     selected_models = _select(model_entries, models, lambda e: e[0].name, "model", path.name)
     selected_seeds = list(seeds) if seeds is not None else suite_seeds
 
-    run_limit = limit if limit is not None else raw.get("limit") or 0
-    if not isinstance(run_limit, int) or isinstance(run_limit, bool) or run_limit < 0:
-        raise UserError(f"limit must be an integer >= 0 (got {run_limit!r}); fix --limit or the suite's `limit:`")
     root = data_root if data_root is not None else raw.get("data_root")
     fetch = download if download is not None else bool(raw.get("download", False))
     runs = [
-        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, root, fetch)
+        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, root, fetch, scheme=scheme)
         for ds, size in selected_datasets
-        for spec, recipe in selected_models
+        for spec, recipe, scheme in selected_models
         for seed in selected_seeds
     ]
     if not runs:

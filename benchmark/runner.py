@@ -39,7 +39,11 @@ from benchmark.records import (
     superseded_path,
     write_record,
 )
-from benchmark.train import DeviceSplit, autocast_dtype, fit, pending_best_path
+from benchmark.schemes import record_scheme
+from benchmark.schemes.context import SchemeContext
+from benchmark.schemes.embeddings import cache_dir
+from benchmark.schemes.run import run_scheme
+from benchmark.train import DeviceSplit, autocast_dtype, pending_best_path
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
@@ -93,7 +97,7 @@ def base_record(spec: RunSpec, status: str) -> dict:
         "seed": spec.seed,
         "dataset": {"name": spec.dataset, "size": spec.size},  # completed runs get the full block
         "model": asdict(spec.model),
-        "scheme": "fine_tune" if spec.model.pretrained else "from_scratch",
+        "scheme": record_scheme(spec.scheme, spec.model.pretrained),
         "selection_metric": spec.recipe.selection_metric,
         "created_at": now_iso(),
     }
@@ -164,8 +168,9 @@ class GridRunner:
                 )
             set_seed(spec.seed)
             built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
-            outcome = fit(built, data, device_splits, spec.recipe, spec.seed, self.accelerator,
-                          self.checkpoint_dir(spec), resume=self.resume, quiet=self.quiet, description=spec.run_id)
+            outcome = run_scheme(SchemeContext(spec, built, data, device_splits, self.accelerator,
+                                               self.checkpoint_dir(spec), cache_dir(self.output), self.resume,
+                                               self.quiet))
         except OutputError:
             raise
         except Exception as err:
@@ -190,6 +195,7 @@ class GridRunner:
             "best_epoch": outcome.best_epoch,
             "stopped_early": outcome.stopped_early,
             "resumed_from_epoch": outcome.resumed_from_epoch,
+            "scheme_details": outcome.details,
             "test": outcome.test,
             "test_predictions": {"labels": outcome.test_labels, "probs": outcome.test_probs},
             "samples": encode_samples(data),
@@ -263,10 +269,11 @@ def outcome_dtype_name(spec: RunSpec, accelerator: Accelerator) -> str:
 
 
 def dry_run_table(suite: Suite) -> str:
-    rows = [f"{'run_id':<60} {'dataset':<18} {'size':>4} {'model':<16} {'seed':>4} {'epochs':>6}"]
+    rows = [f"{'run_id':<60} {'dataset':<18} {'size':>4} {'model':<16} {'scheme':<16} {'seed':>4} {'epochs':>6}"]
     for spec in suite.runs:
+        epochs = "-" if spec.scheme.name == "knn" else spec.recipe.epochs
         rows.append(f"{spec.run_id:<60} {spec.dataset:<18} {spec.size:>4} {spec.model.name:<16} "
-                    f"{spec.seed:>4} {spec.recipe.epochs:>6}")
+                    f"{spec.scheme.name:<16} {spec.seed:>4} {epochs:>6}")
     rows.append(f"{len(suite.runs)} runs in suite '{suite.name}' ({suite.path})")
     return "\n".join(rows)
 

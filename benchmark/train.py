@@ -35,6 +35,7 @@ from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics
 from benchmark.models import BuiltModel
 from benchmark.records import atomic_write_bytes
+from benchmark.schemes.imbalance import balanced_class_weights, balanced_order, balanced_sample_weights
 
 
 class TrainingFailed(UserError):
@@ -76,6 +77,7 @@ class TrainOutcome:
     peak_memory_kind: str
     resumed_from_epoch: int = 0
     stopped_early: bool = False
+    details: dict = field(default_factory=dict)  # what the scheme reports (trainable params, embedding cache, …)
 
 
 @dataclass
@@ -125,8 +127,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
-def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, recipe.weight_decay)
+def make_optimizer(recipe: Recipe, model_or_groups: nn.Module | list[dict],
+                   device: torch.device) -> torch.optim.Optimizer:
+    """The recipe's optimizer over a model's parameters (`parameter_groups`) or over explicit groups."""
+    groups = model_or_groups if isinstance(model_or_groups, list) else parameter_groups(model_or_groups,
+                                                                                          recipe.weight_decay)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
     optimizer_class = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
@@ -150,13 +155,16 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 
 
 def train_batches(n: int, batch_size: int, generator: torch.Generator, rank: int, world: int,
-                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """This process's batches of one epoch: an equal shard of one shared permutation, as index tensors on
-    `device` (indexing a GPU-resident split with CPU indices would copy them over at every step).
+                  device: torch.device | str = "cpu", sample_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """This process's batches of one epoch: an equal shard of one shared permutation (or, with `sample_weights`,
+    of one shared weighted draw with replacement), as index tensors on `device` (indexing a GPU-resident split
+    with CPU indices would copy them over at every step).
 
     A trailing batch of one sample is dropped (BatchNorm cannot train on it).
     """
-    order = torch.randperm(n, generator=generator).to(device)
+    order = torch.randperm(n, generator=generator) if sample_weights is None else balanced_order(sample_weights,
+                                                                                                  generator)
+    order = order.to(device)
     per_process = n // world
     shard = order[rank::world][:per_process]
     batches = list(shard.split(batch_size))
@@ -316,11 +324,12 @@ class TrainStep:
     on that one, clipping and the optimizer, scaler and schedule steps. Returns the (detached) batch loss."""
 
     def __init__(self, model: nn.Module, optimizer, scheduler, recipe: Recipe, accelerator: Accelerator,
-                 dtype: torch.dtype | None):
+                 dtype: torch.dtype | None, class_weights: torch.Tensor | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.recipe, self.accelerator, self.dtype = recipe, accelerator, dtype
         self.scaler = torch.amp.GradScaler(accelerator.device.type, enabled=dtype == torch.float16)
-        self.loss_fn = nn.CrossEntropyLoss()
+        weight = None if class_weights is None else class_weights.to(accelerator.device)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight)
 
     def __call__(self, pixels: torch.Tensor, labels: torch.Tensor, window: int = 1,
                  last_in_window: bool = True) -> torch.Tensor:
@@ -340,6 +349,37 @@ class TrainStep:
         return loss.detach()
 
 
+class Adaptation:
+    """What trains and how, for the schemes that run this loop: by default every parameter, one learning rate.
+
+    `gradual_unfreeze` changes the groups and which of them train each epoch; `lora` evaluates a merged model.
+    """
+
+    def param_groups(self, model: nn.Module, recipe: Recipe) -> list[dict]:
+        return parameter_groups(model, recipe.weight_decay)
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called before each training epoch (also the first one after a resume)."""
+
+    def for_test(self, model: nn.Module) -> nn.Module:
+        """The model that scores the test split, from the one holding the best weights."""
+        return model
+
+
+def imbalance_tools(recipe: Recipe, data: DatasetSplits) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(loss class weights, sampling weights) that the recipe's imbalance options ask for (None when off)."""
+    loss_weights = balanced_class_weights(data.train.labels, data.n_classes) if recipe.class_weights == "balanced" \
+        else None
+    sample_weights = balanced_sample_weights(data.train.labels, data.n_classes) if recipe.sampler == "balanced" \
+        else None
+    return loss_weights, sample_weights
+
+
+def identity_transform(inputs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """For splits that are already model inputs (cached embeddings)."""
+    return inputs
+
+
 def fit(
     built: BuiltModel,
     data: DatasetSplits,
@@ -351,8 +391,14 @@ def fit(
     resume: bool = True,
     quiet: bool = False,
     description: str = "",
+    adaptation: Adaptation | None = None,
+    inputs_ready: bool = False,
 ) -> TrainOutcome:
-    """Train `built` on `data` with `recipe`, pick the best epoch on validation, score it on test."""
+    """Train `built` on `data` with `recipe`, pick the best epoch on validation, score it on test.
+
+    `adaptation` decides the trainable groups (default: all parameters); `inputs_ready` says the device splits
+    already hold model inputs (a linear probe's embeddings), so no image transform runs."""
+    adaptation = adaptation or Adaptation()
     device = accelerator.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -361,7 +407,8 @@ def fit(
     model = built.module.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(recipe, model, device)
+    groups = adaptation.param_groups(model, recipe)
+    optimizer = make_optimizer(recipe, groups, device)
     train_split = device_splits["train"]
     batches_per_epoch = len(train_batches(len(train_split), recipe.batch_size, torch.Generator(), 0, accelerator.num_processes))
     steps_per_epoch = math.ceil(batches_per_epoch / recipe.grad_accum_steps)
@@ -370,10 +417,14 @@ def fit(
     if recipe.compile:
         model = torch.compile(model)
     unwrapped = accelerator.unwrap_model(model)
-    step = TrainStep(model, optimizer, scheduler, recipe, accelerator, dtype)
+    loss_weights, sample_weights = imbalance_tools(recipe, data)
+    step = TrainStep(model, optimizer, scheduler, recipe, accelerator, dtype, loss_weights)
 
-    train_transform = BatchTransform.for_model(built, recipe.augment)
-    eval_transform = BatchTransform.for_model(built)
+    if inputs_ready:
+        train_transform = eval_transform = identity_transform
+    else:
+        train_transform = BatchTransform.for_model(built, recipe.augment)
+        eval_transform = BatchTransform.for_model(built)
     eval_batch = recipe.eval_batch_size or 2 * recipe.batch_size
 
     state, best_weights = LoopState(num_processes=accelerator.num_processes), None
@@ -397,10 +448,11 @@ def fit(
     for epoch in range(first_epoch, recipe.epochs + 1):
         learning_rate = optimizer.param_groups[0]["lr"]  # what this epoch starts with
         with out_of_memory_as_failure(recipe, epoch, state.history):
+            adaptation.start_epoch(unwrapped, epoch)
             model.train()
             batches = train_batches(
                 len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
-                accelerator.process_index, accelerator.num_processes, device,
+                accelerator.process_index, accelerator.num_processes, device, sample_weights,
             )
             augment_rng = epoch_generator(seed, epoch, 1)
             loss_sum = torch.zeros((), device=device)
@@ -462,7 +514,7 @@ def fit(
 
     unwrapped.load_state_dict(best_weights)
     with out_of_memory_as_failure(recipe, state.epoch, state.history):
-        test_loss, test_probs = predict(unwrapped, device_splits["test"], eval_transform, eval_batch, accelerator,
+        test_loss, test_probs = predict(adaptation.for_test(unwrapped), device_splits["test"], eval_transform, eval_batch, accelerator,
                                         dtype, channels_last, data.n_classes)
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
     memory, memory_kind = peak_memory(device)
@@ -478,4 +530,5 @@ def fit(
         peak_memory_kind=memory_kind,
         resumed_from_epoch=resumed_from,
         stopped_early=state.stopped_early,
+        details={"trainable_params": sum(p.numel() for group in groups for p in group["params"])},
     )

@@ -8,6 +8,11 @@ same output):
   ``(x/255 - mean) / std``. Matches the PIL reference within ``NONE_TOLERANCE`` pixel units. With
   ``upsample="nearest"`` images smaller than the input are enlarged by pixel replication instead (PIL's
   NEAREST, as the MedMNIST reference code feeds its 224-px ResNets); shrinking stays antialiased bilinear.
+- ``resize="pad"`` (MedMNIST+): images smaller than the input are not enlarged but normalised at their own
+  size and then zero-padded in the centre (an odd margin puts the extra pixel right/bottom). The pad comes
+  after the normalisation, as in MedMNIST+'s ``Compose([ToTensor(), Normalize(...), Pad(...)])``, so the
+  border is 0 in normalised units: each channel's mean, not black. Larger images are shrunk as above.
+  Only with ``augment="none"``.
 - ``augment="tutorial"``: the tutorials' RandomResizedCrop(scale=(0.8, 1), ratio=(3/4, 4/3)),
   RandomHorizontalFlip, RandomRotation(10) and ColorJitter(0.2, 0.2, 0.2, 0.1), drawn per sample.
   Crop, flip and rotation are folded into one sampling grid, so each image is interpolated once
@@ -48,6 +53,7 @@ from benchmark.errors import UserError
 
 AUGMENTS = ("none", "tutorial")
 UPSAMPLES = ("bilinear", "nearest")
+RESIZES = ("interpolate", "pad")
 
 # The tutorials' recipe, in torchvision's terms.
 CROP_SCALE = (0.8, 1.0)
@@ -182,24 +188,37 @@ def _jitter(x: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     return _shift_hue(_blend(x, _gray(x), saturation), hue)
 
 
-def _check_options(augment: str, upsample: str) -> None:
+def _check_options(augment: str, upsample: str, resize: str = "interpolate") -> None:
     if augment not in AUGMENTS:
         raise UserError(f"unknown augment {augment!r}; use one of: {', '.join(AUGMENTS)}")
     if upsample not in UPSAMPLES:
         raise UserError(f"unknown upsample {upsample!r}; use one of: {', '.join(UPSAMPLES)}")
+    if resize not in RESIZES:
+        raise UserError(f"unknown resize {resize!r}; use one of: {', '.join(RESIZES)}")
+    if resize == "pad" and augment != "none":
+        raise UserError(f"resize: pad works with augment: none only (got augment: {augment}); set augment: none "
+                        "in the recipe or drop resize: pad")
+
+
+def _pad_margins(side: int, size: int) -> tuple[int, int]:
+    """(before, after) zero margins that centre `side` pixels in `size`; an odd margin's extra pixel goes after."""
+    before = (size - side) // 2
+    return before, size - side - before
 
 
 class BatchTransform:
     """uint8 (N, C, H, W) on any device -> float32 (N, in_channels, S, S) normalised, on the same device."""
 
     def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
-                 augment: str = "none", upsample: str = "bilinear"):
-        _check_options(augment, upsample)
+                 augment: str = "none", upsample: str = "bilinear", resize: str = "interpolate"):
+        _check_options(augment, upsample, resize)
         if in_channels not in (1, 3):
             raise UserError(f"models with {in_channels} input channels are not supported; use a 1- or 3-channel model")
         if len(mean) not in (1, in_channels) or len(std) != len(mean):
             raise UserError(f"mean/std need 1 or {in_channels} values each; got {len(mean)} and {len(std)}")
         self.input_size, self.in_channels, self.augment, self.upsample = input_size, in_channels, augment, upsample
+        self.resize = resize
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         std_t = torch.tensor(std, dtype=torch.float32).expand(in_channels)
         self._scale = (1 / std_t).view(1, -1, 1, 1)
         self._shift = (-torch.tensor(mean, dtype=torch.float32).expand(in_channels) / std_t).view(1, -1, 1, 1)
@@ -208,7 +227,13 @@ class BatchTransform:
     @classmethod
     def for_model(cls, built: BuiltModel, augment: str = "none") -> BatchTransform:
         """The transform that feeds `built`: its input size, normalisation, channels and upsampling."""
-        return cls(built.input_size, built.mean, built.std, built.in_channels, augment, built.upsample)
+        return cls(built.input_size, built.mean, built.std, built.in_channels, augment, built.upsample, built.resize)
+
+    def settings(self) -> dict:
+        """Everything that decides this transform's output (the embedding cache keys on it)."""
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "in_channels": self.in_channels, "augment": self.augment, "upsample": self.upsample,
+                "resize": self.resize}
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Transform a batch; "tutorial" draws its per-sample randomness from `generator` (a CPU one)."""
@@ -241,12 +266,19 @@ class BatchTransform:
         x = images.float().div_(255)
         if self.in_channels == 1:
             x = _gray(x)
+        scale, shift = self._normaliser(images.device)
+        if self.resize == "pad":
+            x = _resize(x, min(x.shape[-2], size), min(x.shape[-1], size))
+            top, bottom = _pad_margins(x.shape[-2], size)
+            left, right = _pad_margins(x.shape[-1], size)
+            out.zero_()  # 0 after normalisation: the channel mean
+            torch.addcmul(shift, x, scale, out=out[..., top:size - bottom, left:size - right])
+            return out
         if packed is None:
             x = _resize(x, size, size, self.upsample)
         else:
             x = _resize(x, min(x.shape[-2], size), min(x.shape[-1], size))
             x = _warp(_jitter(x, packed[:, 6:]), packed, size)
-        scale, shift = self._normaliser(images.device)
         return torch.addcmul(shift, x, scale, out=out)  # broadcasting repeats grayscale to in_channels
 
     def _normaliser(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,12 +295,31 @@ def _pil_resize(image: Image.Image, size: int, upsample: str) -> Image.Image:
     return T.functional.resize(image, [size, size], interpolation=mode)
 
 
+def _shrink_to(image: Image.Image, size: int) -> Image.Image:
+    """Only images larger than `size` are resized (bilinear, antialiased); smaller ones are padded later."""
+    if image.width <= size and image.height <= size:
+        return image
+    return T.functional.resize(image, [min(image.height, size), min(image.width, size)],
+                               interpolation=T.InterpolationMode.BILINEAR)
+
+
+def _pil_pad(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """MedMNIST+'s Pad after Normalize: zeros around a (C, H, W) tensor smaller than size x size."""
+    top, bottom = _pad_margins(pixels.shape[-2], size)
+    left, right = _pad_margins(pixels.shape[-1], size)
+    return F.pad(pixels, (left, right, top, bottom), value=0.0)
+
+
 def reference_transform(input_size: int, mean: Sequence[float], std: Sequence[float], in_channels: int,
-                        augment: str = "none", upsample: str = "bilinear") -> T.Compose:
+                        augment: str = "none", upsample: str = "bilinear", resize: str = "interpolate") -> T.Compose:
     """The tutorials' per-sample PIL pipeline for the same recipe (for parity tests and speed comparisons);
-    `upsample="nearest"` resizes as the MedMNIST reference code does for its 224-px ResNets."""
-    _check_options(augment, upsample)
+    `upsample="nearest"` resizes as the MedMNIST reference code does for its 224-px ResNets, `resize="pad"`
+    pads as MedMNIST+ (ToTensor, Normalize, Pad)."""
+    _check_options(augment, upsample, resize)
     to_mode = T.Lambda(partial(Image.Image.convert, mode="L" if in_channels == 1 else "RGB"))
+    if resize == "pad":
+        return T.Compose([to_mode, T.Lambda(partial(_shrink_to, size=input_size)), T.ToTensor(),
+                          T.Normalize(mean, std), T.Lambda(partial(_pil_pad, size=input_size))])
     if augment == "none":
         steps = [T.Lambda(partial(_pil_resize, size=input_size, upsample=upsample))]
     else:

@@ -68,6 +68,18 @@ def _load(spec: ModelSpec, labels: dict, **kwargs) -> nn.Module:
     return AutoModelForImageClassification.from_config(config, **kwargs)
 
 
+def _blocks(model: nn.Module) -> tuple[str, ...]:
+    """The transformer layers (or CNN stages) of an HF model, input side first, as paths under `LogitsOnly`:
+    the children of the backbone's largest `nn.ModuleList` by parameter count (ViT `encoder.layer`, CLIP
+    `encoder.layers`, ResNet `encoder.stages`)."""
+    lists = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)
+             and not name.startswith("classifier")]
+    if not lists:
+        return ()
+    name, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return tuple(f"model.{name}.{i}" for i in range(len(blocks)))
+
+
 @register_family("hf")
 def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> BuiltModel:
     labels = {
@@ -90,6 +102,9 @@ def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> Bui
         input_size, forward_kwargs = spec.input_size, {"interpolate_pos_encoding": True}
     return BuiltModel(
         module=LogitsOnly(model, **forward_kwargs),
+        head="model.classifier" if isinstance(getattr(model, "classifier", None), nn.Module) else "",
+        blocks=_blocks(model),
+        resize=spec.resize,
         input_size=input_size,
         mean=mean,
         std=std,
@@ -104,5 +119,9 @@ for _name, _source, _pretrained, _about in (
     ("vit_b16_in21k", "google/vit-base-patch16-224-in21k", True, "ViT-B/16 (ImageNet-21k), fine-tuned"),
     ("vit_l16", "google/vit-large-patch16-224", True, "ViT-L/16 (ImageNet-21k + 1k), fine-tuned"),
     ("vit_tiny", BUNDLED_PREFIX + "vit-tiny", False, "2-layer ViT config shipped for offline smoke runs"),
+    ("dino_vitb16", "facebook/dino-vitb16", True, "DINO ViT-B/16 (self-supervised, ImageNet-1k), new head"),
+    ("clip_vitb16", "openai/clip-vit-base-patch16", True, "CLIP ViT-B/16 image tower (CLIPForImageClassification: "
+     "mean of patch tokens), new head"),
+    ("resnet18_in1k", "microsoft/resnet-18", True, "ResNet-18 (ImageNet-1k, HF port), new head"),
 ):
     register_model(ModelSpec(_name, "hf", _source, _pretrained, description=_about))

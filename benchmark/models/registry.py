@@ -37,6 +37,9 @@ class ModelSpec:
     # the MedMNIST reference ResNet, which is not torchvision's, starts from).
     in_channels: int | None = None
     init: str = "torchvision"
+    # How images smaller than the input reach its size: "interpolate" (resized, by `upsample`) or "pad"
+    # (normalised at their own size, then zero-padded in the centre, as MedMNIST+; the border is the channel mean).
+    resize: str = "interpolate"
 
 
 @dataclass
@@ -48,6 +51,11 @@ class BuiltModel:
     in_channels: int
     family: str
     upsample: str = "bilinear"  # ModelSpec.upsample
+    resize: str = "interpolate"  # ModelSpec.resize
+    # Module paths inside `module` that the training schemes need: the classifier head (its last nn.Linear maps
+    # the pre-logit embedding to the logits) and the backbone's blocks, input side first (gradual unfreezing).
+    head: str = ""
+    blocks: tuple[str, ...] = ()
     n_params: int = field(init=False)
 
     def __post_init__(self) -> None:

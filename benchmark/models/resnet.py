@@ -59,6 +59,9 @@ def build_resnet(spec: ModelSpec, class_names: list[str], data_channels: int) ->
         in_channels=channels,
         family="resnet",
         upsample=spec.upsample,
+        resize=spec.resize,
+        head="fc",
+        blocks=("layer1", "layer2", "layer3", "layer4"),
     )
 
 

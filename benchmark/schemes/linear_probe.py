@@ -1,0 +1,32 @@
+"""`linear_probe`: the backbone is frozen (never trained, always in eval mode, its embeddings cached once), and the
+model's own linear classifier head is trained on the cached pre-logit embeddings with the run's recipe
+(optimizer, lr, schedule, epochs, batch, early stopping, best-epoch selection, imbalance options) through the
+same loop as fine-tuning; the head starts from its seed-dependent initialisation.
+
+Unlike MedMNIST+, whose probe calls `model.train()` (BatchNorm statistics move, dropout is on), the backbone here
+is in eval mode: cached embeddings cannot copy a train-mode backbone. `best.pt` holds the head's weights only.
+"""
+
+from __future__ import annotations
+
+from benchmark.models import BuiltModel
+from benchmark.schemes.context import SchemeContext
+from benchmark.schemes.embeddings import cached_embeddings, head_linear
+from benchmark.train import DeviceSplit, TrainOutcome, autocast_dtype, fit
+
+
+def run_linear_probe(ctx: SchemeContext) -> TrainOutcome:
+    recipe, device = ctx.spec.recipe, ctx.accelerator.device
+    embeddings, cache = cached_embeddings(
+        ctx.built, ctx.data, ctx.device_splits, ("train", "val", "test"), ctx.spec.limit,
+        recipe.eval_batch_size or 2 * recipe.batch_size, ctx.accelerator, autocast_dtype(recipe, device),
+        ctx.cache_dir)
+    _, head = head_linear(ctx.built, ctx.spec.model.name)
+    head_model = BuiltModel(module=head, input_size=head.in_features, mean=[0.0], std=[1.0], in_channels=1,
+                            family="head")
+    splits = {name: DeviceSplit(embeddings[name], ctx.device_splits[name].labels) for name in embeddings}
+    outcome = fit(head_model, ctx.data, splits, recipe, ctx.spec.seed, ctx.accelerator, ctx.checkpoint_dir,
+                  resume=ctx.resume, quiet=ctx.quiet, description=ctx.spec.run_id, inputs_ready=True)
+    outcome.details.update(embedding_cache=cache["cache"], embedding_seconds=cache["seconds"],
+                           embedding_dim=head.in_features)
+    return outcome

@@ -1,0 +1,45 @@
+"""`lora`: low-rank adapters (the `peft` library) on the attention projections of a Hugging Face ViT.
+
+Options: `rank` (r), `alpha` (scale alpha / r), `dropout` (on the adapter input) and `target_modules` (module
+names matched as suffixes; default the query and value projections: ViT's `query`/`value`, CLIP's
+`q_proj`/`v_proj`). Every pretrained weight is frozen; the adapters and the classifier head (peft
+`modules_to_save`, trained in full) are the trainable parameters. Validation runs on the adapted model; the
+best epoch's adapters are merged into the weights (`merge_and_unload`) and the test split is scored on the
+merged model. `best.pt` holds the peft model's state dict (adapters and head beside the frozen weights).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from benchmark.errors import UserError
+from benchmark.models import BuiltModel
+from benchmark.train import Adaptation
+
+
+def add_lora(built: BuiltModel, options: dict, model_name: str = "") -> BuiltModel:
+    """Wrap the HF model inside `built` with LoRA adapters (in place) and return `built`."""
+    from peft import LoraConfig, get_peft_model
+
+    inner = getattr(built.module, "model", None)
+    if built.family != "hf" or inner is None or not built.head.startswith("model."):
+        raise UserError(f"model '{model_name}': scheme lora needs a Hugging Face model with attention layers; "
+                        f"use finetune or gradual_unfreeze for it")
+    config = LoraConfig(r=options["rank"], lora_alpha=options["alpha"], lora_dropout=options["dropout"],
+                        target_modules=list(options["target_modules"]),
+                        modules_to_save=[built.head.removeprefix("model.")])
+    try:
+        built.module.model = get_peft_model(inner, config)
+    except ValueError as err:
+        raise UserError(f"model '{model_name}': none of the lora target_modules {options['target_modules']} is a "
+                        f"layer of it ({type(err).__name__}); name its attention projections in the scheme "
+                        f"options, or use finetune") from None
+    return built
+
+
+class MergedForTest(Adaptation):
+    """Trains what requires grad (adapters and head); scores the test split on the merged model."""
+
+    def for_test(self, model: nn.Module) -> nn.Module:
+        model.model = model.model.merge_and_unload()
+        return model

@@ -1,0 +1,43 @@
+"""Train one run with its scheme: the dispatch from a `RunSpec`'s scheme to the code that trains it."""
+
+from __future__ import annotations
+
+from benchmark.errors import UserError
+from benchmark.schemes.context import SchemeContext
+from benchmark.schemes.gradual_unfreeze import GradualUnfreeze
+from benchmark.schemes.knn import run_knn
+from benchmark.schemes.linear_probe import run_linear_probe
+from benchmark.schemes.lora import MergedForTest, add_lora
+from benchmark.train import Adaptation, TrainOutcome, fit
+
+
+def _fit(ctx: SchemeContext, adaptation: Adaptation) -> TrainOutcome:
+    return fit(ctx.built, ctx.data, ctx.device_splits, ctx.spec.recipe, ctx.spec.seed, ctx.accelerator,
+               ctx.checkpoint_dir, resume=ctx.resume, quiet=ctx.quiet, description=ctx.spec.run_id,
+               adaptation=adaptation)
+
+
+def run_finetune(ctx: SchemeContext) -> TrainOutcome:
+    return _fit(ctx, Adaptation())
+
+
+def run_gradual_unfreeze(ctx: SchemeContext) -> TrainOutcome:
+    if ctx.accelerator.num_processes > 1:
+        raise UserError("scheme gradual_unfreeze runs in one process (DDP needs a gradient for every parameter); "
+                        "run it without accelerate launch")
+    return _fit(ctx, GradualUnfreeze(ctx.built, ctx.spec.scheme.options, ctx.spec.model.name))
+
+
+def run_lora(ctx: SchemeContext) -> TrainOutcome:
+    add_lora(ctx.built, ctx.spec.scheme.options, ctx.spec.model.name)
+    return _fit(ctx, MergedForTest())
+
+
+RUNNERS = {"finetune": run_finetune, "linear_probe": run_linear_probe, "knn": run_knn,
+           "gradual_unfreeze": run_gradual_unfreeze, "lora": run_lora}
+
+
+def run_scheme(ctx: SchemeContext) -> TrainOutcome:
+    outcome = RUNNERS[ctx.spec.scheme.name](ctx)
+    outcome.details = {"scheme": ctx.spec.scheme.name, "options": dict(ctx.spec.scheme.options), **outcome.details}
+    return outcome
