@@ -70,7 +70,7 @@ def _load(spec: ModelSpec, labels: dict, **kwargs) -> nn.Module:
 
 def _blocks(model: nn.Module) -> tuple[str, ...]:
     """The transformer layers (or CNN stages) of an HF model, input side first, as paths under `LogitsOnly`:
-    the children of the backbone's largest `nn.ModuleList` by parameter count (ViT `encoder.layer`, CLIP
+    the children of the backbone's largest `nn.ModuleList` by parameter count (ViT `layers` in transformers 5, CLIP
     `encoder.layers`, ResNet `encoder.stages`)."""
     lists = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)
              and not name.startswith("classifier")]

@@ -9,6 +9,12 @@
 `spec` (which scheme, its options) is torch-free; `run_scheme` (in `benchmark.schemes.run`) trains one.
 """
 
-from benchmark.schemes.spec import SCHEMES, SchemeSpec, check_scheme_fits, parse_scheme, record_scheme
+from benchmark.schemes.spec import (
+    SCHEMES,
+    SchemeSpec,
+    check_scheme_fits,
+    parse_scheme,
+    record_scheme,
+)
 
 __all__ = ["SCHEMES", "SchemeSpec", "check_scheme_fits", "parse_scheme", "record_scheme"]

@@ -30,7 +30,13 @@ from benchmark.data import DatasetSplits
 from benchmark.data.transforms import BatchTransform
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel
-from benchmark.train import DeviceSplit, atomic_torch_save, autocast, gather_in_order, load_checkpoint
+from benchmark.train import (
+    DeviceSplit,
+    atomic_torch_save,
+    autocast,
+    gather_in_order,
+    load_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1

@@ -20,7 +20,8 @@ from benchmark.errors import UserError
 
 FINETUNE = "finetune"
 DISTANCES = ("euclidean", "cosine")
-# MedMNIST+ and the LoRA paper: k = 11; LoRA on the query and value projections (ViT names, then CLIP's).
+# MedMNIST+: k = 11. The LoRA paper: the query and value projections (transformers 4 ViT names, then the
+# q_proj/v_proj of transformers 5 ViTs and of CLIP).
 SCHEME_DEFAULTS: dict[str, dict] = {
     FINETUNE: {},
     "linear_probe": {},
