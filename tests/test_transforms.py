@@ -66,6 +66,28 @@ def test_nearest_upsampling_matches_pil_nearest(src, size, channels, in_channels
     assert (BatchTransform(size, *HALF, in_channels)(images) - ref).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("src, size, channels, in_channels", [(28, 224, 1, 3), (28, 64, 3, 3), (27, 32, 1, 1),
+                                                            (64, 28, 3, 3)])
+def test_pad_matches_medmnist_plus_pad_after_normalise(src, size, channels, in_channels):
+    """`resize="pad"`: MedMNIST+'s ToTensor, Normalize, Pad — the image unresized in the centre, the border 0 in
+    normalised units (the channel mean, not black); an odd margin's extra pixel right/bottom; larger images shrink."""
+    images = noise(4, channels, src)
+    norm = IMAGENET if in_channels == 3 else HALF
+    ours = BatchTransform(size, *norm, in_channels, resize="pad")(images)
+    ref = torch.stack([reference_transform(size, *norm, in_channels, resize="pad")(
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im)) for im in images.permute(0, 2, 3, 1).numpy()])
+    tolerance = 1e-6 if src <= size else NONE_TOLERANCE / min(norm[1])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=tolerance)
+    if src < size:
+        top = (size - src) // 2
+        assert top > 0 and (ours[..., :top, :] == 0).all() and (ours[..., :, :top] == 0).all()
+        assert (ours[..., top + src:, :] == 0).all() and (ours[..., :, top + src:] == 0).all()
+        centre = BatchTransform(src, *norm, in_channels)(images)
+        torch.testing.assert_close(ours[..., top:top + src, top:top + src], centre, rtol=0, atol=1e-6)
+    with pytest.raises(UserError, match="resize: pad works with augment: none only"):
+        BatchTransform(size, *norm, in_channels, "tutorial", resize="pad")
+
+
 def test_resnets_upsample_nearest_and_shrink_antialiased():
     built = build_model(resolve_model("resnet18_224"), ["a", "b"], data_channels=1)
     transform = BatchTransform.for_model(built)
