@@ -33,7 +33,11 @@ from benchmark.errors import UserError
 from benchmark.models import ModelSpec, list_models, resolve_model
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+# The shipped suites: the checkout's top-level suites/ folder, which a wheel carries as `benchmark.shipped_suites`
+# (see setup.py): one source of truth for both.
+_PACKAGE = Path(__file__).resolve().parent
+SUITES_DIR = next((d for d in (_PACKAGE / "shipped_suites", _PACKAGE.parent / "suites") if d.is_dir()),
+                  _PACKAGE / "shipped_suites")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
 AUGMENTATIONS = ("none", "tutorial")
@@ -177,9 +181,14 @@ def _typed(cls, values: dict, where: str):
     return replace(defaults, **converted)
 
 
+def suite_folders() -> list[Path]:
+    """Where suites are looked up by name, in order: ./suites/ (the user's own), then the shipped ones."""
+    return [Path("suites"), SUITES_DIR]
+
+
 def find_suite(name_or_path: str) -> Path:
-    """A suite by path, or by name from ./suites/ or the project's suites/ folder."""
-    candidates = [Path(name_or_path), Path("suites") / f"{name_or_path}.yaml", SUITES_DIR / f"{name_or_path}.yaml"]
+    """A suite by path, or by name from ./suites/, then from the shipped suites (the one lookup)."""
+    candidates = [Path(name_or_path), *(folder / f"{name_or_path}.yaml" for folder in suite_folders())]
     for path in candidates:
         if path.is_file():
             return path
@@ -190,7 +199,7 @@ def find_suite(name_or_path: str) -> Path:
 
 
 def list_suites() -> list[str]:
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    return sorted({p.stem for folder in suite_folders() for p in folder.glob("*.yaml")})
 
 
 def _read_yaml(path: Path) -> dict:

@@ -49,6 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, load_dataset
+from benchmark.data.registry import portable_path
 from benchmark.data.transforms import BatchTransform, reference_transform
 from benchmark.environment import device_name, git_commit, package_versions, quiet_libraries
 from benchmark.errors import UserError
@@ -121,9 +122,10 @@ def run_perf(args: argparse.Namespace) -> int:
         "schema_version": SCHEMA_VERSION,
         "mode": "data" if args.data_only else "train",
         "command": command_line(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+        "settings": {k: (portable_path(v) if isinstance(v, (str, Path)) else v) for k, v in sorted(vars(args).items())
                      if k not in ("func", "verb", "debug")},
-        "dataset": {"name": data.name, "size": data.size, "n_train": len(data.train), "source": data.source,
+        "dataset": {"name": data.name, "size": data.size, "n_train": len(data.train),
+                    "source": portable_path(data.source),
                     "channels": int(data.train.images.shape[-1])},
         **result,
         "environment": env,
@@ -270,7 +272,7 @@ def build_for_perf(args: argparse.Namespace, data: DatasetSplits, workdir: Path)
     channels = int(data.train.images.shape[-1])
     if args.model_source:
         spec = resolve_model(args.model, source=args.model_source, pretrained=False)
-        how = f"{args.model_source} (random weights)"
+        how = f"{portable_path(args.model_source)} (random weights)"
     elif args.model in VIT_ARCHITECTURES:
         source = write_vit_config(workdir / args.model, **VIT_ARCHITECTURES[args.model])
         spec = resolve_model(args.model, source=str(source), pretrained=False)
@@ -280,7 +282,7 @@ def build_for_perf(args: argparse.Namespace, data: DatasetSplits, workdir: Path)
         how = f"{spec.source} (random weights)"
     else:  # a Hugging Face id or a local directory
         spec = resolve_model(args.model, source=args.model, pretrained=False)
-        how = f"{args.model} (random weights)"
+        how = f"{portable_path(args.model)} (random weights)"
     built = build_model(spec, data.class_names, channels)
     return built, {"name": args.model, "family": built.family, "source": how, "input_size": built.input_size,
                    "in_channels": built.in_channels, "n_params": built.n_params}
@@ -669,7 +671,7 @@ def command_line() -> str:
     argv = sys.argv[1:]
     if "perf" not in argv:
         argv = ["perf", *argv]
-    return shlex.join(["python", "-m", "benchmark", *argv])
+    return shlex.join(["python", "-m", "benchmark", *map(portable_path, argv)])
 
 
 def slug(text: str) -> str:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from benchmark.config import RunSpec, Suite
 from benchmark.data import DatasetSplits, load_dataset
+from benchmark.data.registry import portable_path
 from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import build_model
@@ -83,13 +84,16 @@ def encode_samples(data: DatasetSplits) -> dict:
 
 
 def base_record(spec: RunSpec, status: str) -> dict:
+    config = spec.to_dict()
+    if config["data_root"] is not None:  # not part of the run's identity: kept free of this machine's paths
+        config["data_root"] = portable_path(config["data_root"])
     return {
         "schema_version": SCHEMA_VERSION,
         "status": status,
         "suite": spec.suite,
         "run_id": spec.run_id,
         "config_hash": spec.config_hash,
-        "config": spec.to_dict(),
+        "config": config,
         "seed": spec.seed,
         "dataset": {"name": spec.dataset, "size": spec.size},  # completed runs get the full block
         "model": asdict(spec.model),

@@ -60,7 +60,22 @@ class DatasetSplits:
         """The run record's `dataset` block."""
         return {"name": self.name, "size": self.size, "task": self.task, "class_names": list(self.class_names),
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
-                "source": self.source, "md5": self.md5, "synthetic": self.synthetic}
+                "source": portable_path(self.source), "md5": self.md5, "synthetic": self.synthetic}
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` as written into records and results, without this machine's layout: the shipped files as
+    `bundled/...`, a path under the working directory relative to it, one under the home folder as `~/...`,
+    any other absolute path by its name only. Relative paths and ids (`hub:...`, `bundled`) stay as given."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    resolved = Path(text).resolve()
+    for base, prefix in ((BUNDLED_DIR, BUNDLED), (Path.cwd().resolve(), ""), (Path.home().resolve(), "~")):
+        if resolved.is_relative_to(base):
+            relative = resolved.relative_to(base).as_posix()
+            return f"{prefix}/{relative}" if prefix else relative
+    return resolved.name
 
 
 Loader = Callable[..., DatasetSplits]
