@@ -1,3 +1,41 @@
-"""MedMNIST multi-dataset benchmark suite: suites → data → models → training → metrics → records."""
+"""MedMNIST multi-dataset benchmark: suites of dataset × model × seed runs, one JSON record per run, and the
+tables and figures made from those records.
+
+    import benchmark
+
+    suite = benchmark.load_suite("smoke", limit=64, epochs=1)
+    summary = benchmark.run_suite(suite, output="results")
+
+The functions are imported on first use, so `import benchmark` stays light (no torch) until one is called.
+Messages go to the `benchmark` logger (`logging.getLogger("benchmark").setLevel(logging.WARNING)` silences them).
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it
+_API = {
+    "load_suite": "benchmark.config",
+    "run_suite": "benchmark.runner",
+    "GridSummary": "benchmark.runner",
+    "run_perf": "benchmark.perf",
+    "PerfConfig": "benchmark.perf",
+    "UserError": "benchmark.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'benchmark' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -12,13 +12,15 @@ from __future__ import annotations
 import errno
 import glob
 import json
+import logging
 import os
 import tempfile
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -105,11 +107,11 @@ def read_record(path: Path) -> dict | None:
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        warnings.warn(f"skipping unreadable record {path}: {err}", UserWarning, stacklevel=2)
+        logger.warning(f"skipping unreadable record {path}: {err}")
         return None
     problem = record_problem(record)
     if problem:
-        warnings.warn(f"skipping {path}: {problem}", UserWarning, stacklevel=2)
+        logger.warning(f"skipping {path}: {problem}")
         return None
     return record
 

@@ -12,11 +12,11 @@ DDP, and evaluation gathers every process's predictions back into dataset order.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,10 @@ from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics
 from benchmark.models import BuiltModel
 from benchmark.records import atomic_write_bytes
+
+# The standard logger, not accelerate's: checkpoints are read before (and without) an accelerator too.
+# Messages of a multi-process run come from the main process only (`fit` logs through `accelerator`).
+logger = logging.getLogger(__name__)
 
 
 class TrainingFailed(UserError):
@@ -255,7 +259,7 @@ def load_checkpoint(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a damaged checkpoint must never stop a grid: start the run over
-        print(f"warning: ignoring damaged checkpoint {path} ({' '.join(str(err).split())[:200]})", file=sys.stderr)
+        logger.warning(f"ignoring damaged checkpoint {path} ({' '.join(str(err).split())[:200]})")
         return None
 
 
@@ -279,8 +283,7 @@ def resume_point(last_path: Path, best_path: Path) -> tuple[dict, dict, Path] | 
         best = load_checkpoint(path)
         if isinstance(best, dict) and best.get("epoch") == best_epoch:
             return checkpoint, best["weights"], path
-    print(f"warning: no best weights of epoch {best_epoch} beside {last_path}; starting the run over",
-          file=sys.stderr)
+    logger.warning(f"no best weights of epoch {best_epoch} beside {last_path}; starting the run over")
     return None
 
 
@@ -454,9 +457,12 @@ def fit(
                 }, last_path)
                 if improved:
                     os.replace(pending_path, best_path)
-            if show:
-                tqdm.write(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
-                           f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
+            if accelerator.is_main_process:
+                logger.info(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
+                            f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
+            # to the run's trackers (`--track`; none: a no-op)
+            accelerator.log({"train/loss": train_loss, "lr": learning_rate,
+                             **{f"val/{name}": value for name, value in val_metrics.items()}}, step=epoch)
             if state.stopped_early:
                 break
 

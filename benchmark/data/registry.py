@@ -3,8 +3,11 @@ data-root resolution and the validation every loader shares.
 
 Adding a dataset is one registration::
 
-    @register_dataset("my_set", default_size=64)
+    @register_dataset("my_set", default_size=64, check=check_my_set)
     def load_my_set(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits: ...
+
+`check(*, size, data_root, download)` (optional) raises the loader's `UserError` when the files it would read
+are missing, without reading them: a grid checks every run's data this way before its first run starts.
 """
 
 from __future__ import annotations
@@ -86,19 +89,20 @@ class _Entry:
     loader: Loader
     default_size: int
     sizes: tuple[int, ...]
+    check: Callable[..., None] | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_dataset(name: str, *, default_size: int = 28,
-                     sizes: tuple[int, ...] = MEDMNIST_SIZES) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, *, default_size: int = 28, sizes: tuple[int, ...] = MEDMNIST_SIZES,
+                     check: Callable[..., None] | None = None) -> Callable[[Loader], Loader]:
     """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`."""
 
     def decorator(loader: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, default_size, tuple(sizes))
+        _REGISTRY[name] = _Entry(loader, default_size, tuple(sizes), check)
         return loader
 
     return decorator
@@ -131,6 +135,18 @@ def load_dataset(name: str, size: int | None = None, data_root: str | None = Non
         raise UserError(f"limit must be a positive integer, got {limit!r}")
     return entry.loader(size=size, data_root=data_root, download=download, limit=limit,
                         split_seed=split_seed, verify=verify)
+
+
+def missing_data(name: str, size: int, data_root: str | None = None, download: bool = False) -> str | None:
+    """What is missing for loading this dataset (one line naming the fix), or None when its files are there."""
+    entry = _lookup(name)
+    if entry.check is None:
+        return None
+    try:
+        entry.check(size=size, data_root=data_root, download=download)
+    except UserError as err:
+        return str(err)
+    return None
 
 
 def _lookup(name: str) -> _Entry:
