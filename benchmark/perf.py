@@ -31,11 +31,10 @@ import os
 import platform
 import re
 import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +145,7 @@ def run_perf(config: PerfConfig) -> tuple[dict, Path]:
     result = {
         "schema_version": SCHEMA_VERSION,
         "mode": "data" if config.data_only else "train",
-        "command": command_line(),
+        "command": command_line(config),
         "settings": {k: (portable_path(v) if isinstance(v, (str, Path)) else v) for k, v in sorted(asdict(config).items())},
         "dataset": {"name": data.name, "size": data.size, "n_train": len(data.train),
                     "source": portable_path(data.source),
@@ -688,12 +687,16 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def command_line() -> str:
-    """The command as typed: `python -m benchmark [...] perf ...` (also when called outside the CLI)."""
-    argv = sys.argv[1:]
-    if "perf" not in argv:
-        argv = ["perf", *argv]
-    return shlex.join(["python", "-m", "benchmark", *map(portable_path, argv)])
+def command_line(config: PerfConfig) -> str:
+    """The `perf` command that measures `config` again (also when it came from the Python API)."""
+    argv = ["python", "-m", "benchmark", "perf"]
+    for option in fields(PerfConfig):
+        value = getattr(config, option.name)
+        if value == option.default:
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        argv += [flag] if isinstance(value, bool) else [flag, portable_path(value)]
+    return shlex.join(argv)
 
 
 def slug(text: str) -> str:

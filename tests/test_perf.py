@@ -44,7 +44,8 @@ def train_result(tmp_path_factory):
 def test_train_mode_writes_every_figure(train_result):
     r = train_result
     assert r["mode"] == "train" and r["schema_version"] == perf.SCHEMA_VERSION
-    assert r["command"].startswith("python -m benchmark perf")
+    assert r["command"] == ("python -m benchmark perf --model vit_tiny --batch 4 --steps 2 --warmup 1 --rounds 1 "
+                            "--threads 1 --output " + r["settings"]["output"])
     assert r["settings"]["model"] == "vit_tiny" and r["settings"]["batch"] == 4
     assert r["model"]["input_size"] == 32 and r["model"]["n_params"] > 0
     assert r["dataset"] == {**r["dataset"], "name": "breastmnist", "size": 28}
