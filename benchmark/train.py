@@ -84,7 +84,7 @@ class DeviceSplit:
     labels: torch.Tensor  # int64 (N,) on the training device
 
     @classmethod
-    def from_split(cls, split: Split, device: torch.device) -> "DeviceSplit":
+    def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
         # NHWC → NCHW on the device, so a GPU run never holds a second full copy in host memory
         images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device).permute(0, 3, 1, 2).contiguous()
         return cls(images, torch.from_numpy(split.labels).to(device))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import json
 import warnings
 
 import pytest
 from PIL import Image
+from record_factory import make_grid, make_record, write_records
 
 from benchmark import figures
 from benchmark.errors import UserError
-from record_factory import make_grid, make_record, write_records
 
 SUITE = "unit"
 SUITE_KINDS = ["heatmap_acc", "heatmap_auc", "heatmap_f1_macro", "heatmap_balanced_acc",

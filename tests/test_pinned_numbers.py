@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from record_factory import make_record
 from sklearn.metrics import confusion_matrix
 
 from benchmark import cli, train
@@ -21,7 +22,6 @@ from benchmark.config import load_suite
 from benchmark.data import load_dataset
 from benchmark.models import build_model
 from benchmark.records import completed_hashes
-from record_factory import make_record
 
 PROJECT = Path(__file__).resolve().parents[1]
 SUITE = "pinned"
@@ -120,7 +120,7 @@ def test_resume_restores_the_random_state_of_a_model_with_dropout(tmp_path, monk
     assert resumed["resumed_from_epoch"] == 1
     for key in ("best_epoch", "test", "test_predictions"):
         assert resumed[key] == reference[key], key
-    strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
+    strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]
     assert strip(resumed["history"]) == strip(reference["history"])
 
 
