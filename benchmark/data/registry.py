@@ -3,7 +3,7 @@ data-root resolution and the validation every loader shares.
 
 Adding a dataset is one registration::
 
-    @register_dataset("my_set", default_size=64)
+    @register_dataset("my_set")
     def load_my_set(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits: ...
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 from medmnist.info import DEFAULT_ROOT
 
 from benchmark.errors import UserError
+from benchmark import suites
 
 SPLIT_NAMES = ("train", "val", "test")
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -76,14 +77,19 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_dataset(name: str, *, default_size: int = 28,
+def register_dataset(name: str, *, default_size: int | None = None,
                      sizes: tuple[int, ...] = MEDMNIST_SIZES) -> Callable[[Loader], Loader]:
-    """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`."""
+    """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`.
+
+    The default size lives in one table, `benchmark.suites.DEFAULT_SIZES` (the torch-free reporting layer reads
+    it too); a `default_size` given here is entered there."""
+    if default_size is not None:
+        suites.DEFAULT_SIZES[name] = default_size
 
     def decorator(loader: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, default_size, tuple(sizes))
+        _REGISTRY[name] = _Entry(loader, suites.default_size(name), tuple(sizes))
         return loader
 
     return decorator

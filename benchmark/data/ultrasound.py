@@ -75,7 +75,7 @@ class _RawDataset:
     md5: str
 
 
-@register_dataset("breast_ultrasound", default_size=224)
+@register_dataset("breast_ultrasound")
 def load_breast_ultrasound(*, size: int, data_root: str | None, download: bool, limit: int | None,
                            split_seed: int, verify: bool) -> DatasetSplits:
     source = _resolve_source(data_root, download)
