@@ -189,14 +189,15 @@ def _ranked_records() -> list[dict]:
 
 
 def test_average_ranks_share_ties():
-    from benchmark.leaderboard import metric_table
+    from benchmark.records import records_frame
+    from benchmark.report.aggregate import headline
 
-    table = metric_table(_ranked_records(), "acc", suite="ranks")
-    ranks = {(group[0], dataset): rank for (group, dataset), rank in table.ranks.items()}
+    table = headline(records_frame(_ranked_records()), "acc", suite="ranks")
+    ranks = {(model, dataset): rank for (model, _, _, dataset), rank in table.cells["rank"].items()}
     assert ranks == {("resnet18_28", "breastmnist"): 1.5, ("resnet50_28", "breastmnist"): 1.5,
                      ("vit_b16", "breastmnist"): 3.0, ("resnet18_28", "retinamnist"): 2.5,
                      ("resnet50_28", "retinamnist"): 1.0, ("vit_b16", "retinamnist"): 2.5}
-    assert {group[0]: rank for group, (rank, _) in table.avg_rank.items()} == {
+    assert {group[0]: rank for group, rank in table.rows["avg_rank"].items()} == {
         "resnet18_28": 2.0, "resnet50_28": 1.25, "vit_b16": 2.75}
 
 
@@ -206,7 +207,7 @@ def _mesh(ax) -> np.ndarray:
 
 
 def test_confusion_figure_draws_true_classes_as_rows():
-    from benchmark.figures import plot_confusion
+    from benchmark.report.figures import plot_confusion
 
     record = make_record(dataset="retinamnist", n_test=60)
     labels = np.asarray(record["test_predictions"]["labels"])
@@ -225,7 +226,7 @@ def test_confusion_figure_draws_true_classes_as_rows():
 
 
 def test_heatmap_figure_draws_the_mean_of_each_cell():
-    from benchmark.figures import plot_heatmap
+    from benchmark.report.figures import plot_heatmap
 
     records = _ranked_records()
     figure = plot_heatmap(records, "acc", "ranks")
