@@ -1,12 +1,17 @@
 """MedMNIST multi-dataset benchmark: suites of dataset × model × seed runs, one JSON record per run, and the
 tables and figures made from those records.
 
-    import benchmark
+The Python API (imported on first use: `import benchmark` imports neither torch nor pandas until a function is
+called):
 
+    import benchmark
     suite = benchmark.load_suite("smoke", limit=64, epochs=1)
     summary = benchmark.run_suite(suite, output="results")
+    records = benchmark.load_records("results")        # a results, runs or suite folder, or record files
+    frame = benchmark.records_frame(records)            # pandas: one row per run, test metrics as columns
+    benchmark.write_leaderboard("results", "results")   # leaderboard.md / .csv / .tex
+    benchmark.write_figures("results", "results/figures", formats=("png",))
 
-The functions are imported on first use, so `import benchmark` stays light (no torch) until one is called.
 Messages go to the `benchmark` logger (`logging.getLogger("benchmark").setLevel(logging.WARNING)` silences them).
 """
 
@@ -24,9 +29,14 @@ _API = {
     "run_perf": "benchmark.perf",
     "PerfConfig": "benchmark.perf",
     "UserError": "benchmark.errors",
+    "load_records": "benchmark.records",
+    "records_frame": "benchmark.records",
+    "per_class_frame": "benchmark.records",
+    "write_leaderboard": "benchmark.report.leaderboard",
+    "write_figures": "benchmark.report.figures",
 }
 
-__all__ = sorted(_API)
+__all__ = ["__version__", *sorted(_API)]
 
 
 def __getattr__(name: str):

@@ -74,12 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = verbs.add_parser("leaderboard", help="tables from run records")
     board.add_argument("--suite", help="only this suite's records")
-    board.add_argument("--runs", type=Path, default=DEFAULT_RESULTS / "runs", help="records folder [results/runs]")
+    board.add_argument("--runs", type=Path, default=DEFAULT_RESULTS,
+                       help="records: a results, runs or suite folder, or a record file [results]")
     board.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="where the tables go [results]")
 
     figures = verbs.add_parser("figures", help="figures from run records")
     figures.add_argument("--suite", help="only this suite's records")
-    figures.add_argument("--runs", type=Path, default=DEFAULT_RESULTS / "runs")
+    figures.add_argument("--runs", type=Path, default=DEFAULT_RESULTS,
+                         help="records: a results, runs or suite folder, or a record file [results]")
     figures.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "figures")
     figures.add_argument("--format", choices=("png", "pdf", "both"), default="both")
     figures.add_argument("--dpi", type=int, default=200)
@@ -194,10 +196,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from benchmark.records import load_records
+    from benchmark.records import load_records, runs_dir
 
     suite = load_grid(args)
-    by_hash = {r["config_hash"]: r for r in load_records(args.output, suite.name)}
+    folder = runs_dir(args.output, suite.name)
+    records = load_records(folder, one_per_seed=False) if folder.is_dir() else []
+    by_hash = {r["config_hash"]: r for r in records}
     counts = {"completed": 0, "failed": 0, "pending": 0}
     for spec in suite.runs:
         record = by_hash.pop(spec.config_hash, None)
@@ -213,7 +217,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report import write_leaderboard
 
     for path in write_leaderboard(args.runs, args.output, suite=args.suite):
         print(path)
@@ -237,7 +241,7 @@ def cmd_perf(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from benchmark.figures import write_figures
+    from benchmark.report.figures import write_figures
 
     formats = ("png", "pdf") if args.format == "both" else (args.format,)
     paths = write_figures(args.runs, args.output, suite=args.suite, formats=formats, dpi=args.dpi)

@@ -31,15 +31,13 @@ from PIL import Image
 
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
-from benchmark.data.registry import portable_path
 from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
 from benchmark.records import (
-    SCHEMA_VERSION,
     OutputError,
+    build_record,
     completed_hashes,
-    now_iso,
     read_record,
     record_path,
     remove_temp_files,
@@ -113,26 +111,6 @@ def encode_samples(data: DatasetSplits) -> dict:
             encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
         per_class.append(encoded)
     return {"size": data.size, "class_names": list(data.class_names), "per_class": per_class}
-
-
-def base_record(spec: RunSpec, status: str) -> dict:
-    config = spec.to_dict()
-    if config["data_root"] is not None:  # not part of the run's identity: kept free of this machine's paths
-        config["data_root"] = portable_path(config["data_root"])
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "status": status,
-        "suite": spec.suite,
-        "run_id": spec.run_id,
-        "config_hash": spec.config_hash,
-        "config": config,
-        "seed": spec.seed,
-        "dataset": {"name": spec.dataset, "size": spec.size},  # completed runs get the full block
-        "model": asdict(spec.model),
-        "scheme": "fine_tune" if spec.model.pretrained else "from_scratch",
-        "selection_metric": spec.recipe.selection_metric,
-        "created_at": now_iso(),
-    }
 
 
 class GridRunner:
@@ -230,28 +208,28 @@ class GridRunner:
             self.accelerator.free_memory()
             self.finish_trackers()
 
-        record = base_record(spec, "completed")
         dtype = outcome_dtype_name(spec, self.accelerator)
-        record.update({
-            "dataset": data.summary(),
-            "model": {**asdict(spec.model), "input_size": built.input_size, "n_params": built.n_params},
-            "history": outcome.history,
-            "best_epoch": outcome.best_epoch,
-            "stopped_early": outcome.stopped_early,
-            "resumed_from_epoch": outcome.resumed_from_epoch,
-            "test": outcome.test,
-            "test_predictions": {"labels": outcome.test_labels, "probs": outcome.test_probs},
-            "samples": encode_samples(data),
-            "timing": {
+        record = build_record(
+            spec, "completed",
+            dataset=data.summary(),
+            model={**asdict(spec.model), "input_size": built.input_size, "n_params": built.n_params},
+            history=outcome.history,
+            best_epoch=outcome.best_epoch,
+            stopped_early=outcome.stopped_early,
+            resumed_from_epoch=outcome.resumed_from_epoch,
+            test=outcome.test,
+            test_predictions={"labels": outcome.test_labels, "probs": outcome.test_probs},
+            samples=encode_samples(data),
+            timing={
                 "wall_seconds": time.perf_counter() - started,
                 "train_seconds": outcome.train_seconds,
                 "train_images_per_second": outcome.train_images / max(outcome.train_seconds, 1e-9),
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
-            "environment": environment(self.accelerator, dtype, self.commit),
-            "error": None,
-        })
+            environment=environment(self.accelerator, dtype, self.commit),
+            error=None,
+        )
         if self.accelerator.is_main_process:
             set_aside(path)  # an earlier failed record (or a --force rerun's old one) is kept in superseded/
             write_record(path, record)
@@ -265,14 +243,14 @@ class GridRunner:
         """The failed record: the error with the epoch it stopped in (0 = before training) and the history so far."""
         if not self.accelerator.is_main_process:
             return
-        record = base_record(spec, "failed")
-        record.update({
-            "error": {"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
-                      "traceback": trace},
-            "history": getattr(err, "history", []),
-            "timing": {"wall_seconds": time.perf_counter() - started},
-            "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator), self.commit),
-        })
+        record = build_record(
+            spec, "failed",
+            error={"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
+                   "traceback": trace},
+            history=getattr(err, "history", []),
+            timing={"wall_seconds": time.perf_counter() - started},
+            environment=environment(self.accelerator, outcome_dtype_name(spec, self.accelerator), self.commit),
+        )
         existing = read_record(path) if path.exists() else None
         if existing is not None and existing["status"] == "completed":  # a failed --force rerun
             path = superseded_path(path, "failed")

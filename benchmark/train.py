@@ -88,7 +88,7 @@ class DeviceSplit:
     labels: torch.Tensor  # int64 (N,) on the training device
 
     @classmethod
-    def from_split(cls, split: Split, device: torch.device) -> "DeviceSplit":
+    def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
         # NHWC → NCHW on the device, so a GPU run never holds a second full copy in host memory
         images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device).permute(0, 3, 1, 2).contiguous()
         return cls(images, torch.from_numpy(split.labels).to(device))
@@ -110,6 +110,20 @@ class LoopState:
     train_seconds: float = 0.0  # over every session of the run, so throughput survives a resume
     train_images: int = 0
     num_processes: int = 1  # a resumed run must shard its data the same way
+
+    def observe(self, epoch: int, score: float, patience: int) -> bool:
+        """Count a finished epoch with its validation `score` (higher is better); True when it is the new best.
+
+        The first epoch is always the best so far; a later one must beat the best strictly (a tie keeps the
+        earlier epoch). With `patience` > 0 the run stops after that many epochs in a row without a new best."""
+        improved = self.best_epoch == 0 or score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.epochs_without_improvement = score, epoch, 0
+        else:
+            self.epochs_without_improvement += 1
+        self.epoch = epoch
+        self.stopped_early = bool(patience) and self.epochs_without_improvement >= patience
+        return improved
 
 
 def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
@@ -434,18 +448,12 @@ def fit(
                 "seconds": epoch_seconds,
                 "val": val_metrics,
             })
-            score = selection_score(val_metrics, recipe.selection_metric)
-            improved = best_weights is None or score > state.best_score
+            improved = state.observe(epoch, selection_score(val_metrics, recipe.selection_metric),
+                                     recipe.early_stopping_patience)
             if improved:
-                state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
                 best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
                 if best_path and accelerator.is_main_process:
                     atomic_torch_save({"epoch": epoch, "weights": best_weights}, pending_path)
-            else:
-                state.epochs_without_improvement += 1
-            state.epoch = epoch
-            patience = recipe.early_stopping_patience
-            state.stopped_early = bool(patience) and state.epochs_without_improvement >= patience
             if last_path and accelerator.is_main_process:
                 atomic_torch_save({
                     "model": unwrapped.state_dict(),

@@ -77,6 +77,7 @@ def test_bad_size_and_limit_are_user_errors() -> None:
 
 def test_register_dataset_adds_one_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.suites, "DEFAULT_SIZES", dict(registry.suites.DEFAULT_SIZES))
     calls = []
 
     @register_dataset("tiny", default_size=64, sizes=(64,))

@@ -20,8 +20,7 @@ import yaml
 from benchmark import cli, runner, train
 from benchmark.config import load_suite
 from benchmark.errors import UserError
-from benchmark.leaderboard import load_records as leaderboard_records
-from benchmark.records import completed_hashes
+from benchmark.records import completed_hashes, load_records
 
 PROJECT = Path(__file__).resolve().parents[1]
 SUITE = "resume"
@@ -223,7 +222,7 @@ def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys,
     assert [path.stem for path in record_files(output)] == sorted(ids[:2])
     (failed,) = (output / "runs" / SUITE / "superseded").glob("*.json")
     assert json.loads(failed.read_text())["status"] == "failed"
-    assert sorted(r["run_id"] for r in leaderboard_records(output / "runs", SUITE)) == sorted(ids[:2])
+    assert sorted(r["run_id"] for r in load_records(output, SUITE)) == sorted(ids[:2])
 
     assert cli.main(status[:-4]) == 0  # other settings (no --limit/--epochs): all pending, and it says why
     assert capsys.readouterr().out.splitlines()[-2:] == [

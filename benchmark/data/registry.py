@@ -3,7 +3,7 @@ data-root resolution and the validation every loader shares.
 
 Adding a dataset is one registration::
 
-    @register_dataset("my_set", default_size=64, check=check_my_set)
+    @register_dataset("my_set", check=check_my_set)
     def load_my_set(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits: ...
 
 `check(*, size, data_root, download)` (optional) raises the loader's `UserError` when the files it would read
@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from medmnist.info import DEFAULT_ROOT
 
+from benchmark import suites
 from benchmark.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -95,14 +96,19 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_dataset(name: str, *, default_size: int = 28, sizes: tuple[int, ...] = MEDMNIST_SIZES,
+def register_dataset(name: str, *, default_size: int | None = None, sizes: tuple[int, ...] = MEDMNIST_SIZES,
                      check: Callable[..., None] | None = None) -> Callable[[Loader], Loader]:
-    """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`."""
+    """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`.
+
+    The default size lives in one table, `benchmark.suites.DEFAULT_SIZES` (the torch-free reporting layer reads
+    it too); a `default_size` given here is entered there."""
+    if default_size is not None:
+        suites.DEFAULT_SIZES[name] = default_size
 
     def decorator(loader: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, default_size, tuple(sizes), check)
+        _REGISTRY[name] = _Entry(loader, suites.default_size(name), tuple(sizes), check)
         return loader
 
     return decorator

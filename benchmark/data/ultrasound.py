@@ -82,7 +82,7 @@ def _check_source(*, size: int, data_root: str | None, download: bool) -> None:
         _class_names(_split_dirs(source)["train"])
 
 
-@register_dataset("breast_ultrasound", default_size=224, check=_check_source)
+@register_dataset("breast_ultrasound", check=_check_source)
 def load_breast_ultrasound(*, size: int, data_root: str | None, download: bool, limit: int | None,
                            split_seed: int, verify: bool) -> DatasetSplits:
     source = _resolve_source(data_root, download)
