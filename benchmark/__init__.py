@@ -19,7 +19,7 @@ _API = {
     "write_figures": "benchmark.report.figures",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "load_records", "per_class_frame", "records_frame", "write_figures", "write_leaderboard"]
 
 
 def __getattr__(name: str):

@@ -147,9 +147,9 @@ def check_writable(output: Path) -> None:
 
 
 def cmd_list(args) -> int:
-    from benchmark.config import list_suites
     from benchmark.data import list_datasets
     from benchmark.models import list_models
+    from benchmark.suites import list_suites
 
     print("datasets:", ", ".join(list_datasets()))
     print("models:")

@@ -28,8 +28,8 @@ import math
 import re
 import textwrap
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -43,7 +43,12 @@ from matplotlib.ticker import MaxNLocator
 
 from benchmark.errors import UserError
 from benchmark.records import atomic_write_bytes, group_key, records_frame
-from benchmark.report.aggregate import HEADLINE_METRICS, METRIC_LABELS, expected_seeds, headline
+from benchmark.report.aggregate import (
+    HEADLINE_METRICS,
+    METRIC_LABELS,
+    expected_seeds,
+    headline,
+)
 from benchmark.report.load import SuitePlan, load_suites
 
 SINGLE = 3.5  # in, one paper column
@@ -200,7 +205,8 @@ def plot_confusion(rec: dict) -> Figure:
 
 
 def plot_roc(rec: dict) -> Figure:
-    from sklearn.metrics import auc as _auc, roc_curve
+    from sklearn.metrics import auc as _auc
+    from sklearn.metrics import roc_curve
 
     labels, probs = _predictions(rec)
     k = probs.shape[1]
