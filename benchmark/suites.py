@@ -27,8 +27,11 @@ import yaml
 
 from benchmark.errors import UserError
 
-#: the shipped suites (a checkout's top-level `suites/` folder)
-SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+# The shipped suites: the checkout's top-level suites/ folder, which a wheel carries as `benchmark.shipped_suites`
+# (packaging): one source of truth for both.
+_PACKAGE = Path(__file__).resolve().parent
+SUITES_DIR = next((d for d in (_PACKAGE / "shipped_suites", _PACKAGE.parent / "suites") if d.is_dir()),
+                  _PACKAGE / "shipped_suites")
 #: image size of a dataset named in a suite without `size:` (the dataset registry registers the same defaults)
 DEFAULT_SIZE = 28
 DEFAULT_SIZES: dict[str, int] = {"breast_ultrasound": 224}
@@ -42,7 +45,8 @@ def default_size(dataset: str) -> int:
 
 
 def suite_folders() -> list[Path]:
-    """Where suites are looked up by name, first match wins: ./suites/, then the shipped suites."""
+    """Where suites are looked up by name, in order: ./suites/ (the user's own), then the shipped ones (the one
+    lookup: config, the CLI and the reports all go through it)."""
     return [Path("suites"), SUITES_DIR]
 
 
