@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from record_factory import make_grid, make_record, write_records
 
+from benchmark.errors import UserError
 from benchmark.report import figures
 from benchmark.report.load import load_plan
-from benchmark.errors import UserError
 
 SUITE = "unit"
 SUITE_KINDS = ["heatmap_acc", "heatmap_auc", "heatmap_f1_macro", "heatmap_balanced_acc",

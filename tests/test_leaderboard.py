@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from record_factory import FAILED, MISSING, make_grid, make_record, write_records, write_suite_file
 from scipy import stats
 
+from benchmark.errors import UserError
 from benchmark.records import load_records, records_frame
 from benchmark.report import aggregate, leaderboard
 from benchmark.report.load import SuitePlan, load_plan, load_published
-from benchmark.errors import UserError
-from record_factory import FAILED, MISSING, make_grid, make_record, write_records, write_suite_file
 
 SUITE = "unit"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from record_factory import make_grid, write_records
 
 from benchmark import cli
 from benchmark.errors import UserError
 from benchmark.records import load_records, per_class_frame, records_frame
 from benchmark.report.leaderboard import build_leaderboard
-from record_factory import make_grid, write_records
 
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = PROJECT / "results"

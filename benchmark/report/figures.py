@@ -29,6 +29,7 @@ import re
 import textwrap
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import matplotlib as mpl
@@ -392,7 +393,7 @@ def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: SuitePl
     if hi - lo < 1e-9:
         lo, hi = lo - 0.01, hi + 0.01
     _heatmap(ax, data, annot.tolist(), "viridis", lo, hi, f"Test {METRIC_LABELS.get(metric, metric)}", 6)
-    for j, d in enumerate(ds):  # box the best per dataset
+    for j in range(len(ds)):  # box the best per dataset
         col = data[:, j]
         if np.isfinite(col).any():
             for i in np.flatnonzero(np.isclose(col, np.nanmax(col), rtol=1e-12, atol=1e-15)):
@@ -697,16 +698,15 @@ def write_figures(runs: Path | str = "results", output: Path | str = "results/fi
         folder = Path(output) / _safe(suite_name)
         index: list = []
         for m in HEADLINE_METRICS:
-            emit(lambda m=m: plot_heatmap(recs, m, suite_name, plan), folder, f"heatmap_{m}", index, f"heatmap {m}")
+            emit(partial(plot_heatmap, recs, m, suite_name, plan), folder, f"heatmap_{m}", index, f"heatmap {m}")
         for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
-            emit(lambda ds=ds: plot_per_class_recall(recs, ds, suite_name, plan), folder, f"per_class_recall_{ds}",
+            emit(partial(plot_per_class_recall, recs, ds, suite_name, plan), folder, f"per_class_recall_{ds}",
                  index, f"per-class recall {ds}")
-        emit(lambda: plot_resolution(recs, suite_name, "acc", plan), folder, "resolution_acc", index,
+        emit(partial(plot_resolution, recs, suite_name, "acc", plan), folder, "resolution_acc", index,
              "ACC vs resolution")
-        emit(lambda: plot_avg_rank(recs, suite_name, plan), folder, "avg_rank", index, "average rank")
+        emit(partial(plot_avg_rank, recs, suite_name, plan), folder, "avg_rank", index, "average rank")
         for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
-            emit(lambda ds=ds, size=size, names=names, imgs=imgs: plot_samples(
-                ds, _sample_size(recs, ds, size), names, imgs, suite_name),
+            emit(partial(plot_samples, ds, _sample_size(recs, ds, size), names, imgs, suite_name),
                  folder, f"samples_{ds}-{size}", index, f"samples {ds} {size}px")
         for rec in recs:
             rid = str(rec["run_id"])
@@ -719,8 +719,7 @@ def write_figures(runs: Path | str = "results", output: Path | str = "results/fi
                     continue
                 if kind == "curves" and not rec.get("history"):
                     continue
-                emit(lambda fn=RUN_FIGURES[kind], rec=rec: fn(rec), folder / "runs", f"{rid}_{kind}", index,
-                     f"{rid} {kind}")
+                emit(partial(RUN_FIGURES[kind], rec), folder / "runs", f"{rid}_{kind}", index, f"{rid} {kind}")
         folder.mkdir(parents=True, exist_ok=True)
         lines = [f"# Figures for suite `{suite_name}`", ""]
         for label, paths in index:

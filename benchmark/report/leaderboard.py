@@ -94,7 +94,7 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
         md.append(render.markdown(compact))
         tex += [f"% ---- suite {suite} ----", render.latex(compact)]
         details += [f"## Suite `{suite}`", "", *_plan_note(data), "### Headline metrics", ""]
-        for metric, mt in tables.items():
+        for mt in tables.values():
             table = render.headline_table(mt)
             details.append(render.markdown(table))
             tex.append(render.latex(table))
