@@ -183,9 +183,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from benchmark.config import list_suites
     from benchmark.data import list_datasets
     from benchmark.models import list_models
+    from benchmark.suites import list_suites
 
     print("datasets:", ", ".join(list_datasets()))
     print("models:")

@@ -14,7 +14,7 @@ from benchmark.data import dataset_sizes
 from benchmark.data.transforms import UPSAMPLES
 from benchmark.errors import UserError
 from benchmark.models import ModelSpec, list_models, resolve_model
-from benchmark.suites import check_keys, find_suite, list_suites, read_suite  # noqa: F401  (re-exported)
+from benchmark.suites import check_keys, find_suite, read_suite
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 OPTIMIZERS = ("adam", "adamw", "sgd")

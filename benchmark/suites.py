@@ -45,7 +45,8 @@ def default_size(dataset: str) -> int:
 
 
 def suite_folders() -> list[Path]:
-    """Where suites are looked up by name, first match wins: ./suites/, then the shipped suites."""
+    """Where suites are looked up by name, in order: ./suites/ (the user's own), then the shipped ones (the one
+    lookup: config, the CLI and the reports all go through it)."""
     return [Path("suites"), SUITES_DIR]
 
 

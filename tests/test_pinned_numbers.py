@@ -120,8 +120,9 @@ def test_resume_restores_the_random_state_of_a_model_with_dropout(tmp_path, monk
     assert resumed["resumed_from_epoch"] == 1
     for key in ("best_epoch", "test", "test_predictions"):
         assert resumed[key] == reference[key], key
+
     def strip(history):
-        return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+        return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
 
     assert strip(resumed["history"]) == strip(reference["history"])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from benchmark.report.leaderboard import build_leaderboard, write_leaderboard
 
-__all__ = ["build_leaderboard", "write_leaderboard", "write_figures"]
+__all__ = ["build_leaderboard", "write_figures", "write_leaderboard"]
 
 
 def __getattr__(name: str):

@@ -28,8 +28,9 @@ import math
 import re
 import textwrap
 import warnings
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -43,7 +44,12 @@ from matplotlib.ticker import MaxNLocator
 
 from benchmark.errors import UserError
 from benchmark.records import atomic_write_bytes, group_key, records_frame
-from benchmark.report.aggregate import HEADLINE_METRICS, METRIC_LABELS, expected_seeds, headline
+from benchmark.report.aggregate import (
+    HEADLINE_METRICS,
+    METRIC_LABELS,
+    expected_seeds,
+    headline,
+)
 from benchmark.report.load import SuitePlan, load_suites
 
 SINGLE = 3.5  # in, one paper column
@@ -692,16 +698,15 @@ def write_figures(runs: Path | str = "results", output: Path | str = "results/fi
         folder = Path(output) / _safe(suite_name)
         index: list = []
         for m in HEADLINE_METRICS:
-            emit(lambda m=m: plot_heatmap(recs, m, suite_name, plan), folder, f"heatmap_{m}", index, f"heatmap {m}")
+            emit(partial(plot_heatmap, recs, m, suite_name, plan), folder, f"heatmap_{m}", index, f"heatmap {m}")
         for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
-            emit(lambda ds=ds: plot_per_class_recall(recs, ds, suite_name, plan), folder, f"per_class_recall_{ds}",
+            emit(partial(plot_per_class_recall, recs, ds, suite_name, plan), folder, f"per_class_recall_{ds}",
                  index, f"per-class recall {ds}")
-        emit(lambda: plot_resolution(recs, suite_name, "acc", plan), folder, "resolution_acc", index,
+        emit(partial(plot_resolution, recs, suite_name, "acc", plan), folder, "resolution_acc", index,
              "ACC vs resolution")
-        emit(lambda: plot_avg_rank(recs, suite_name, plan), folder, "avg_rank", index, "average rank")
+        emit(partial(plot_avg_rank, recs, suite_name, plan), folder, "avg_rank", index, "average rank")
         for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
-            emit(lambda ds=ds, size=size, names=names, imgs=imgs: plot_samples(
-                ds, _sample_size(recs, ds, size), names, imgs, suite_name),
+            emit(partial(plot_samples, ds, _sample_size(recs, ds, size), names, imgs, suite_name),
                  folder, f"samples_{ds}-{size}", index, f"samples {ds} {size}px")
         for rec in recs:
             rid = str(rec["run_id"])
@@ -714,8 +719,7 @@ def write_figures(runs: Path | str = "results", output: Path | str = "results/fi
                     continue
                 if kind == "curves" and not rec.get("history"):
                     continue
-                emit(lambda fn=RUN_FIGURES[kind], rec=rec: fn(rec), folder / "runs", f"{rid}_{kind}", index,
-                     f"{rid} {kind}")
+                emit(partial(RUN_FIGURES[kind], rec), folder / "runs", f"{rid}_{kind}", index, f"{rid} {kind}")
         folder.mkdir(parents=True, exist_ok=True)
         lines = [f"# Figures for suite `{suite_name}`", ""]
         for label, paths in index:

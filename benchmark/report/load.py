@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pandas as pd
 

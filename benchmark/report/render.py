@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from benchmark.report.aggregate import ALL_DATASETS, HEADLINE_METRICS, METRIC_LABELS, MetricTable
+from benchmark.report.aggregate import (
+    ALL_DATASETS,
+    HEADLINE_METRICS,
+    METRIC_LABELS,
+    MetricTable,
+)
 from benchmark.report.load import SuitePlan
 
 NOT_RUN = "not yet run"
