@@ -331,8 +331,7 @@ def test_the_schemes_suite_runs_end_to_end_with_one_leaderboard_row_per_model_an
     schemes = {(r["model"]["name"], r["scheme"]) for r in found.values()}
     assert schemes == {("vit_tiny", s) for s in ("from_scratch", "linear_probe", "knn", "gradual_unfreeze", "lora")} | {
         ("resnet18_28", s) for s in ("from_scratch", "linear_probe", "knn", "gradual_unfreeze")}
-    from benchmark.leaderboard import write_leaderboard
-    write_leaderboard(output / "runs", output, suite="schemes")
+    assert cli.main(["leaderboard", "--runs", str(output / "runs"), "--output", str(output), "--suite", "schemes"]) == 0
     table = (output / "leaderboard.md").read_text()
     for model, scheme in schemes:
         assert f"| {model} | 28 | {scheme} | measured |" in table
