@@ -335,3 +335,22 @@ def test_the_schemes_suite_runs_end_to_end_with_one_leaderboard_row_per_model_an
     table = (output / "leaderboard.md").read_text()
     for model, scheme in schemes:
         assert f"| {model} | 28 | {scheme} | measured |" in table
+
+
+def test_published_rows_with_a_scheme_are_compared_with_that_schemes_runs():
+    from record_factory import make_record
+
+    from benchmark.records import records_frame
+    from benchmark.report.aggregate import published_gap
+    from benchmark.report.load import load_published
+
+    recs = [make_record(model="vit_b16", scheme=scheme, seed=seed, skill=skill)
+            for scheme, skill in (("fine_tune", 3.0), ("knn", 0.5)) for seed in (0, 1, 2)]
+    published = load_published()
+    gap = published_gap(records_frame(recs), published[published["source"].str.startswith("MedMNIST+")], None)
+    gap = gap[(gap["dataset"] == "breastmnist") & (gap["metric"] == "acc")].set_index("scheme")
+    for scheme in ("fine_tune", "knn"):
+        accs = [r["test"]["acc"] for r in recs if r["scheme"] == scheme]
+        assert gap.loc[scheme, "mean"] == pytest.approx(np.mean(accs))
+    assert gap.loc["fine_tune", "mean"] != gap.loc["knn", "mean"]
+    assert "linear_probe" not in gap.index  # no linear-probe runs, no plan: not listed

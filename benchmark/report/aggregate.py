@@ -296,30 +296,34 @@ def pairwise(frame: pd.DataFrame, metric: str) -> list[tuple[str, str, pd.DataFr
 
 def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan | None) -> pd.DataFrame:
     """Measured vs published for every (model, size, dataset, metric) with a published value and a measured or
-    planned run: published, mean, std, n, n_expected, gap (mean − published) and gap / std. A model that the
-    suite file marks `published_as: <model>` (another build of the published model) is compared with its rows."""
+    planned run: published, mean, std, n, n_expected, gap (mean − published) and gap / std. A published row that
+    names its scheme (MedMNIST+: fine_tune, linear_probe, knn) is compared with that scheme's runs only; one without
+    with the model's first scheme. A model that the suite file marks `published_as: <model>` (another build of the
+    published model) is compared with its rows."""
     aliases = dict(plan.published_as) if plan is not None else {}
     rows = []
     for metric in ("acc", "auc"):
         cells = cell_stats(frame, metric, plan)
         first = cells.groupby(["model", "size", "dataset"], sort=True).first()  # the first scheme's cell
+        by_scheme = cells.set_index(["model", "size", "dataset", "scheme"]).sort_index()
         pub = published[published["metric"] == metric]
-        for published_model, size, dataset, value, source in sorted(
-                zip(pub["model"], pub["size"], pub["dataset"], pub["value"], pub["source"])):
+        for published_model, size, dataset, scheme, value, source in sorted(
+                zip(pub["model"], pub["size"], pub["dataset"], pub["scheme"], pub["value"], pub["source"])):
             for model in [str(published_model), *sorted(m for m, p in aliases.items() if p == published_model)]:
                 key = (model, int(size), str(dataset))
+                table, lookup = (by_scheme, (*key, str(scheme))) if scheme else (first, key)
                 planned = plan is not None and plan.planned((model, int(size), ""), str(dataset))
-                if key not in first.index and not planned:
+                if lookup not in table.index and not planned:
                     continue
-                cell = first.loc[key] if key in first.index else None
+                cell = table.loc[lookup] if lookup in table.index else None
                 mean = cell["mean"] if cell is not None else np.nan
                 std = cell["std"] if cell is not None else np.nan
-                rows.append(dict(model=model, size=int(size), dataset=str(dataset), metric=metric,
-                                 published=float(value), mean=mean, std=std,
+                rows.append(dict(model=model, size=int(size), scheme=str(scheme), dataset=str(dataset),
+                                 metric=metric, published=float(value), mean=mean, std=std,
                                  n=int(cell["n"]) if cell is not None else 0,
                                  n_expected=int(cell["n_expected"]) if cell is not None else 0,
                                  gap=mean - float(value), source=str(source)))
-    out = pd.DataFrame(rows, columns=["model", "size", "dataset", "metric", "published", "mean", "std", "n",
-                                      "n_expected", "gap", "source"])
+    out = pd.DataFrame(rows, columns=["model", "size", "scheme", "dataset", "metric", "published", "mean", "std",
+                                      "n", "n_expected", "gap", "source"])
     out["gap_in_stds"] = out["gap"] / out["std"].where(out["std"] > 0)
     return out
