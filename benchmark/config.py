@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from benchmark.data import dataset_sizes
-from benchmark.data.transforms import UPSAMPLES
-from benchmark.data.transforms import RESIZES
+from benchmark.data.transforms import RESIZES, UPSAMPLES
 from benchmark.errors import UserError
 from benchmark.models import ModelSpec, list_models, resolve_model
 from benchmark.schemes import SchemeSpec, check_scheme_fits, parse_scheme

@@ -528,8 +528,8 @@ def fit(
 
     unwrapped.load_state_dict(best_weights)
     with out_of_memory_as_failure(recipe, state.epoch, state.history):
-        test_loss, test_probs = predict(adaptation.for_test(unwrapped), device_splits["test"], eval_transform, eval_batch, accelerator,
-                                        dtype, channels_last, data.n_classes)
+        test_loss, test_probs = predict(adaptation.for_test(unwrapped), device_splits["test"], eval_transform,
+                                        eval_batch, accelerator, dtype, channels_last, data.n_classes)
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
     memory, memory_kind = peak_memory(device)
     return TrainOutcome(

@@ -2,7 +2,8 @@
 
 Options: `rank` (r), `alpha` (scale alpha / r), `dropout` (on the adapter input) and `target_modules` (module
 names matched as suffixes; default the query and value projections under both namings: `q_proj`/`v_proj`
-(ViT and CLIP in transformers 5) and `query`/`value` (ViT in transformers 4)). Every pretrained weight is frozen; the adapters and the classifier head (peft
+(ViT and CLIP in transformers 5) and `query`/`value` (ViT in transformers 4)). Every pretrained weight is frozen;
+the adapters and the classifier head (peft
 `modules_to_save`, trained in full) are the trainable parameters. Validation runs on the adapted model; the
 best epoch's adapters are merged into the weights (`merge_and_unload`) and the test split is scored on the
 merged model. `best.pt` holds the peft model's state dict (adapters and head beside the frozen weights).
