@@ -135,6 +135,7 @@ class Suite:
     name: str
     path: Path
     runs: list[RunSpec]
+    launcher: dict = field(default_factory=dict)  # `benchmark submit` defaults (benchmark.launch.LAUNCHER_KEYS)
 
 
 def _check_choice(value, choices, where: str) -> None:
@@ -205,7 +206,11 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
+SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models",
+              "launcher"}
+# `launcher:` — job settings for `benchmark submit` (its options of the same names override them)
+LAUNCHER_KEYS = {"executor", "partition", "time", "gpus_per_task", "cpus_per_task", "mem", "account", "qos",
+                 "array_parallelism", "tasks", "processes_per_task", "sbatch"}
 MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size", "upsample", "in_channels",
                     "init", "published_as"}
 MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "upsample": str,
@@ -336,7 +341,9 @@ def load_suite(
     ]
     if not runs:
         raise UserError(f"{path.name}: the grid is empty; check the suite's datasets, models and seeds and the filters")
-    return Suite(suite_name, path, runs)
+    launcher = _section(raw, "launcher", dict, path.name)
+    _check_keys(launcher, LAUNCHER_KEYS, f"{path.name}: launcher")
+    return Suite(suite_name, path, runs, launcher)
 
 
 def _select(entries: list, wanted: list | None, key, what: str, where: str) -> list:

@@ -4,6 +4,11 @@ A run that fails (bad data, unreachable model, non-finite loss, out of memory) i
 its error and epoch, and the grid goes on unless `fail_fast` (or `debug`, which re-raises the error with its
 traceback). An output folder that cannot be written (full disk) stops the grid: no later run could save.
 Data is loaded once per (dataset, size) and kept on the training device for every run that uses it.
+
+Any number of workers (processes, hosts sharing the results folder) can run the same grid at once: each run
+is claimed before it is trained (`benchmark.claims`), so none is trained twice and a dead worker's run is taken
+over and resumed. One worker may itself be several processes (`accelerate launch`, `torchrun`): the main one
+claims, decides and writes; `benchmark.distributed` keeps the processes in step and ends a failed run on all.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 
+from benchmark import distributed
+from benchmark.claims import Claim, ClaimSettings, try_claim
 from benchmark.config import RunSpec, Suite
 from benchmark.data import DatasetSplits, load_dataset
 from benchmark.environment import device_name, git_commit, package_versions
@@ -49,6 +56,7 @@ SAMPLE_MAX_SIDE = 64
 class GridSummary:
     completed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # claimed by another worker
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run_id, message)
     user_errors: list[str] = field(default_factory=list)
 
@@ -103,12 +111,14 @@ class GridRunner:
     """Runs the specs of one suite into `output`; holds the accelerator and the device-resident data."""
 
     def __init__(self, output: Path, *, resume: bool = True, force: bool = False, fail_fast: bool = False,
-                 quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False):
+                 quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False,
+                 claims: ClaimSettings | None = None):
         self.output = Path(output)
         self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
         self.quiet, self.keep_checkpoints = quiet, keep_checkpoints
-        # Precision and accumulation come from each run's recipe, never from `accelerate config` defaults.
-        self.accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=1)
+        self.claims = claims or ClaimSettings.from_env()
+        self.started_at = now_iso()  # records written after this by other workers are not redone by this one
+        self.accelerator = distributed.make_accelerator()
         self.commit = git_commit()  # the code this process runs, even if the checkout moves on meanwhile
         self._data_key = None
         self._data: tuple[DatasetSplits, dict[str, DeviceSplit]] | None = None
@@ -129,7 +139,9 @@ class GridRunner:
 
     def run_grid(self, suite: Suite) -> GridSummary:
         summary = GridSummary()
-        done = completed_hashes(self.output, suite.name) if not self.force else set()
+        main = self.accelerator.is_main_process
+        done = distributed.agree(self.accelerator, completed_hashes(self.output, suite.name) if main else None)
+        done = set() if self.force else done
         for index, spec in enumerate(suite.runs, start=1):
             label = f"[{index}/{len(suite.runs)}] {spec.run_id}"
             if spec.config_hash in done:
@@ -137,8 +149,26 @@ class GridRunner:
                 self.prune_checkpoints(spec)  # in case a process died between writing the record and pruning
                 self.say(f"{label}: done already, skipped")
                 continue
+            decision, claim = self.claim(spec)
+            if decision != "run":
+                (summary.busy if decision == "busy" else summary.skipped).append(spec.run_id)
+                self.say(f"{label}: " + ("claimed by another worker, skipped" if decision == "busy" else
+                                         "finished by another worker meanwhile, skipped"))
+                continue
             self.say(f"{label}: running")
-            error = self.run_one(spec)
+            try:
+                error = self.run_one(spec, claim)
+            except BaseException:
+                if claim is not None:
+                    claim.release("failed")
+                raise
+            if claim is not None:
+                claim.release("completed" if error is None else "lost" if error == "lost" else "failed")
+            if error == "lost":
+                summary.busy.append(spec.run_id)
+                self.say(f"{label}: taken over by another worker while it ran (this worker stalled for longer "
+                         f"than the claim timeout); its result is discarded", always=True)
+                continue
             if error is None:
                 summary.completed.append(spec.run_id)
                 continue
@@ -150,10 +180,34 @@ class GridRunner:
                 break
         return summary
 
-    def run_one(self, spec: RunSpec) -> tuple[bool, str] | None:
-        """Train one spec and write its record; returns (is_user_error, message) when it failed."""
+    def claim(self, spec: RunSpec) -> tuple[str, Claim | None]:
+        """The main process claims the run for this worker. The decision, the same on every process: "run"
+        (with the claim, on the main process), "busy" (another worker holds it) or "done" (its record appeared
+        since this worker looked)."""
+        decision, claim = None, None
+        if self.accelerator.is_main_process and self.finished_meanwhile(spec):
+            decision = "done"
+        elif self.accelerator.is_main_process:
+            claim = try_claim(self.output, spec.suite, spec.run_id, self.claims)
+            decision = "busy" if claim is None else "run"
+            if claim is not None and self.finished_meanwhile(spec):  # finished between the look and the claim
+                claim.release("skipped")
+                decision, claim = "done", None
+        return distributed.agree(self.accelerator, decision), claim
+
+    def finished_meanwhile(self, spec: RunSpec) -> bool:
+        """Another worker wrote this run's record after this one started (or a completed one, without --force)."""
         path = record_path(self.output, spec.suite, spec.run_id)
-        started = time.perf_counter()
+        record = read_record(path) if path.exists() else None
+        if record is None or record["config_hash"] != spec.config_hash:
+            return False
+        return (record["status"] == "completed" and not self.force) or record["created_at"] >= self.started_at
+
+    def run_one(self, spec: RunSpec, claim: Claim | None = None) -> tuple[bool, str] | str | None:
+        """Train one spec and write its record; returns (is_user_error, message) when it failed, "lost" when
+        another worker took the run over meanwhile (nothing written)."""
+        path = record_path(self.output, spec.suite, spec.run_id)
+        started, started_wall = time.perf_counter(), time.time()
         self.remove_leftovers(spec, path)
         try:
             data, device_splits = self.data_for(spec)
@@ -173,8 +227,14 @@ class GridRunner:
             # anything else is a bug, whose traceback goes into the record. Either way the grid goes on.
             user_error = isinstance(err, UserError)
             message = str(err) if user_error else " ".join(f"{type(err).__name__}: {err}".split())
-            trace = None if user_error else traceback.format_exc()
-            self.write_failure(spec, path, err, message, started, trace)
+            error = {"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
+                     "traceback": None if user_error else traceback.format_exc()}
+            history = getattr(err, "history", [])
+            if self.accelerator.num_processes > 1:
+                raise self.end_multi_process_run(spec, path, error, history, started, started_wall, claim) from err
+            if claim is not None and not claim.held():
+                return "lost"
+            self.write_failure(spec, path, error, history, started)
             if self.debug:
                 raise
             return user_error, message
@@ -203,6 +263,8 @@ class GridRunner:
             "environment": environment(self.accelerator, dtype, self.commit),
             "error": None,
         })
+        if claim is not None and not claim.held():
+            return "lost"
         if self.accelerator.is_main_process:
             set_aside(path)  # an earlier failed record (or a --force rerun's old one) is kept in superseded/
             write_record(path, record)
@@ -211,16 +273,39 @@ class GridRunner:
                      f"(best epoch {outcome.best_epoch}) → {path}")
         return None
 
-    def write_failure(self, spec: RunSpec, path: Path, err: Exception, message: str, started: float,
-                      trace: str | None = None) -> None:
+    def end_multi_process_run(self, spec: RunSpec, path: Path, error: dict, history: list, started: float,
+                              started_wall: float, claim) -> distributed.MultiProcessRunFailed:
+        """A run failed on this process of several: the main one records the failure (another process's error
+        first), every process leaves the group and stops the grid (see `benchmark.distributed`)."""
+        directory, rank = self.checkpoint_dir(spec), self.accelerator.process_index
+        world = self.accelerator.num_processes
+        if not self.accelerator.is_main_process:
+            distributed.write_failure_note(directory, rank, error, history)
+            distributed.leave_process_group()
+            distributed.wait_until_recorded(distributed.note_path(directory, rank), path, started_wall,
+                                            2 * distributed.collective_timeout())
+        else:
+            notes = distributed.read_failure_notes(directory, started_wall)
+            if notes:  # the process that failed first; this one then only lost its peers
+                error, history = dict(notes[0]["error"]), notes[0]["history"]
+                rank = notes[0]["rank"]
+            error["process"] = rank
+            if claim is None or claim.held():
+                self.write_failure(spec, path, error, history, started)
+            distributed.remove_failure_notes(directory)
+            distributed.leave_process_group()
+        return distributed.MultiProcessRunFailed(
+            f"run {spec.run_id} failed on process {rank} of {world}: {error['message']}; a multi-process grid stops "
+            f"at a failed run (its record holds the error): fix it and run the same command again")
+
+    def write_failure(self, spec: RunSpec, path: Path, error: dict, history: list, started: float) -> None:
         """The failed record: the error with the epoch it stopped in (0 = before training) and the history so far."""
         if not self.accelerator.is_main_process:
             return
         record = base_record(spec, "failed")
         record.update({
-            "error": {"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
-                      "traceback": trace},
-            "history": getattr(err, "history", []),
+            "error": error,
+            "history": history,
             "timing": {"wall_seconds": time.perf_counter() - started},
             "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator), self.commit),
         })
