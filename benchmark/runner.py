@@ -3,7 +3,8 @@
 A run that fails (bad data, unreachable model, non-finite loss, out of memory) is recorded as failed with
 its error and epoch, and the grid goes on unless `fail_fast` (or `debug`, which re-raises the error with its
 traceback). An output folder that cannot be written (full disk) stops the grid: no later run could save.
-Data is loaded once per (dataset, size) and kept on the training device for every run that uses it.
+Data is loaded once per (dataset, size) and kept for every run that uses it: on the training device when it
+fits, else in host memory with each batch copied over one step ahead (`benchmark.placement`).
 
 Any number of workers (processes, hosts sharing the results folder) can run the same grid at once: each run
 is claimed before it is trained (`benchmark.claims`), so none is trained twice and a dead worker's run is taken
@@ -46,6 +47,7 @@ from benchmark.records import (
     superseded_path,
     write_record,
 )
+from benchmark.placement import HostSplit, place_splits
 from benchmark.train import DeviceSplit, autocast_dtype, fit, pending_best_path
 
 SAMPLES_PER_CLASS = 8
@@ -61,9 +63,11 @@ class GridSummary:
     user_errors: list[str] = field(default_factory=list)
 
 
-def environment(accelerator: Accelerator, dtype_name: str, commit: str | None) -> dict:
+def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
+                data_placement: str | None = None) -> dict:
     device = accelerator.device
     return {
+        "data_placement": data_placement,  # "device" or "host" (benchmark.placement); None = not loaded
         "device": device.type,
         "device_name": device_name(device),
         "mixed_precision": dtype_name,
@@ -121,19 +125,19 @@ class GridRunner:
         self.accelerator = distributed.make_accelerator()
         self.commit = git_commit()  # the code this process runs, even if the checkout moves on meanwhile
         self._data_key = None
-        self._data: tuple[DatasetSplits, dict[str, DeviceSplit]] | None = None
+        self._data: tuple[DatasetSplits, dict[str, DeviceSplit | HostSplit]] | None = None
+        self.data_placement: str | None = None
 
     def checkpoint_dir(self, spec: RunSpec) -> Path:
         return self.output / "checkpoints" / spec.suite / spec.run_id
 
-    def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit]]:
+    def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit | HostSplit]]:
         key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit)
         if key != self._data_key:
             self._data_key, self._data = None, None  # free the previous dataset first
             data = load_dataset(spec.dataset, size=spec.size, data_root=spec.data_root, download=spec.download,
                                 limit=spec.limit or None)
-            device = self.accelerator.device
-            splits = {name: DeviceSplit.from_split(getattr(data, name), device) for name in ("train", "val", "test")}
+            splits, self.data_placement = place_splits(data, self.accelerator.device)
             self._data_key, self._data = key, (data, splits)
         return self._data
 
@@ -260,7 +264,7 @@ class GridRunner:
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
-            "environment": environment(self.accelerator, dtype, self.commit),
+            "environment": environment(self.accelerator, dtype, self.commit, self.data_placement),
             "error": None,
         })
         if claim is not None and not claim.held():
