@@ -1,7 +1,8 @@
 """The training loop: one readable accelerate loop with device-resident data.
 
-Each split lives once on the training device as a uint8 tensor; batches are indexed from it and resized,
-augmented and normalised there by `BatchTransform` (no DataLoader, no per-sample PIL). Every epoch draws its
+Each split lives once on the training device as a uint8 tensor (or, too large for it, in host memory with
+each batch copied over one step ahead: `benchmark.placement`); batches are indexed from it and resized,
+augmented and normalised on the device by `BatchTransform` (no DataLoader, no per-sample PIL). Every epoch draws its
 sample order and augmentation from generators seeded by (seed, epoch), and a checkpoint is written at the end
 of each epoch, so an interrupted run resumed from its last checkpoint ends bit-identical on CPU.
 

@@ -88,7 +88,7 @@ def make_executor(settings: dict, folder: Path):
     if settings["executor"] == "slurm" and shutil.which("sbatch") is None:
         raise UserError("sbatch is not on this machine's PATH; submit from the cluster's login node, or use "
                         "--executor local")
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=settings["executor"])
+    executor = submitit.AutoExecutor(folder=folder, cluster=settings["executor"])
     processes = settings["processes_per_task"]
     executor.update_parameters(
         name="benchmark", timeout_min=settings["time"], nodes=1, tasks_per_node=processes,
@@ -128,7 +128,7 @@ def submit_grid(suite: Suite, args) -> list:
         failed = 0
         for job in jobs:
             try:
-                result = job.result()
+                result = job.results()[0]  # the main process's (a task may have several)
             except Exception as err:  # a task that crashed: its log says why
                 failed += 1
                 print(f"task {job.job_id}: crashed ({' '.join(str(err).split())[:300]})")
