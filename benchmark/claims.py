@@ -3,7 +3,8 @@
 A claim is a file `claims/<suite>/<run_id>.<generation>.claim` in the results folder, created with
 O_CREAT | O_EXCL (atomic on local file systems and on NFSv3+), holding the worker's host, pid and start time.
 A thread of the owning worker refreshes the file's mtime (the heartbeat) every `heartbeat` seconds. A claim
-whose heartbeat is older than `timeout` belonged to a worker that died: another worker takes the run over by
+whose heartbeat is older than `timeout` belonged to a worker that died or hangs (on the claim's own host, one
+whose process is gone counts at once): another worker takes the run over by
 creating the next generation's file, again with O_EXCL, so of several workers that see the same stale claim
 exactly one wins; it resumes the run from its checkpoint. A worker whose claim was taken over (it stalled for
 longer than the timeout) sees the newer generation and discards its result instead of writing a second record.
@@ -81,6 +82,21 @@ def _claim_files(directory: Path, run_id: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _abandoned(info: dict, age: float, timeout: float) -> bool:
+    """No heartbeat for `timeout` seconds, or a worker of this host whose process no longer exists."""
+    if age >= timeout:
+        return True
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
 def _log(directory: Path, event: str, run_id: str, generation: int, **extra) -> None:
     """One line per event; a single O_APPEND write, so lines of concurrent workers never interleave."""
     line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event,
@@ -143,11 +159,12 @@ def try_claim(output: Path, suite: str, run_id: str, settings: ClaimSettings) ->
         last_generation, last_path = files[-1]
         try:
             age = time.time() - last_path.stat().st_mtime
-            previous = json.loads(last_path.read_text() or "{}").get("worker")
+            info = json.loads(last_path.read_text())
         except (OSError, ValueError):
             return None  # released or being written this instant: look again at the next sweep
-        if age < settings.timeout:
+        if not _abandoned(info, age, settings.timeout):
             return None
+        previous = info.get("worker")
         event, generation = "takeover", last_generation + 1
     path = directory / f"{run_id}.{generation}.claim"
     try:
@@ -181,10 +198,10 @@ def current_claims(output: Path, suite: str, timeout: float) -> dict[str, ClaimI
     for run_id, (_, path) in newest.items():
         try:
             age = time.time() - path.stat().st_mtime
-            worker = json.loads(path.read_text() or "{}").get("worker", "?")
+            info = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        claims[run_id] = ClaimInfo(worker, age, age >= timeout)
+        claims[run_id] = ClaimInfo(info.get("worker", "?"), age, _abandoned(info, age, timeout))
     return claims
 
 

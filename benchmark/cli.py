@@ -199,8 +199,9 @@ def cmd_status(args) -> int:
             status = "failed"
         counts[status] += 1
         print(f"{status:<10} {spec.run_id}{detail}")
-    print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {counts['running']} running, "
-          f"{counts['stale']} abandoned, {counts['pending']} pending")
+    claimed = "".join(f"{counts[key]} {word}, " for key, word in (("running", "running"), ("stale", "abandoned"))
+                      if counts[key])
+    print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {claimed}{counts['pending']} pending")
     if by_hash:
         print(f"({len(by_hash)} more record(s) in {args.output / 'runs' / suite.name} come from other settings; "
               f"pass the same --limit/--epochs/--seeds/--datasets/--models as the run)")

@@ -121,7 +121,7 @@ class GridRunner:
         self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
         self.quiet, self.keep_checkpoints = quiet, keep_checkpoints
         self.claims = claims or ClaimSettings.from_env()
-        self.started_at = now_iso()  # records written after this by other workers are not redone by this one
+        self.started_at = time.time()  # records written after this by other workers are not redone by this one
         self.accelerator = distributed.make_accelerator()
         self.commit = git_commit()  # the code this process runs, even if the checkout moves on meanwhile
         self._data_key = None
@@ -202,10 +202,14 @@ class GridRunner:
     def finished_meanwhile(self, spec: RunSpec) -> bool:
         """Another worker wrote this run's record after this one started (or a completed one, without --force)."""
         path = record_path(self.output, spec.suite, spec.run_id)
-        record = read_record(path) if path.exists() else None
+        try:
+            written = path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        record = read_record(path)
         if record is None or record["config_hash"] != spec.config_hash:
             return False
-        return (record["status"] == "completed" and not self.force) or record["created_at"] >= self.started_at
+        return (record["status"] == "completed" and not self.force) or written > self.started_at
 
     def run_one(self, spec: RunSpec, claim: Claim | None = None) -> tuple[bool, str] | str | None:
         """Train one spec and write its record; returns (is_user_error, message) when it failed, "lost" when
