@@ -53,12 +53,13 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def make_accelerator() -> Accelerator:
-    """The training Accelerator; precision and accumulation come from each run's recipe, never from
-    `accelerate config` defaults."""
+def make_accelerator(**options) -> Accelerator:
+    """The training Accelerator (`options`: trackers); precision and accumulation come from each run's recipe,
+    never from `accelerate config` defaults."""
     cpu = launched_processes() > 1 and not torch.cuda.is_available()
     handler = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout()))
-    return Accelerator(cpu=cpu, mixed_precision="no", gradient_accumulation_steps=1, kwargs_handlers=[handler])
+    return Accelerator(cpu=cpu, mixed_precision="no", gradient_accumulation_steps=1, kwargs_handlers=[handler],
+                       **options)
 
 
 def agree(accelerator: Accelerator, value):
