@@ -27,7 +27,7 @@ LIMIT = 33  # odd: evaluation pads one process's share, the padding must not be 
 # BatchNorm (statistics per process): then the runs differ only by float summation order.
 RECIPE = {"optimizer": "adamw", "lr": 1.0e-3, "schedule": "cosine", "epochs": 2, "batch_size": 32,
           "augment": "none", "selection_metric": "loss"}
-TOLERANCE = 1e-5  # probabilities and metrics, 1 vs 2 processes (measured differences are ~1e-7)
+TOLERANCE = 1e-5  # probabilities and metrics, 1 vs 2 processes (float summation order only)
 # `python -m benchmark` where process 1 raises in its Nth call of prepare_pixels (N = $FAIL_AT_CALL; 0 = never):
 # each epoch calls it once for training and once for validation per process here, so N = 3 is epoch 2.
 FAILING_CLI = textwrap.dedent("""
