@@ -107,15 +107,15 @@ def compute_embeddings(built: BuiltModel, split: DeviceSplit, transform: BatchTr
     captured: list[torch.Tensor] = []
     hook = linear.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0].detach().float()))
     indices = torch.arange(accelerator.process_index, len(split), accelerator.num_processes,
-                           device=split.labels.device)
+                           device=split.index_device)
     try:
-        for batch in indices.split(batch_size):
+        for _, images in split.batches(indices.split(batch_size)):  # device-resident or host-held splits alike
             with autocast(accelerator.device, dtype):
-                module(transform(split.images[batch]))
+                module(transform(images))
     finally:
         hook.remove()
     local = torch.cat(captured) if captured else torch.empty(0, linear.in_features, device=accelerator.device)
-    return gather_in_order(accelerator, indices, local.flatten(1))
+    return gather_in_order(accelerator, indices.to(split.labels.device), local.flatten(1))
 
 
 def cached_embeddings(built: BuiltModel, data: DatasetSplits, device_splits: dict[str, DeviceSplit],
