@@ -20,7 +20,10 @@ from benchmark.train import Adaptation
 
 def add_lora(built: BuiltModel, options: dict, model_name: str = "") -> BuiltModel:
     """Wrap the HF model inside `built` with LoRA adapters (in place) and return `built`."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("scheme lora needs the peft package: pip install 'medmnist-benchmark[lora]'") from None
 
     inner = getattr(built.module, "model", None)
     if built.family != "hf" or inner is None or not built.head.startswith("model."):
