@@ -325,16 +325,17 @@ def test_the_medmnist_plus_grid_is_complete():
 def test_the_schemes_suite_runs_end_to_end_with_one_leaderboard_row_per_model_and_scheme(tmp_path):
     output = tmp_path / "results"
     assert cli.main(["run", "--suite", "schemes", "--datasets", "breastmnist", "--output", str(output),
-                     "--limit", "40", "--epochs", "1", "--quiet"]) == 0
+                     "--limit", "64", "--epochs", "1", "--quiet"]) == 0
     found = records(output, "schemes")
     assert len(found) == 9 and all(r["status"] == "completed" for r in found.values())
     schemes = {(r["model"]["name"], r["scheme"]) for r in found.values()}
     assert schemes == {("vit_tiny", s) for s in ("from_scratch", "linear_probe", "knn", "gradual_unfreeze", "lora")} | {
         ("resnet18_28", s) for s in ("from_scratch", "linear_probe", "knn", "gradual_unfreeze")}
     assert cli.main(["leaderboard", "--runs", str(output / "runs"), "--output", str(output), "--suite", "schemes"]) == 0
-    table = (output / "leaderboard.md").read_text()
-    for model, scheme in schemes:
-        assert f"| {model} | 28 | {scheme} | measured |" in table
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in (output / "leaderboard.md").read_text().splitlines()
+            if line.startswith("|")]
+    acc = {(r[0], r[2]) for r in rows if len(r) > 4 and r[1] == "28" and r[3] == "measured"}
+    assert acc == schemes
 
 
 def test_published_rows_with_a_scheme_are_compared_with_that_schemes_runs():
