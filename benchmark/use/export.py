@@ -58,11 +58,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class Runner:
     """Logits of an exported file, for float32 NCHW pixel batches."""
 
-    def __init__(self, path: Path, fmt: str):
+    def __init__(self, path: Path, fmt: str, threads: int = 0):
         if fmt == "onnx":
             import onnxruntime
 
-            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads  # 0 = onnxruntime's default
+            self._session = onnxruntime.InferenceSession(str(path), sess_options=options,
+                                                         providers=["CPUExecutionProvider"])
             self._run = lambda x: self._session.run([OUTPUT], {INPUT: x.numpy()})[0]
         else:
             with warnings.catch_warnings():

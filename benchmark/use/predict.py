@@ -37,9 +37,10 @@ class PredictionReport:
     errors: list[str] = field(default_factory=list)  # one line per input that could not be scored
 
     def frame(self) -> pd.DataFrame:
+        truth = any(p.true_label is not None for p in self.predictions)
         rows = [{"image": p.image, "label": p.label, "confidence": p.confidence,
                  **{f"p({name})": p.probabilities[name] for name in self.class_names},
-                 **({"true_label": p.true_label} if p.true_label is not None else {})} for p in self.predictions]
+                 **({"true_label": p.true_label or ""} if truth else {})} for p in self.predictions]
         return pd.DataFrame(rows, columns=None if rows else ["image", "label", "confidence"])
 
     def table(self) -> str:

@@ -11,8 +11,6 @@ Bad requests get a 4xx JSON answer `{"error": ...}`, never a 500: a file that is
 before the body is read and again on each file's size).
 """
 
-from __future__ import annotations
-
 import threading
 from pathlib import Path
 
@@ -30,7 +28,10 @@ DEFAULT_MAX_UPLOAD_MB = 10.0
 
 
 def create_app(loaded: LoadedRun, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
-    """The FastAPI application serving `loaded` (one model, shared by every request; inference is serialised)."""
+    """The FastAPI application serving `loaded` (one model, shared by every request; inference is serialised).
+
+    (No `from __future__ import annotations` in this module: FastAPI reads the endpoint's annotations at runtime.)
+    """
     require_extra("serve")
     from fastapi import FastAPI, File, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
