@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from benchmark.errors import UserError
 
@@ -29,6 +29,8 @@ def open_image(source: Path | bytes, name: str | None = None) -> Image.Image:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()
             return image
+    except UnidentifiedImageError as error:
+        raise UserError(f"{name}: not an image in a format PIL reads; replace or remove the file") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise UserError(f"{name}: cannot read the image ({reason}); replace or remove the file") from error
