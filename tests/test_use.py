@@ -96,7 +96,7 @@ def test_predict_cli_reports_an_unreadable_file_and_predicts_the_rest(results, t
                    "--results", str(results_dir), "--output", str(out)])
     captured = capsys.readouterr()
     assert status == 1
-    assert [line for line in captured.err.splitlines() if "broken.png" in line][0].startswith(f"error: {broken}")
+    assert next(line for line in captured.err.splitlines() if "broken.png" in line).startswith(f"error: {broken}")
     written = json.loads(out.read_text())
     assert len(written["predictions"]) == 1 + 32 and len(written["errors"]) == 1
     split_rows = [p for p in written["predictions"] if p["image"].startswith("breastmnist:test[")]

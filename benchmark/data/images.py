@@ -30,7 +30,7 @@ def open_image(source: Path | bytes, name: str | None = None) -> Image.Image:
             image.load()
             return image
     except UnidentifiedImageError as error:
-        raise UserError(f"{name}: not an image in a format PIL reads; replace or remove the file") from error
+        raise UserError(f"{name}: cannot read the image (not an image format PIL knows); replace or remove the file") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise UserError(f"{name}: cannot read the image ({reason}); replace or remove the file") from error

@@ -19,11 +19,11 @@ INTENDED_USE = ("Research on medical image classification: benchmarking, reprodu
                 "studying model behaviour. Not for diagnosis, triage or any clinical decision.")
 LIMITATIONS = [
     "Research use only. This is not a medical device and it has not been validated clinically.",
-    "Trained and tested on one public data set; performance on images from other scanners, sites, "
-    "populations or acquisition protocols is unknown and may be much lower.",
+    ("Trained and tested on one public data set; performance on images from other scanners, sites, "
+     "populations or acquisition protocols is unknown and may be much lower."),
     "Confidences are softmax probabilities; they are not calibrated risks.",
-    "Inputs are resized to the data set's stored size without keeping the aspect ratio, as the data set's own "
-    "images were.",
+    ("Inputs are resized to the data set's stored size without keeping the aspect ratio, as the data set's own "
+     "images were."),
 ]
 
 
@@ -57,10 +57,10 @@ def preprocessing(loaded: LoadedRun) -> dict:
         "steps": [
             f"convert to {'8-bit grayscale (luma)' if loaded.channels == 1 else 'RGB'} (16-bit: value / 257)",
             f"resize to {loaded.size} x {loaded.size} (bilinear) — the data set's stored format",
-            f"resize to {built.input_size} x {built.input_size} (bilinear, antialiased when shrinking"
-            f"{'; nearest when enlarging' if built.upsample == 'nearest' else ''})",
-            f"{'repeat the gray channel to 3 channels; ' if built.in_channels > loaded.channels else ''}"
-            "scale to [0, 1], subtract mean, divide by std per channel",
+            (f"resize to {built.input_size} x {built.input_size} (bilinear, antialiased when shrinking"
+             f"{'; nearest when enlarging' if built.upsample == 'nearest' else ''})"),
+            (f"{'repeat the gray channel to 3 channels; ' if built.in_channels > loaded.channels else ''}"
+             "scale to [0, 1], subtract mean, divide by std per channel"),
         ],
     }
 
@@ -134,8 +134,8 @@ def render_card(card: dict, formats: list[str] | None = None) -> str:
         f"# {card['model']['name']} on {dataset['name']} ({dataset['size']} px) — run `{card['run_id']}`", "",
         "**Research use only — not a medical device.** " + card["intended_use"], "",
         "## Model", "",
-        f"- Architecture: {card['model']['name']} ({card['model']['family']}, source `{card['model']['source']}`), "
-        f"{card['model']['n_params']:,} parameters, {card['scheme']}.",
+        (f"- Architecture: {card['model']['name']} ({card['model']['family']}, source "
+         f"`{card['model']['source']}`), {card['model']['n_params']:,} parameters, {card['scheme']}."),
         f"- Classes ({len(pre['class_names'])}): " + ", ".join(f"`{c}`" for c in pre["class_names"]) + ".",
         f"- Weights: the best epoch ({card['best_epoch']}) by validation {card['selection_metric']}, seed {card['seed']}.",
         "",

@@ -73,7 +73,7 @@ def attention_rollout(loaded: LoadedRun, pixels: torch.Tensor) -> torch.Tensor:
     for attention in out.attentions:
         mixed = attention.mean(1) + torch.eye(tokens)
         rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
-    side = int(math.isqrt(tokens - 1))
+    side = math.isqrt(tokens - 1)
     if side * side != tokens - 1:
         raise UserError(f"{loaded.run_id}: {tokens - 1} patch tokens are not a square grid; rollout needs a plain ViT")
     grid = rollout[:, 0, 1:].reshape(-1, 1, side, side)

@@ -13,6 +13,7 @@ before the body is read and again on each file's size).
 
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def create_app(loaded: LoadedRun, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
         return card
 
     @app.post("/predict")
-    def predict(files: list[UploadFile] = File(...)):
+    def predict(files: Annotated[list[UploadFile], File()]):
         names, images = [], []
         for upload in files:
             data = upload.file.read(limit + 1)
