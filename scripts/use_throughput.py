@@ -94,7 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
-        runs = [measure(record_of(args.results, args.suite, run), args.results, args.batch, args.images, args.rounds, args.threads, Path(scratch)) for run in args.runs]
+        runs = [measure(record_of(args.results, args.suite, run), args.results, args.batch, args.images, args.rounds,
+                        args.threads, Path(scratch)) for run in args.runs]
     out = {
         "command": "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "what": "batch prediction throughput (images/s, median of interleaved rounds) of the model alone on "

@@ -7,7 +7,9 @@ from benchmark.data.registry import (
     dataset_sizes,
     list_datasets,
     load_dataset,
+    missing_data,
     register_dataset,
 )
 
-__all__ = ["DatasetSplits", "Split", "dataset_sizes", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DatasetSplits", "Split", "dataset_sizes", "list_datasets", "load_dataset", "missing_data",
+           "register_dataset"]

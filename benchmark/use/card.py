@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from benchmark.metrics import HEADLINE_METRICS
-from benchmark.records import read_record
+from benchmark.records import load_records
 from benchmark.use.loaded import LoadedRun
 
 INTENDED_USE = ("Research on medical image classification: benchmarking, reproducing published results, "
@@ -28,14 +28,13 @@ LIMITATIONS = [
 
 
 def _same_config_other_seeds(loaded: LoadedRun) -> list[dict]:
-    """Completed records in the run's folder whose config equals the run's except for the seed (the run included)."""
-    own = {k: v for k, v in loaded.record["config"].items() if k != "seed"}
-    found = []
-    for path in sorted(loaded.record_path.parent.glob("*.json")):
-        record = loaded.record if path == loaded.record_path else read_record(path)
-        if record and record["status"] == "completed" and \
-                {k: v for k, v in record["config"].items() if k != "seed"} == own:
-            found.append(record)
+    """Completed records of the run's suite whose config equals the run's except for the seed (the run included)."""
+    def without_seed(record: dict) -> dict:
+        return {k: v for k, v in record["config"].items() if k != "seed"}
+
+    own = without_seed(loaded.record)
+    found = [r for r in load_records(loaded.record_path.parent)
+             if r["status"] == "completed" and without_seed(r) == own]
     return sorted(found, key=lambda r: r["seed"])
 
 
@@ -127,8 +126,9 @@ def render_card(card: dict, formats: list[str] | None = None) -> str:
     mean_row = " | ".join(f"{_fmt(summary[m]['mean'])} ± {_fmt(summary[m]['std'])}" for m in HEADLINE_METRICS)
     recipe = ", ".join(f"{k} {v}" for k, v in card["recipe"].items())
     pre = card["preprocessing"]
-    subset = (f" Trained on the shipped subset (`data_root: bundled`{', first ' + str(card['limit']) + ' images per split' if card['limit'] else ''}),"
-              " so the numbers are not comparable with published full-data results." if card["data_variant"] else "")
+    limit = f", first {card['limit']} images per split" if card["limit"] else ""
+    subset = (f" Trained on the shipped subset (`data_root: bundled`{limit}), so the numbers are not comparable "
+              "with published full-data results." if card["data_variant"] else "")
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
         f"# {card['model']['name']} on {dataset['name']} ({dataset['size']} px) — run `{card['run_id']}`", "",

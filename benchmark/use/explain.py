@@ -192,11 +192,12 @@ def explanation_figure(loaded: LoadedRun, per_group: int = 4):
 
 def write_explanation_figure(run: str | Path, out_dir: str | Path, results: str | Path = DEFAULT_RESULTS,
                              formats=("png",), dpi: int = 200) -> list[Path]:
-    """The `figures --explain RUN` kind: `<out_dir>/<run_id>_explain.<fmt>`."""
+    """The `figures --explain RUN` kind: `<out_dir>/<suite>/runs/<run_id>_explain.<fmt>`, beside the run's other
+    figures."""
     require_extra("explain")
     loaded = load_run(run, results)
     fig = explanation_figure(loaded)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) / loaded.record["suite"] / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{loaded.run_id}_explain.{fmt}" for fmt in formats]
     for path, fmt in zip(paths, formats):
