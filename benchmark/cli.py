@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "figures")
     figures.add_argument("--format", choices=("png", "pdf", "both"), default="both")
     figures.add_argument("--dpi", type=int, default=200)
+    figures.add_argument("--explain", action="append", metavar="RUN", default=[],
+                         help="also draw RUN's test images with Grad-CAM / attention maps, correct vs incorrect "
+                              "(needs its best.pt; repeatable)")
+
+    add_use_verbs(verbs)
 
     perf = verbs.add_parser("perf", help="throughput: our pipeline vs its random-input bound vs the tutorial's")
     perf.add_argument("--model", help="model preset, HF id or local directory (not needed with --data-only)")
@@ -128,6 +133,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_common_options(verbs)
     return parser
+
+
+def add_use_verbs(verbs) -> None:
+    """predict / export / explain / serve: use a finished run (a run id, a unique prefix of one, or a record path)."""
+    def run_parser(name: str, help: str) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help)
+        parser.add_argument("run", help="run id (or a unique prefix) under --results, or a record .json path")
+        parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+        return parser
+
+    predict = run_parser("predict", "label, confidence and class probabilities for images")
+    predict.add_argument("images", nargs="+", help="image files, folders, or a dataset split such as breastmnist:test")
+    predict.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")
+    predict.add_argument("--data-root", help="data folder for <dataset>:<split> inputs [the run's]")
+    predict.add_argument("--batch", type=int, default=64, help="images per forward pass [64]")
+
+    export = run_parser("export", "ONNX / TorchScript file (optionally int8) + preprocessing JSON + model card")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="[onnx]")
+    export.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantisation (measured on the test split)")
+    export.add_argument("--output", type=Path, help="folder for the files [<results>/exports/<run_id>]")
+    export.add_argument("--data-root", help="data folder for the int8 test measurement [the run's]")
+
+    explain = run_parser("explain", "Grad-CAM (CNNs) or attention rollout (ViTs) overlays as PNG")
+    explain.add_argument("images", nargs="+", help="image files")
+    explain.add_argument("--target", help="class name or index to explain [the predicted class]")
+    explain.add_argument("--output", type=Path, help="folder for the overlays [<results>/explanations/<run_id>]")
+
+    serve = run_parser("serve", "REST API: POST /predict, GET /health, GET /model")
+    serve.add_argument("--host", default="127.0.0.1", help="[127.0.0.1: this machine only]")
+    serve.add_argument("--port", type=int, default=8000, help="[8000]")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request accepted, in MB [10]")
 
 
 def add_common_options(verbs) -> None:
@@ -275,6 +311,12 @@ def cmd_figures(args) -> int:
 
     formats = ("png", "pdf") if args.format == "both" else (args.format,)
     paths = write_figures(args.runs, args.output, suite=args.suite, formats=formats, dpi=args.dpi)
+    if args.explain:
+        from benchmark.use.explain import write_explanation_figure
+
+        results = next((p for p in (args.runs, *args.runs.parents) if (p / "runs").is_dir()), args.runs)
+        for run in args.explain:
+            paths += write_explanation_figure(run, args.output, results=results, formats=formats, dpi=args.dpi)
     print(f"{len(paths)} figure files in {args.output}")
     return 0
 
@@ -289,16 +331,67 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from benchmark.use.predict import predict
+
+    report = predict(args.run, args.images, results=args.results, data_root=args.data_root, batch_size=args.batch)
+    if report.predictions:
+        print(report.table())
+    if args.output:
+        print(f"wrote {report.write(args.output)}")
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
+    if report.errors:
+        print(f"error: {len(report.errors)} of {len(report.errors) + len(report.predictions)} inputs could not be "
+              f"predicted", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def cmd_export(args) -> int:
+    from benchmark.use.export import export_model
+
+    result = export_model(args.run, args.format, args.quantize, output=args.output, results=args.results,
+                          data_root=args.data_root)
+    check = result.check
+    print(f"{result.path} ({check['bytes'] / 1e6:.2f} MB): max |Δprob| vs PyTorch {check['max_abs_dprob']:.2e} "
+          f"on {check['images']} test images")
+    if "test" in check:
+        change = check["test"]["change"]
+        print(f"int8: {check['size_ratio']:.2f} × the fp32 size; test ACC {change['acc']:+.4f}, AUC {change['auc']:+.4f} "
+              f"vs PyTorch fp32 on {check['test']['n_test']} test images")
+    print(f"preprocessing.json and README.md (model card) in {result.folder}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from benchmark.use.explain import explain
+
+    explanations, errors = explain(args.run, args.images, results=args.results, output=args.output,
+                                   target=args.target)
+    for item in explanations:
+        print(f"{item.image}: {item.label} ({item.confidence:.3f}), {item.method} for {item.target} → {item.path}")
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_serve(args) -> int:
+    from benchmark.use.serve import serve
+
+    serve(args.run, results=args.results, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_list, "status": cmd_status,
-            "leaderboard": cmd_leaderboard,
-            "figures": cmd_figures}
+            "leaderboard": cmd_leaderboard, "figures": cmd_figures, "predict": cmd_predict, "export": cmd_export,
+            "explain": cmd_explain, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     try:
-        if args.verb in ("run", "list", "status", "submit"):
+        if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve"):
             from benchmark.environment import quiet_libraries
 
             quiet_libraries()
