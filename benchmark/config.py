@@ -8,9 +8,9 @@ data_root: bundled               # optional; --data-root overrides
 seeds: [0, 1, 2]
 recipes:                         # named training recipes (fields of `Recipe`)
   v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 100, batch_size: 128}
-datasets:                        # a name (size 28) or {name, size}
+datasets:                        # a name (size 28) or {name, size, split}
   - breastmnist
-  - {name: breast_ultrasound, size: 224}
+  - {name: breast_ultrasound, size: 224}   # split: grouped (default, leakage-free) or random
 models:                          # a preset name, or {name, recipe, source, pretrained, input_size, family}
   - {name: resnet18_28, recipe: v2}
 ```
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.data import dataset_sizes
+from benchmark.data import dataset_sizes, dataset_split_kinds
 from benchmark.data.transforms import UPSAMPLES
 from benchmark.errors import UserError
 from benchmark.models import ModelSpec, list_models, resolve_model
@@ -97,6 +97,7 @@ class RunSpec:
     recipe: Recipe
     seed: int
     limit: int = 0  # 0 = full splits; N = first N images of each split
+    split: str | None = None  # how the loader cuts splits it has to make (image folders); None: the files fix them
     data_root: str | None = field(default=None, compare=False)
     download: bool = field(default=False, compare=False)
 
@@ -111,6 +112,8 @@ class RunSpec:
         for key, default in HASH_NEUTRAL_MODEL_DEFAULTS.items():
             if identity["model"].get(key) == default:
                 identity["model"].pop(key)
+        if identity["split"] in (None, "random"):  # records from before split kinds cut randomly
+            identity.pop("split")
         if data_variant(self.data_root):
             identity["data"] = data_variant(self.data_root)
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -216,7 +219,7 @@ RESNET_INITS = ("torchvision", "pytorch_default")
 HASH_NEUTRAL_MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSpec) if f.name in ("upsample", "in_channels",
                                                                                        "init")}
 RESNET_ONLY_FIELDS = ("in_channels", "init")
-DATASET_ENTRY_KEYS = {"name", "size"}
+DATASET_ENTRY_KEYS = {"name", "size", "split"}
 
 
 def _section(raw: dict, key: str, kind: type, where: str):
@@ -282,7 +285,13 @@ def load_suite(
             raise UserError(f"{path.name}: {err}") from None
         size = entry.get("size", default_size)
         _check_choice(size, sizes, f"{where}.size")
-        dataset_entries.append((entry["name"], size))
+        kinds = dataset_split_kinds(entry["name"])
+        if "split" in entry and not kinds:
+            raise UserError(f"{where}.split: {entry['name']} comes with its own splits; remove `split:`")
+        split = entry.get("split", kinds[0] if kinds else None)
+        if kinds:
+            _check_choice(split, kinds, f"{where}.split")
+        dataset_entries.append((entry["name"], size, split))
 
     model_entries = []
     for item in _section(raw, "models", list, path.name):
@@ -329,8 +338,8 @@ def load_suite(
     root = data_root if data_root is not None else raw.get("data_root")
     fetch = download if download is not None else bool(raw.get("download", False))
     runs = [
-        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, root, fetch)
-        for ds, size in selected_datasets
+        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, split, root, fetch)
+        for ds, size, split in selected_datasets
         for spec, recipe in selected_models
         for seed in selected_seeds
     ]

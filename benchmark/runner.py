@@ -117,11 +117,11 @@ class GridRunner:
         return self.output / "checkpoints" / spec.suite / spec.run_id
 
     def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit]]:
-        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit)
+        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit, spec.split)
         if key != self._data_key:
             self._data_key, self._data = None, None  # free the previous dataset first
             data = load_dataset(spec.dataset, size=spec.size, data_root=spec.data_root, download=spec.download,
-                                limit=spec.limit or None)
+                                limit=spec.limit or None, split=spec.split)
             device = self.accelerator.device
             splits = {name: DeviceSplit.from_split(getattr(data, name), device) for name in ("train", "val", "test")}
             self._data_key, self._data = key, (data, splits)

@@ -5,9 +5,10 @@ from benchmark.data.registry import (
     DatasetSplits,
     Split,
     dataset_sizes,
+    dataset_split_kinds,
     list_datasets,
     load_dataset,
     register_dataset,
 )
 
-__all__ = ["DatasetSplits", "Split", "dataset_sizes", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DatasetSplits", "Split", "dataset_sizes", "dataset_split_kinds", "list_datasets", "load_dataset", "register_dataset"]

@@ -34,6 +34,7 @@ DATA_ROOT_ENV = "MEDMNIST_BENCH_DATA"
 class Split:
     images: np.ndarray  # uint8, (N, H, W, C), C in {1, 3}
     labels: np.ndarray  # int64, (N,), values in [0, n_classes)
+    ids: list[str] | None = None  # per image, where the loader has names for them (image folders: relative paths)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,6 +52,7 @@ class DatasetSplits:
     source: str
     md5: str | None
     synthetic: bool = False
+    split: dict | None = None  # how a loader cut its own splits: {"kind", "seed", "n_groups", "sha256"}
 
     @property
     def n_classes(self) -> int:
@@ -60,7 +62,8 @@ class DatasetSplits:
         """The run record's `dataset` block."""
         return {"name": self.name, "size": self.size, "task": self.task, "class_names": list(self.class_names),
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
-                "source": self.source, "md5": self.md5, "synthetic": self.synthetic}
+                "source": self.source, "md5": self.md5, "synthetic": self.synthetic,
+                **({"split": self.split} if self.split else {})}
 
 
 Loader = Callable[..., DatasetSplits]
@@ -71,19 +74,24 @@ class _Entry:
     loader: Loader
     default_size: int
     sizes: tuple[int, ...]
+    split_kinds: tuple[str, ...]
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_dataset(name: str, *, default_size: int = 28,
-                     sizes: tuple[int, ...] = MEDMNIST_SIZES) -> Callable[[Loader], Loader]:
-    """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`."""
+def register_dataset(name: str, *, default_size: int = 28, sizes: tuple[int, ...] = MEDMNIST_SIZES,
+                     split_kinds: tuple[str, ...] = ()) -> Callable[[Loader], Loader]:
+    """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`.
+
+    A loader that cuts its own splits names the ways it can in `split_kinds` (the first is the default) and
+    takes a `split` keyword too.
+    """
 
     def decorator(loader: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, default_size, tuple(sizes))
+        _REGISTRY[name] = _Entry(loader, default_size, tuple(sizes), tuple(split_kinds))
         return loader
 
     return decorator
@@ -99,14 +107,21 @@ def dataset_sizes(name: str) -> tuple[int, tuple[int, ...]]:
     return entry.default_size, entry.sizes
 
 
+def dataset_split_kinds(name: str) -> tuple[str, ...]:
+    """The split kinds a dataset's loader can cut (the first is its default); () when its files fix the split."""
+    return _lookup(name).split_kinds
+
+
 def load_dataset(name: str, size: int | None = None, data_root: str | None = None, download: bool = False,
-                 limit: int | None = None, split_seed: int = 0, verify: bool = True) -> DatasetSplits:
+                 limit: int | None = None, split_seed: int = 0, verify: bool = True,
+                 split: str | None = None) -> DatasetSplits:
     """Load a registered dataset as uint8 NHWC splits.
 
     `size=None` is the dataset's default (28 for MedMNIST, 224 for breast_ultrasound). `data_root`:
     a folder, `"bundled"` (the subsets shipped in the package), or None (env `MEDMNIST_BENCH_DATA`, else
     medmnist's default root). `limit` keeps the first N of each split. `split_seed` fixes splits that a
     loader has to cut itself (it is a data setting, not the run seed). `verify=False` skips MD5 checks.
+    `split` picks how such a loader cuts (`dataset_split_kinds`; None = its default); other datasets take None.
     """
     entry = _lookup(name)
     size = entry.default_size if size is None else size
@@ -114,8 +129,12 @@ def load_dataset(name: str, size: int | None = None, data_root: str | None = Non
         raise UserError(f"{name} has no size {size}; valid sizes: {', '.join(map(str, entry.sizes))}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit must be a positive integer, got {limit!r}")
+    if split is not None and split not in entry.split_kinds:
+        kinds = f"one of {', '.join(entry.split_kinds)}" if entry.split_kinds else "none: its files fix the split"
+        raise UserError(f"{name} has no split {split!r} ({kinds}); fix the dataset entry's `split:`")
+    extra = {"split": split or entry.split_kinds[0]} if entry.split_kinds else {}
     return entry.loader(size=size, data_root=data_root, download=download, limit=limit,
-                        split_seed=split_seed, verify=verify)
+                        split_seed=split_seed, verify=verify, **extra)
 
 
 def _lookup(name: str) -> _Entry:
