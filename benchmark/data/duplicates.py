@@ -221,9 +221,15 @@ class DuplicateReport:
 
 def check_dataset(name: str, *, size: int | None = None, data_root: str | None = None, split: str | None = None,
                   threshold: float = NEAR_DUPLICATE, split_seed: int = 0) -> DuplicateReport:
-    """Near-duplicate groups of a registered dataset's train, val and test images, as its loader splits them."""
-    from benchmark.data import load_dataset
+    """Near-duplicate groups of a registered dataset's train, val and test images, as its loader splits them.
 
+    `size=None`: the dataset's default size; a dataset that cuts its own split (image folders) is loaded at
+    `COMPARE_SIZE` instead, straight from the originals as its grouped split compares them.
+    """
+    from benchmark.data import dataset_split_kinds, load_dataset
+
+    if size is None and dataset_split_kinds(name):
+        size = COMPARE_SIZE
     data = load_dataset(name, size=size, data_root=data_root, split=split, split_seed=split_seed)
     images, ids, splits, labels = [], [], [], []
     for split_name in ("train", "val", "test"):

@@ -131,7 +131,7 @@ def load_dataset(name: str, size: int | None = None, data_root: str | None = Non
         raise UserError(f"limit must be a positive integer, got {limit!r}")
     if split is not None and split not in entry.split_kinds:
         kinds = f"one of {', '.join(entry.split_kinds)}" if entry.split_kinds else "none: its files fix the split"
-        raise UserError(f"{name} has no split {split!r} ({kinds}); fix the dataset entry's `split:`")
+        raise UserError(f"{name} has no split {split!r} ({kinds}); fix `split:` in the suite's dataset entry (or --split)")
     extra = {"split": split or entry.split_kinds[0]} if entry.split_kinds else {}
     return entry.loader(size=size, data_root=data_root, download=download, limit=limit,
                         split_seed=split_seed, verify=verify, **extra)

@@ -267,8 +267,8 @@ def _grouped_cut(samples: list[Sample], fraction: float, seed: int, where: str,
     labels = [label for _, label, _ in samples]
     group_ids = [groups[sample_id] for _, _, sample_id in samples]
     if len(set(group_ids)) < n_folds:
-        raise UserError(f"{where}: {len(set(group_ids))} near-duplicate groups are too few to cut a "
-                        f"{fraction:.0%} split from {len(samples)} images; add images or use `split: random`")
+        raise UserError(f"{where}: cannot cut a grouped {fraction:.0%} split from {len(samples)} images in "
+                        f"{len(set(group_ids))} near-duplicate groups; add images or use `split: random`")
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     kept, cut = next(folds.split(np.zeros(len(samples)), labels, group_ids))
     return [samples[i] for i in kept], [samples[i] for i in cut]
