@@ -30,6 +30,7 @@ import yaml
 from benchmark.data import dataset_sizes, dataset_split_kinds
 from benchmark.data.transforms import UPSAMPLES
 from benchmark.errors import UserError
+from benchmark.metrics import CALIBRATIONS
 from benchmark.models import ModelSpec, list_models, resolve_model
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -63,6 +64,7 @@ class Recipe:
     selection_metric: str = "auc"  # validation metric that picks the best epoch (MedMNIST v2: AUC)
     early_stopping_patience: int = 0  # 0 = off; else stop after this many epochs without improvement
     compile: bool = False  # torch.compile the model
+    calibrate: str = "none"  # "temperature": fit a temperature on validation, record test calibration before/after
 
     def validate(self, where: str) -> None:
         _check_choice(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
@@ -70,6 +72,7 @@ class Recipe:
         _check_choice(self.augment, AUGMENTATIONS, f"{where}.augment")
         _check_choice(self.mixed_precision, MIXED_PRECISION, f"{where}.mixed_precision")
         _check_choice(self.selection_metric, SELECTION_METRICS, f"{where}.selection_metric")
+        _check_choice(self.calibrate, CALIBRATIONS, f"{where}.calibrate")
         for name in ("lr", "epochs", "batch_size", "grad_accum_steps"):
             if not 0 < getattr(self, name) < math.inf:
                 raise UserError(f"{where}.{name} must be > 0 and finite (got {getattr(self, name)}); fix it in the "
@@ -112,6 +115,8 @@ class RunSpec:
         for key, default in HASH_NEUTRAL_MODEL_DEFAULTS.items():
             if identity["model"].get(key) == default:
                 identity["model"].pop(key)
+        if identity["recipe"]["calibrate"] == "none":  # in the hash only when set (older records lack it)
+            identity["recipe"].pop("calibrate")
         if identity["split"] in (None, "random"):  # records from before split kinds cut randomly
             identity.pop("split")
         if data_variant(self.data_root):

@@ -203,6 +203,8 @@ class GridRunner:
             "environment": environment(self.accelerator, dtype, self.commit),
             "error": None,
         })
+        if outcome.calibration is not None:
+            record["calibration"] = outcome.calibration
         if self.accelerator.is_main_process:
             set_aside(path)  # an earlier failed record (or a --force rerun's old one) is kept in superseded/
             write_record(path, record)

@@ -32,7 +32,7 @@ from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, Split
 from benchmark.data.transforms import BatchTransform
 from benchmark.errors import UserError
-from benchmark.metrics import classification_metrics
+from benchmark.metrics import classification_metrics, temperature_calibration
 from benchmark.models import BuiltModel
 from benchmark.records import atomic_write_bytes
 
@@ -76,6 +76,7 @@ class TrainOutcome:
     peak_memory_kind: str
     resumed_from_epoch: int = 0
     stopped_early: bool = False
+    calibration: dict | None = None  # recipe.calibrate == "temperature": temperature and test metrics before/after
 
 
 @dataclass
@@ -464,7 +465,12 @@ def fit(
     with out_of_memory_as_failure(recipe, state.epoch, state.history):
         test_loss, test_probs = predict(unwrapped, device_splits["test"], eval_transform, eval_batch, accelerator,
                                         dtype, channels_last, data.n_classes)
+        if recipe.calibrate == "temperature":
+            _, best_val_probs = predict(unwrapped, device_splits["val"], eval_transform, eval_batch, accelerator,
+                                        dtype, channels_last, data.n_classes)
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
+    calibration = (temperature_calibration(data.val.labels, best_val_probs, data.test.labels, test_probs)
+                   if recipe.calibrate == "temperature" else None)
     memory, memory_kind = peak_memory(device)
     return TrainOutcome(
         history=state.history,
@@ -478,4 +484,5 @@ def fit(
         peak_memory_kind=memory_kind,
         resumed_from_epoch=resumed_from,
         stopped_early=state.stopped_early,
+        calibration=calibration,
     )
