@@ -1,15 +1,30 @@
-"""Command line: parse, call one function per verb, turn `UserError` into one line and exit status 2."""
+"""Command line: parse, build the API call's arguments, call it, turn `UserError` into `error:` lines and exit
+status 2. Messages go through `logging` (the `benchmark` logger, on stderr); a verb's output goes to stdout."""
 
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from benchmark.errors import UserError
 
 DEFAULT_RESULTS = Path("results")
+DESCRIPTION = """\
+Train and compare image classifiers on MedMNIST and breast-ultrasound data: a suite (a YAML grid of
+datasets x models x seeds) trains on one accelerate loop (CPU, GPU, multi-GPU) and writes one JSON record per
+run; tables and figures are regenerated from the records alone."""
+EPILOG = """\
+examples:
+  python -m benchmark run                                  the smoke suite: offline, CPU, a few minutes
+  python -m benchmark run --suite medmnist --dry-run       the grid of a suite, without training
+  python -m benchmark status --suite medmnist              done / failed / pending runs
+  python -m benchmark leaderboard && python -m benchmark figures
+suites are looked up as a path, then ./suites/NAME.yaml, then the shipped ones (`list` shows them)."""
 
 
 def _csv(kind):
@@ -35,9 +50,11 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB",
+                                  title="verbs (python -m benchmark VERB --help for its options)")
 
     run = verbs.add_parser("run", help="train a suite's grid of dataset × model × seed runs")
     add_grid_arguments(run)
@@ -47,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-fast", action="store_true", help="stop the grid at the first failed run")
     run.add_argument("--keep-checkpoints", choices=("best", "none"), default="best",
                      help="what a finished run keeps of its checkpoints [best]")
-    run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    run.add_argument("--track", metavar="tensorboard", help="also log per-epoch metrics and learning rate with "
+                     "this tracker, under OUTPUT/tensorboard/ (needs the `track` extra)")
 
     verbs.add_parser("list", help="show datasets, models and suites")
 
@@ -67,12 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = verbs.add_parser("leaderboard", help="tables from run records")
     board.add_argument("--suite", help="only this suite's records")
-    board.add_argument("--runs", type=Path, default=DEFAULT_RESULTS / "runs", help="records folder [results/runs]")
+    board.add_argument("--runs", type=Path, default=DEFAULT_RESULTS,
+                       help="records: a results, runs or suite folder, or a record file [results]")
     board.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="where the tables go [results]")
 
     figures = verbs.add_parser("figures", help="figures from run records")
     figures.add_argument("--suite", help="only this suite's records")
-    figures.add_argument("--runs", type=Path, default=DEFAULT_RESULTS / "runs")
+    figures.add_argument("--runs", type=Path, default=DEFAULT_RESULTS,
+                         help="records: a results, runs or suite folder, or a record file [results]")
     figures.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "figures")
     figures.add_argument("--format", choices=("png", "pdf", "both"), default="both")
     figures.add_argument("--dpi", type=int, default=200)
@@ -105,14 +125,43 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--seed", type=int, default=0)
     perf.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "perf", help="results folder [results/perf]")
 
-    add_debug_to_verbs(verbs)
+    add_common_options(verbs)
     return parser
 
 
-def add_debug_to_verbs(verbs) -> None:
-    """Accept `--debug` after the verb too (`run ... --debug`); SUPPRESS keeps a `--debug` given before it."""
+def add_common_options(verbs) -> None:
+    """`--quiet`/`--verbose` on every verb; `--debug` after the verb too (SUPPRESS keeps one given before it)."""
     for verb in verbs.choices.values():
         verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+        loudness = verb.add_mutually_exclusive_group()
+        loudness.add_argument("-q", "--quiet", action="store_true",
+                              help="warnings and errors only: no progress bars, per-run or per-epoch lines")
+        loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+
+
+class TqdmHandler(logging.Handler):
+    """Log lines on stderr, printed through tqdm so that they do not break a progress bar."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The message; warnings and errors start with their level (`warning: ...`)."""
+        message = record.getMessage()
+        return f"{record.levelname.lower()}: {message}" if record.levelno >= logging.WARNING else message
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)  # today's stderr (tests swap it)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """The CLI's messages: the `benchmark` logger at INFO (WARNING with --quiet, DEBUG with --verbose) on stderr.
+    A library user configures `logging.getLogger("benchmark")` instead (nothing is installed on import)."""
+    logger = logging.getLogger("benchmark")
+    for handler in [h for h in logger.handlers if isinstance(h, TqdmHandler)]:  # main() may run many times
+        logger.removeHandler(handler)
+    logger.addHandler(TqdmHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def load_grid(args):
@@ -123,16 +172,14 @@ def load_grid(args):
 
 
 def cmd_run(args) -> int:
-    from benchmark.runner import GridRunner, dry_run_table
+    from benchmark.runner import dry_run_table, run_suite
 
     suite = load_grid(args)
     if args.dry_run:
         print(dry_run_table(suite))
         return 0
-    check_writable(args.output)
-    runner = GridRunner(args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
-                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug)
-    summary = runner.run_grid(suite)
+    summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
+                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track)
     print(f"{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} skipped (done before), "
           f"{len(summary.failed)} failed; records in {args.output / 'runs' / suite.name}")
     if not summary.failed:
@@ -146,19 +193,10 @@ def cmd_run(args) -> int:
     return 1
 
 
-def check_writable(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {output}: {err.strerror}; choose another --output") from None
-    if not os.access(output, os.W_OK):
-        raise UserError(f"output folder {output} is not writable; fix its permissions or choose another --output")
-
-
 def cmd_list(args) -> int:
-    from benchmark.config import list_suites
     from benchmark.data import list_datasets
     from benchmark.models import list_models
+    from benchmark.suites import list_suites
 
     print("datasets:", ", ".join(list_datasets()))
     print("models:")
@@ -181,10 +219,12 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from benchmark.records import load_records
+    from benchmark.records import load_records, runs_dir
 
     suite = load_grid(args)
-    by_hash = {r["config_hash"]: r for r in load_records(args.output, suite.name)}
+    folder = runs_dir(args.output, suite.name)
+    records = load_records(folder, one_per_seed=False) if folder.is_dir() else []
+    by_hash = {r["config_hash"]: r for r in records}
     counts = {"completed": 0, "failed": 0, "pending": 0}
     for spec in suite.runs:
         record = by_hash.pop(spec.config_hash, None)
@@ -200,21 +240,31 @@ def cmd_status(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report import write_leaderboard
 
     for path in write_leaderboard(args.runs, args.output, suite=args.suite):
         print(path)
     return 0
 
 
-def cmd_perf(args) -> int:
-    from benchmark.perf import run_perf
+def perf_config(args: argparse.Namespace):
+    """The `perf` options as the API's `PerfConfig` (its fields are the options' names)."""
+    from benchmark.perf import PerfConfig
 
-    return run_perf(args)
+    return PerfConfig(**{f.name: getattr(args, f.name) for f in fields(PerfConfig)})
+
+
+def cmd_perf(args) -> int:
+    from benchmark.perf import run_perf, summary
+
+    result, path = run_perf(perf_config(args))
+    print(summary(result))
+    print(f"wrote {path}")
+    return 0
 
 
 def cmd_figures(args) -> int:
-    from benchmark.figures import write_figures
+    from benchmark.report.figures import write_figures
 
     formats = ("png", "pdf") if args.format == "both" else (args.format,)
     paths = write_figures(args.runs, args.output, suite=args.suite, formats=formats, dpi=args.dpi)
@@ -228,6 +278,7 @@ COMMANDS = {"run": cmd_run, "perf": cmd_perf, "list": cmd_list, "status": cmd_st
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
     try:
         if args.verb in ("run", "list", "status", "data-check"):
             from benchmark.environment import quiet_libraries
@@ -237,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # one line per problem (a grid's missing inputs: one per thing)
+            print(f"error: {line}", file=sys.stderr)
         return UserError.exit_status
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

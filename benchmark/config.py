@@ -1,40 +1,23 @@
-"""Suite YAML → validated, fully resolved run specs (one per dataset × model × seed), each with a hash.
-
-A suite file:
-
-```yaml
-name: smoke                      # defaults to the file name
-data_root: bundled               # optional; --data-root overrides
-seeds: [0, 1, 2]
-recipes:                         # named training recipes (fields of `Recipe`)
-  v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 100, batch_size: 128}
-datasets:                        # a name (size 28) or {name, size, split}
-  - breastmnist
-  - {name: breast_ultrasound, size: 224}   # split: grouped (default, leakage-free) or random
-models:                          # a preset name, or {name, recipe, source, pretrained, input_size, family}
-  - {name: resnet18_28, recipe: v2}
-```
-"""
+"""A suite (`benchmark.suites.SuiteFile`) → validated, fully resolved run specs (one per dataset × model × seed),
+each with a hash. The suite file format is described in `benchmark.suites`; here the registries check dataset and
+model names, recipes become `Recipe`s and the CLI's filters and overrides apply."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import yaml
-
 from benchmark.data import dataset_sizes, dataset_split_kinds
 from benchmark.data.transforms import UPSAMPLES
 from benchmark.errors import UserError
 from benchmark.metrics import CALIBRATIONS
 from benchmark.models import ModelSpec, list_models, resolve_model
+from benchmark.suites import check_keys, find_suite, read_suite
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
 AUGMENTATIONS = ("none", "tutorial")
@@ -150,20 +133,12 @@ def _check_choice(value, choices, where: str) -> None:
         raise UserError(f"{where}: '{value}' is not one of {', '.join(map(str, choices))}")
 
 
-def _check_keys(mapping: dict, allowed, where: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(sorted(allowed))}"
-            raise UserError(f"{where}: unknown key '{key}'{hint}")
-
-
 def _typed(cls, values: dict, where: str):
     """Build dataclass `cls` from `values`, checking key names and value types against the defaults."""
     if not isinstance(values, dict):
         raise UserError(f"{where}: expected a mapping of {cls.__name__.lower()} fields, got {values!r}; "
                         f"fix it in the suite file")
-    _check_keys(values, {f.name for f in fields(cls)}, where)
+    check_keys(values, {f.name for f in fields(cls)}, where)
     defaults = cls()
     converted = {}
     for key, value in values.items():
@@ -185,35 +160,6 @@ def _typed(cls, values: dict, where: str):
     return replace(defaults, **converted)
 
 
-def find_suite(name_or_path: str) -> Path:
-    """A suite by path, or by name from ./suites/ or the project's suites/ folder."""
-    candidates = [Path(name_or_path), Path("suites") / f"{name_or_path}.yaml", SUITES_DIR / f"{name_or_path}.yaml"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    known = list_suites()
-    close = difflib.get_close_matches(name_or_path, known, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise UserError(f"unknown suite '{name_or_path}'; {hint}available: {', '.join(known) or 'none'} (or give a YAML path)")
-
-
-def list_suites() -> list[str]:
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{at}; fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a suite must be a YAML mapping with datasets, models and seeds")
-    return data
-
-
-SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
 MODEL_ENTRY_KEYS = {"name", "recipe", "source", "family", "pretrained", "input_size", "upsample", "in_channels",
                     "init", "published_as"}
 MODEL_ENTRY_TYPES = {"source": str, "family": str, "pretrained": bool, "input_size": int, "upsample": str,
@@ -224,16 +170,6 @@ RESNET_INITS = ("torchvision", "pytorch_default")
 HASH_NEUTRAL_MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSpec) if f.name in ("upsample", "in_channels",
                                                                                        "init")}
 RESNET_ONLY_FIELDS = ("in_channels", "init")
-DATASET_ENTRY_KEYS = {"name", "size", "split"}
-
-
-def _section(raw: dict, key: str, kind: type, where: str):
-    """`raw[key]` (empty when absent), checked to be a YAML list or mapping."""
-    value = raw.get(key) or kind()
-    if not isinstance(value, kind):
-        shape = "a list" if kind is list else "a mapping"
-        raise UserError(f"{where}: `{key}:` must be {shape}, got {type(value).__name__}; fix it in the suite file")
-    return value
 
 
 def _check_model_entry(entry: dict, where: str) -> None:
@@ -244,14 +180,6 @@ def _check_model_entry(entry: dict, where: str) -> None:
             raise UserError(f"{where}.{key}: {value!r} is not a valid {kind.__name__}; fix it in the suite file")
     if "family" in entry:
         _check_choice(entry["family"], sorted({spec.family for spec in list_models().values()}), f"{where}.family")
-
-
-def _as_entry(item, where: str) -> dict:
-    if isinstance(item, str):
-        return {"name": item}
-    if isinstance(item, dict) and isinstance(item.get("name"), str):
-        return dict(item)
-    raise UserError(f"{where}: each entry is a name or a mapping with a `name:`")
 
 
 def load_suite(
@@ -266,13 +194,11 @@ def load_suite(
     download: bool | None = None,
 ) -> Suite:
     """Parse, validate and expand a suite; the keyword arguments are the CLI's filters and overrides."""
-    path = find_suite(name_or_path)
-    raw = _read_yaml(path)
-    _check_keys(raw, SUITE_KEYS, str(path))
-    suite_name = str(raw.get("name", path.stem))
+    parsed = read_suite(find_suite(name_or_path))
+    path = parsed.path
 
     recipes = {}
-    for recipe_name, values in _section(raw, "recipes", dict, path.name).items():
+    for recipe_name, values in parsed.recipes.items():
         recipe = _typed(Recipe, values or {}, f"{path.name}: recipes.{recipe_name}")
         if epochs is not None:
             recipe = replace(recipe, epochs=epochs)
@@ -280,32 +206,28 @@ def load_suite(
         recipes[recipe_name] = recipe
 
     dataset_entries = []
-    for item in _section(raw, "datasets", list, path.name):
-        entry = _as_entry(item, f"{path.name}: datasets")
-        where = f"{path.name}: datasets.{entry['name']}"
-        _check_keys(entry, DATASET_ENTRY_KEYS, where)
+    for entry in parsed.datasets:
+        name, size = entry["name"], entry["size"]
         try:
-            default_size, sizes = dataset_sizes(entry["name"])
+            _, sizes = dataset_sizes(name)
         except UserError as err:
             raise UserError(f"{path.name}: {err}") from None
-        size = entry.get("size", default_size)
-        _check_choice(size, sizes, f"{where}.size")
-        kinds = dataset_split_kinds(entry["name"])
+        _check_choice(size, sizes, f"{path.name}: datasets.{name}.size")
+        kinds = dataset_split_kinds(name)
         if "split" in entry and not kinds:
-            raise UserError(f"{where}.split: {entry['name']} comes with its own splits; remove `split:`")
+            raise UserError(f"{path.name}: datasets.{name}.split: {name} comes with its own splits; remove `split:`")
         split = entry.get("split", kinds[0] if kinds else None)
         if kinds:
-            _check_choice(split, kinds, f"{where}.split")
-        dataset_entries.append((entry["name"], size, split))
+            _check_choice(split, kinds, f"{path.name}: datasets.{name}.split")
+        dataset_entries.append((name, size, split))
 
     model_entries = []
-    for item in _section(raw, "models", list, path.name):
-        entry = _as_entry(item, f"{path.name}: models")
+    for entry in map(dict, parsed.models):
         where = f"{path.name}: models.{entry['name']}"
-        _check_keys(entry, MODEL_ENTRY_KEYS, where)
+        check_keys(entry, MODEL_ENTRY_KEYS, where)
         _check_model_entry(entry, where)
         recipe_ref = entry.pop("recipe", None)
-        entry.pop("published_as", None)  # read by the leaderboard only: which published rows this model reproduces
+        entry.pop("published_as", None)  # read by the reporting layer only: which published rows it reproduces
         if isinstance(recipe_ref, dict):
             recipe = _typed(Recipe, recipe_ref, f"{where}.recipe")
             recipe = replace(recipe, epochs=epochs) if epochs is not None else recipe
@@ -328,20 +250,17 @@ def load_suite(
         elif any(getattr(spec, key) != HASH_NEUTRAL_MODEL_DEFAULTS[key] for key in RESNET_ONLY_FIELDS):
             raise UserError(f"{where}: `in_channels:` and `init:` apply to resnet models only; remove them")
         model_entries.append((spec, recipe))
-
-    suite_seeds = raw.get("seeds", [0])
-    if not isinstance(suite_seeds, list) or not all(type(s) is int for s in suite_seeds):
-        raise UserError(f"{path.name}: seeds must be a list of integers, e.g. [0, 1, 2]")
+    suite_name = parsed.name
 
     selected_datasets = _select(dataset_entries, datasets, lambda e: e[0], "dataset", path.name)
     selected_models = _select(model_entries, models, lambda e: e[0].name, "model", path.name)
-    selected_seeds = list(seeds) if seeds is not None else suite_seeds
+    selected_seeds = list(seeds) if seeds is not None else list(parsed.seeds)
 
-    run_limit = limit if limit is not None else raw.get("limit") or 0
+    run_limit = limit if limit is not None else parsed.limit
     if not isinstance(run_limit, int) or isinstance(run_limit, bool) or run_limit < 0:
         raise UserError(f"limit must be an integer >= 0 (got {run_limit!r}); fix --limit or the suite's `limit:`")
-    root = data_root if data_root is not None else raw.get("data_root")
-    fetch = download if download is not None else bool(raw.get("download", False))
+    root = data_root if data_root is not None else parsed.data_root
+    fetch = download if download is not None else parsed.download
     runs = [
         RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, split, root, fetch)
         for ds, size, split in selected_datasets

@@ -23,7 +23,6 @@ JSON file to `--output` (default `results/perf/`) with the command, settings, fi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -32,11 +31,10 @@ import os
 import platform
 import re
 import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, load_dataset
+from benchmark.data.registry import portable_path
 from benchmark.data.transforms import BatchTransform, reference_transform
 from benchmark.environment import device_name, git_commit, package_versions, quiet_libraries
 from benchmark.errors import UserError
@@ -102,49 +101,73 @@ DATA_PIPELINES = ("ours", "tutorial_transform", "tutorial_loader")
 # ---------------------------------------------------------------------------------------------- arguments
 
 
-def run_perf(args: argparse.Namespace) -> int:
-    """The `perf` verb: measure, print a summary, write the JSON; returns the exit status."""
-    _check_args(args)
+@dataclass
+class PerfConfig:
+    """What `run_perf` measures; the fields are the `perf` verb's options (and a result's `settings`)."""
+
+    model: str | None = None  # preset, HF id or local directory (not needed with data_only)
+    model_source: str | None = None  # build `model` from this HF id or local save_pretrained directory
+    dataset: str = "breastmnist"
+    size: int = 28  # stored image size of the dataset in px
+    data_root: str = "bundled"
+    batch: int = 32
+    eval_batch: int = 0  # 0 = 2 x batch
+    steps: int = 10  # timed batches per round and pipeline
+    warmup: int = 3  # untimed batches before timing, >= 1
+    rounds: int = 2  # interleaved timing rounds
+    data_only: bool = False  # time the data pipelines alone (augmentation at input_size), no model
+    input_size: int = 224
+    device: str = "auto"  # auto | cpu | cuda
+    mixed_precision: str = "auto"  # auto | no | bf16
+    compile: bool = False
+    skip_tutorial: bool = False
+    peak_tflops: float | None = None  # the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    seed: int = 0
+    output: Path = Path("results/perf")
+
+
+def run_perf(config: PerfConfig) -> tuple[dict, Path]:
+    """Measure what `config` says and write the JSON result; returns the result and the file written."""
+    _check_args(config)
     quiet_libraries()
-    device = _pick_device(args.device)
-    data = load_dataset(args.dataset, args.size, data_root=args.data_root)
+    device = _pick_device(config.device)
+    data = load_dataset(config.dataset, config.size, data_root=config.data_root)
     threads = torch.get_num_threads()
     try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        torch.manual_seed(args.seed)
-        result = measure_data_only(data, device, args) if args.data_only else measure_training(data, device, args)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        result = measure_data_only(data, device, config) if config.data_only else measure_training(data, device, config)
         env = environment(device)
     finally:
         torch.set_num_threads(threads)
     result = {
         "schema_version": SCHEMA_VERSION,
-        "mode": "data" if args.data_only else "train",
-        "command": command_line(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
-                     if k not in ("func", "verb", "debug")},
-        "dataset": {"name": data.name, "size": data.size, "n_train": len(data.train), "source": data.source,
+        "mode": "data" if config.data_only else "train",
+        "command": command_line(config),
+        "settings": {k: (portable_path(v) if isinstance(v, (str, Path)) else v) for k, v in sorted(asdict(config).items())},
+        "dataset": {"name": data.name, "size": data.size, "n_train": len(data.train),
+                    "source": portable_path(data.source),
                     "channels": int(data.train.images.shape[-1])},
         **result,
         "environment": env,
         "created_at": now_iso(),
     }
-    path = write_result(result, args.output, result_name(args, device))
-    print(summary(result))
-    print(f"wrote {path}")
-    return 0
+    path = write_result(result, Path(config.output), result_name(config, device))
+    return result, path
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if not args.data_only and not args.model:
+def _check_args(config: PerfConfig) -> None:
+    if not config.data_only and not config.model:
         raise UserError("perf needs --model (a preset, HF id or local directory), or --data-only")
-    if args.batch < 2:
-        raise UserError(f"--batch must be >= 2 (got {args.batch}); BatchNorm cannot train on one image")
+    if config.batch < 2:
+        raise UserError(f"--batch must be >= 2 (got {config.batch}); BatchNorm cannot train on one image")
     for name, low in (("steps", 1), ("warmup", 1), ("rounds", 1), ("input_size", 1), ("eval_batch", 0), ("threads", 0)):
-        if getattr(args, name) < low:
-            raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(args, name)})")
-    if args.peak_tflops is not None and not args.peak_tflops > 0:
-        raise UserError(f"--peak-tflops must be > 0 (got {args.peak_tflops})")
+        if getattr(config, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(config, name)})")
+    if config.peak_tflops is not None and not config.peak_tflops > 0:
+        raise UserError(f"--peak-tflops must be > 0 (got {config.peak_tflops})")
 
 
 def _pick_device(choice: str) -> torch.device:
@@ -265,24 +288,24 @@ def utilisation(images_per_second: float, flops_per_image: float, peak_tflops: f
 # ---------------------------------------------------------------------------------------------- models
 
 
-def build_for_perf(args: argparse.Namespace, data: DatasetSplits, workdir: Path) -> tuple[BuiltModel, dict]:
+def build_for_perf(config: PerfConfig, data: DatasetSplits, workdir: Path) -> tuple[BuiltModel, dict]:
     """The model to time, with random weights (throughput does not depend on them), and how it was built."""
     channels = int(data.train.images.shape[-1])
-    if args.model_source:
-        spec = resolve_model(args.model, source=args.model_source, pretrained=False)
-        how = f"{args.model_source} (random weights)"
-    elif args.model in VIT_ARCHITECTURES:
-        source = write_vit_config(workdir / args.model, **VIT_ARCHITECTURES[args.model])
-        spec = resolve_model(args.model, source=str(source), pretrained=False)
-        how = f"transformers ViTConfig({VIT_ARCHITECTURES[args.model]}) (random weights)"
-    elif args.model in list_models():
-        spec = resolve_model(args.model, pretrained=False)
+    if config.model_source:
+        spec = resolve_model(config.model, source=config.model_source, pretrained=False)
+        how = f"{portable_path(config.model_source)} (random weights)"
+    elif config.model in VIT_ARCHITECTURES:
+        source = write_vit_config(workdir / config.model, **VIT_ARCHITECTURES[config.model])
+        spec = resolve_model(config.model, source=str(source), pretrained=False)
+        how = f"transformers ViTConfig({VIT_ARCHITECTURES[config.model]}) (random weights)"
+    elif config.model in list_models():
+        spec = resolve_model(config.model, pretrained=False)
         how = f"{spec.source} (random weights)"
     else:  # a Hugging Face id or a local directory
-        spec = resolve_model(args.model, source=args.model, pretrained=False)
-        how = f"{args.model} (random weights)"
+        spec = resolve_model(config.model, source=config.model, pretrained=False)
+        how = f"{portable_path(config.model)} (random weights)"
     built = build_model(spec, data.class_names, channels)
-    return built, {"name": args.model, "family": built.family, "source": how, "input_size": built.input_size,
+    return built, {"name": config.model, "family": built.family, "source": how, "input_size": built.input_size,
                    "in_channels": built.in_channels, "n_params": built.n_params}
 
 
@@ -321,11 +344,11 @@ def forward_only(model: nn.Module, pixels: torch.Tensor, device: torch.device, d
 
 def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSplit, recipe: Recipe,
                             device: torch.device, dtype: torch.dtype | None, channels_last: bool,
-                            n_classes: int, args: argparse.Namespace
+                            n_classes: int, config: PerfConfig
                             ) -> tuple[dict[str, Timing], dict[str, Timing], float]:
     """Training and inference timings of (a) ours and (b) random, interleaved; and the mean training loss."""
-    batch, eval_batch = args.batch, args.eval_batch or 2 * args.batch
-    total = args.warmup + args.steps * args.rounds
+    batch, eval_batch = config.batch, config.eval_batch or 2 * config.batch
+    total = config.warmup + config.steps * config.rounds
     # fit's settings (runner.py): precision and accumulation are the recipe's business, not accelerate's
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no", gradient_accumulation_steps=1)
     optimizer = accelerator.prepare(make_optimizer(recipe, model, device))
@@ -333,9 +356,9 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     weighted_losses, batch_sizes = [], []  # batch loss × batch size stays on the device until the end
     train_transform = BatchTransform.for_model(built, recipe.augment)
     eval_transform = BatchTransform.for_model(built)
-    train_indices = iter(index_batches(len(split), batch, total, args.seed, device))
+    train_indices = iter(index_batches(len(split), batch, total, config.seed, device))
     eval_indices = iter(torch.arange(eval_batch * total, device=device).remainder(len(split)).split(eval_batch))
-    augment_rng = epoch_generator(args.seed, 1, 1)
+    augment_rng = epoch_generator(config.seed, 1, 1)
 
     shape = (built.in_channels, built.input_size, built.input_size)
     random_pixels = prepare_pixels(torch.randn(batch, *shape, device=device), channels_last)
@@ -358,10 +381,10 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
 
     model.train()
     train = measure_interleaved({"ours": ours_train, "random": lambda: train_on(random_pixels, random_labels)},
-                                device, args.warmup, args.steps, args.rounds)
+                                device, config.warmup, config.steps, config.rounds)
     model.eval()
     infer = measure_interleaved({"ours": ours_infer, "random": lambda: forward_only(model, random_eval, device, dtype)},
-                                device, args.warmup, args.steps, args.rounds)
+                                device, config.warmup, config.steps, config.rounds)
     mean_loss = torch.stack(weighted_losses).sum().item() / sum(batch_sizes)
     return train, infer, mean_loss
 
@@ -433,22 +456,22 @@ def own_accelerate_state():
 
 
 def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, device: torch.device,
-                     dtype: torch.dtype | None, args: argparse.Namespace, workdir: Path) -> tuple[Timing, Timing]:
+                     dtype: torch.dtype | None, config: PerfConfig, workdir: Path) -> tuple[Timing, Timing]:
     """(c): Hugging Face Trainer with per-sample PIL transforms, timed from the end of the warm-up steps."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-    batch, eval_batch = args.batch, args.eval_batch or 2 * args.batch
-    timed = args.steps * args.rounds
+    batch, eval_batch = config.batch, config.eval_batch or 2 * config.batch
+    timed = config.steps * config.rounds
     size, mean, std, channels = built.input_size, built.mean, built.std, built.in_channels
     # Rows repeat so that every step gets a full batch, even from a split smaller than the batch, and one
     # batch more than the steps: accelerate's loader fetches a batch ahead, so the timed window then holds
     # the data work of exactly `timed` batches.
     train_set = tutorial_dataset(data.train.images, data.train.labels,
                                  reference_transform(size, mean, std, channels, recipe.augment, built.upsample),
-                                 count=max(len(data.train), batch * (args.warmup + timed + 1)))
+                                 count=max(len(data.train), batch * (config.warmup + timed + 1)))
     eval_transform = reference_transform(size, mean, std, channels, "none", built.upsample)
     eval_set = tutorial_dataset(data.train.images, data.train.labels, eval_transform,
-                                count=eval_batch * (args.warmup + timed + 1))
+                                count=eval_batch * (config.warmup + timed + 1))
 
     class Clock(TrainerCallback):
         """Timestamps after the warm-up steps and after the last step, training and prediction alike."""
@@ -476,16 +499,16 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
                           seconds=self.marks[end] - self.marks[start], peak_memory_mb=peak_memory(device)[0])
 
         def on_step_end(self, _args, state, *_, **__):
-            if state.global_step == args.warmup:
+            if state.global_step == config.warmup:
                 self.mark("train_start")
-            if state.global_step == args.warmup + timed:
+            if state.global_step == config.warmup + timed:
                 self.mark("train_end")
 
         def on_prediction_step(self, *_, **__):
             self.predicted += 1
-            if self.predicted == args.warmup:
+            if self.predicted == config.warmup:
                 self.mark("predict_start")
-            if self.predicted == args.warmup + timed:
+            if self.predicted == config.warmup + timed:
                 self.mark("predict_end")
 
     clock = Clock()
@@ -493,7 +516,7 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
         output_dir=str(workdir / "trainer"),
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=eval_batch,
-        max_steps=args.warmup + timed,
+        max_steps=config.warmup + timed,
         learning_rate=recipe.lr,
         weight_decay=recipe.weight_decay,
         dataloader_num_workers=0,
@@ -505,7 +528,7 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
         logging_strategy="no",
         report_to=[],
         disable_tqdm=True,
-        seed=args.seed,
+        seed=config.seed,
     )
     trainer = Trainer(model=trainer_model(built), args=training_args, train_dataset=train_set,
                       data_collator=clock.collate, callbacks=[clock])
@@ -523,13 +546,13 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
 # ---------------------------------------------------------------------------------------------- modes
 
 
-def measure_training(data: DatasetSplits, device: torch.device, args: argparse.Namespace) -> dict:
+def measure_training(data: DatasetSplits, device: torch.device, config: PerfConfig) -> dict:
     # one "epoch" of 2 × (warm-up + timed) steps per pipeline: the schedule spans the whole measurement
-    recipe = Recipe(epochs=1, batch_size=args.batch, mixed_precision=args.mixed_precision, compile=args.compile)
+    recipe = Recipe(epochs=1, batch_size=config.batch, mixed_precision=config.mixed_precision, compile=config.compile)
     dtype = autocast_dtype(recipe, device)
     with tempfile.TemporaryDirectory(prefix="perf-") as tmp:
         workdir = Path(tmp)
-        built, model_info = build_for_perf(args, data, workdir)
+        built, model_info = build_for_perf(config, data, workdir)
         channels_last = uses_channels_last(built)
         model = built.module.to(device)
         if channels_last:
@@ -537,21 +560,21 @@ def measure_training(data: DatasetSplits, device: torch.device, args: argparse.N
         train_flops = count_flops(model, built.input_size, built.in_channels, device, dtype, train=True)
         infer_flops = count_flops(model, built.input_size, built.in_channels, device, dtype, train=False)
         split = DeviceSplit.from_split(data.train, device)
-        timed_model = torch.compile(model) if args.compile else model
+        timed_model = torch.compile(model) if config.compile else model
         train, infer, loss = measure_ours_and_random(built, timed_model, split, recipe, device, dtype,
-                                                     channels_last, data.n_classes, args)
+                                                     channels_last, data.n_classes, config)
         if not math.isfinite(loss):
             raise RuntimeError(f"training loss became {loss} while timing; the step is broken")
         del timed_model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        if not args.skip_tutorial:
+        if not config.skip_tutorial:
             with own_accelerate_state():
-                train["tutorial"], infer["tutorial"] = measure_tutorial(built, data, recipe, device, dtype, args,
+                train["tutorial"], infer["tutorial"] = measure_tutorial(built, data, recipe, device, dtype, config,
                                                                         workdir)
 
-    peak, peak_source = peak_tflops_for(device, args.peak_tflops)
+    peak, peak_source = peak_tflops_for(device, config.peak_tflops)
     pipelines = {}
     for name in TRAIN_PIPELINES:
         if name not in train:
@@ -563,15 +586,15 @@ def measure_training(data: DatasetSplits, device: torch.device, args: argparse.N
         }
     return {
         "model": model_info,
-        "batch": args.batch,
-        "eval_batch": args.eval_batch or 2 * args.batch,
+        "batch": config.batch,
+        "eval_batch": config.eval_batch or 2 * config.batch,
         "augment": recipe.augment,
         "optimizer": recipe.optimizer,
         "mixed_precision": str(dtype).removeprefix("torch.") if dtype else "no",
         "channels_last": channels_last,
-        "compile": args.compile,
-        "timed_steps": args.steps * args.rounds,
-        "warmup_steps": args.warmup,
+        "compile": config.compile,
+        "timed_steps": config.steps * config.rounds,
+        "warmup_steps": config.warmup,
         "train_loss_while_timing": loss,
         "flops_per_image": {"train": train_flops, "inference": infer_flops},
         "peak_bf16_tflops": peak,
@@ -596,17 +619,17 @@ def ratios(pipelines: dict, numerator: str, denominators: dict[str, str]) -> dic
             for prefix, rate in rates(pipelines[name]).items()}
 
 
-def measure_data_only(data: DatasetSplits, device: torch.device, args: argparse.Namespace) -> dict:
+def measure_data_only(data: DatasetSplits, device: torch.device, config: PerfConfig) -> dict:
     """images/s delivered at --input-size with the tutorial augmentation: ours vs the tutorial's."""
-    size, batch, mean, std, channels = args.input_size, args.batch, [0.5] * 3, [0.5] * 3, 3
-    total = args.warmup + args.steps * args.rounds
+    size, batch, mean, std, channels = config.input_size, config.batch, [0.5] * 3, [0.5] * 3, 3
+    total = config.warmup + config.steps * config.rounds
     split = DeviceSplit.from_split(data.train, device)
     ours = BatchTransform(size, mean, std, channels, "tutorial")
     reference = reference_transform(size, mean, std, channels, "tutorial")
-    indices = index_batches(len(split), batch, total, args.seed)
-    augment_rng = epoch_generator(args.seed, 1, 1)
+    indices = index_batches(len(split), batch, total, config.seed)
+    augment_rng = epoch_generator(config.seed, 1, 1)
     pictures = pil_images(data.train.images)
-    loader = tutorial_loader(data, reference, batch, args.seed, count=max(len(data.train), batch * total))
+    loader = tutorial_loader(data, reference, batch, config.seed, count=max(len(data.train), batch * total))
     streams = {name: iter(indices) for name in ("ours", "tutorial_transform")}
 
     def ours_step() -> int:
@@ -620,15 +643,15 @@ def measure_data_only(data: DatasetSplits, device: torch.device, args: argparse.
         return len(next(loader)["pixel_values"].to(device))
 
     timings = measure_interleaved({"ours": ours_step, "tutorial_transform": transform_step,
-                                   "tutorial_loader": loader_step}, device, args.warmup, args.steps, args.rounds)
+                                   "tutorial_loader": loader_step}, device, config.warmup, config.steps, config.rounds)
     pipelines = {name: timing.to_dict() for name, timing in timings.items()}
     return {
         "input_size": size,
         "augment": "tutorial",
         "channels_out": channels,
         "batch": batch,
-        "timed_batches": args.steps * args.rounds,
-        "warmup_batches": args.warmup,
+        "timed_batches": config.steps * config.rounds,
+        "warmup_batches": config.warmup,
         "memory_kind": peak_memory(device)[1],
         "pipelines": pipelines,
         "ratios": ratios(pipelines, "ours", {"tutorial_transform": "over_tutorial_transform",
@@ -664,23 +687,27 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def command_line() -> str:
-    """The command as typed: `python -m benchmark [...] perf ...` (also when called outside the CLI)."""
-    argv = sys.argv[1:]
-    if "perf" not in argv:
-        argv = ["perf", *argv]
-    return shlex.join(["python", "-m", "benchmark", *argv])
+def command_line(config: PerfConfig) -> str:
+    """The `perf` command that measures `config` again (also when it came from the Python API)."""
+    argv = ["python", "-m", "benchmark", "perf"]
+    for option in fields(PerfConfig):
+        value = getattr(config, option.name)
+        if value == option.default:
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        argv += [flag] if isinstance(value, bool) else [flag, portable_path(value)]
+    return shlex.join(argv)
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def result_name(args: argparse.Namespace, device: torch.device) -> str:
+def result_name(config: PerfConfig, device: torch.device) -> str:
     where = "cpu" if device.type == "cpu" else slug(device_name(device))
-    if args.data_only:
-        return f"data-{args.dataset}-{args.size}to{args.input_size}-b{args.batch}-{where}.json"
-    return f"train-{slug(Path(args.model).name)}-{args.dataset}-{args.size}-b{args.batch}-{where}.json"
+    if config.data_only:
+        return f"data-{config.dataset}-{config.size}to{config.input_size}-b{config.batch}-{where}.json"
+    return f"train-{slug(Path(config.model).name)}-{config.dataset}-{config.size}-b{config.batch}-{where}.json"
 
 
 def write_result(result: dict, output: Path, name: str) -> Path:

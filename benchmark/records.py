@@ -1,10 +1,18 @@
-"""Run records: one JSON file per run, schema in docs/design.md (`SCHEMA_VERSION`).
+"""Run records: the schema as types, the one builder, validation, atomic writes, the one loader and the frame.
+
+One JSON file per run (`<results>/runs/<suite>/<run_id>.json`); the schema is `Record` below (documented in
+docs/design.md, version `SCHEMA_VERSION`). Records stay plain dicts (what `json` reads and writes); the
+TypedDicts name their keys and types for readers and type checkers.
 
 Files are written atomically (temp file, fsync, rename), so a reader sees a whole record or none; a file that
 does not parse (a copy interrupted by hand, a truncated disk) is ignored with a warning, never counted.
 A record is never overwritten: a rerun (`--force`, or a run that failed before) moves the old one to
 `superseded/` first. A process killed mid-write leaves only a hidden `.<name>.*.tmp` file, which nothing
 reads; `remove_temp_files` clears those of one target when its run starts again.
+
+`load_records(path)` reads a results folder, a runs folder, one suite's folder or record files, validates and
+de-duplicates them; `records_frame(records)` turns them into a pandas DataFrame (one row per run, the test
+metrics as columns) and `per_class_frame(records)` into the long form of the per-class values.
 """
 
 from __future__ import annotations
@@ -12,16 +20,159 @@ from __future__ import annotations
 import errno
 import glob
 import json
+import logging
 import os
 import tempfile
-import warnings
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from benchmark.errors import UserError
 
+if TYPE_CHECKING:  # the builder takes a RunSpec; importing config here would import torch
+    import pandas as pd
+
+    from benchmark.config import RunSpec
+
+logger = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+
+class DatasetBlock(TypedDict, total=False):
+    name: str  # required
+    size: int  # required
+    task: str
+    class_names: list[str]
+    n_train: int
+    n_val: int
+    n_test: int
+    source: str
+    md5: str | None
+    synthetic: bool
+    split: SplitBlock  # only where the loader cut the splits itself (image folders)
+
+
+class SplitBlock(TypedDict, total=False):
+    kind: Literal["grouped", "random", "given"]
+    seed: int
+    n_groups: int  # grouped: near-duplicate groups (singletons included) the cut kept whole
+    sha256: str  # over each split's sorted image ids
+
+
+class ModelBlock(TypedDict, total=False):
+    name: str  # required; the other keys are the resolved ModelSpec, plus input_size / n_params when completed
+    family: str
+    source: str
+    pretrained: bool
+    input_size: int | None
+    n_params: int
+
+
+class PerClass(TypedDict):
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+
+
+class TestBlock(TypedDict, total=False):
+    """Test-split scores of the best epoch's weights (`benchmark.metrics.classification_metrics` plus `loss`)."""
+
+    loss: float
+    acc: float
+    auc: float
+    balanced_acc: float
+    f1_macro: float
+    precision_macro: float
+    recall_macro: float
+    per_class: PerClass
+    confusion_matrix: list[list[int]]
+    mcc: float
+    qwk: float  # ordinal-regression tasks only
+    sensitivity: list[float]
+    specificity: list[float]
+    ece: float
+    brier: float
+    nll: float
+
+
+class CalibrationBlock(TypedDict):
+    """`calibrate: temperature`: the temperature fitted on validation and test calibration before / after."""
+
+    method: str
+    temperature: float
+    before: dict[str, float]
+    after: dict[str, float]
+
+
+class TestPredictions(TypedDict):
+    labels: list[int]
+    probs: list[list[float]]
+
+
+class HistoryEntry(TypedDict):
+    epoch: int
+    train_loss: float
+    lr: float
+    seconds: float
+    val: dict[str, float]
+
+
+class Samples(TypedDict):
+    size: int
+    class_names: list[str]
+    per_class: list[list[str]]  # base64 PNG, up to 8 test images per class
+
+
+class Timing(TypedDict, total=False):
+    wall_seconds: float
+    train_seconds: float
+    train_images_per_second: float
+    peak_memory_mb: float
+    peak_memory_kind: str
+
+
+class ErrorBlock(TypedDict):
+    type: str
+    message: str
+    epoch: int
+    traceback: str | None
+
+
+class Record(TypedDict, total=False):
+    """One run. Required in every record: the keys `record_problem` checks; completed records add the test
+    blocks, failed ones `error`."""
+
+    schema_version: int
+    status: Literal["completed", "failed"]
+    suite: str
+    run_id: str
+    config_hash: str
+    config: dict[str, Any]
+    seed: int
+    dataset: DatasetBlock
+    model: ModelBlock
+    scheme: str
+    selection_metric: str
+    created_at: str
+    history: list[HistoryEntry]
+    best_epoch: int
+    stopped_early: bool
+    resumed_from_epoch: int
+    test: TestBlock
+    test_predictions: TestPredictions
+    samples: Samples
+    timing: Timing
+    environment: dict[str, Any]
+    error: ErrorBlock | None
+    calibration: CalibrationBlock
+
+
+RECORD_KEYS = frozenset(Record.__annotations__)
+REQUIRED_KEYS = ("status", "run_id", "config_hash", "config", "dataset", "model", "seed")
 
 
 class OutputError(UserError):
@@ -71,8 +222,41 @@ def remove_temp_files(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_record(path: Path, record: dict) -> None:
+def write_record(path: Path, record: Record) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=True).encode())
+
+
+def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks: Any) -> Record:
+    """The record of one run of `spec`: the identity every record has, then `blocks` (schema keys only; a
+    completed run's `dataset`/`model` blocks replace the names-only ones). Raises ValueError for a key outside
+    the schema or a record `record_problem` rejects: a bug, never a user error."""
+    unknown = set(blocks) - RECORD_KEYS
+    if unknown:
+        raise ValueError(f"not record keys: {sorted(unknown)}")
+    from benchmark.data.registry import portable_path  # the builder runs beside torch; readers stay light
+
+    config = spec.to_dict()
+    if config["data_root"] is not None:  # not part of the run's identity: kept free of this machine's paths
+        config["data_root"] = portable_path(config["data_root"])
+    record: Record = {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "suite": spec.suite,
+        "run_id": spec.run_id,
+        "config_hash": spec.config_hash,
+        "config": config,
+        "seed": spec.seed,
+        "dataset": {"name": spec.dataset, "size": spec.size},
+        "model": spec.to_dict()["model"],
+        "scheme": "fine_tune" if spec.model.pretrained else "from_scratch",
+        "selection_metric": spec.recipe.selection_metric,
+        "created_at": now_iso(),
+        **blocks,
+    }
+    problem = record_problem(record)
+    if problem:
+        raise ValueError(f"built an invalid record for {spec.run_id}: {problem}")
+    return record
 
 
 def record_problem(rec: object) -> str | None:
@@ -82,7 +266,7 @@ def record_problem(rec: object) -> str | None:
     version = rec.get("schema_version")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         return f"unsupported schema_version {version!r}"
-    for key in ("status", "run_id", "config_hash", "config", "dataset", "model", "seed"):
+    for key in REQUIRED_KEYS:
         if key not in rec:
             return f"missing key {key!r}"
     if not isinstance(rec["dataset"], dict) or "name" not in rec["dataset"] or "size" not in rec["dataset"]:
@@ -105,26 +289,166 @@ def read_record(path: Path) -> dict | None:
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        warnings.warn(f"skipping unreadable record {path}: {err}", UserWarning, stacklevel=2)
+        logger.warning(f"skipping unreadable record {path}: {err}")
         return None
     problem = record_problem(record)
     if problem:
-        warnings.warn(f"skipping {path}: {problem}", UserWarning, stacklevel=2)
+        logger.warning(f"skipping {path}: {problem}")
         return None
     return record
 
 
-def load_records(results_dir: Path, suite: str | None = None) -> list[dict]:
-    """Every readable record of one suite (or all suites), in file-name order."""
-    base = Path(results_dir) / "runs"
-    pattern = f"{suite}/*.json" if suite else "*/*.json"
-    records = (read_record(path) for path in sorted(base.glob(pattern)))
-    return [r for r in records if r is not None]
+def record_files(path: Path | str, suite: str | None = None) -> list[Path]:
+    """The record files under `path`: a results folder (`<path>/runs/<suite>/*.json`), a runs folder
+    (`<path>/<suite>/*.json`), one suite's folder (`<path>/*.json`) or a record file; `suite` keeps one suite's.
+    `superseded/` folders and hidden temp files are never read."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist; give a results folder, a runs folder, a suite folder or record "
+                        f"files (run a suite first)")
+    if (path / "runs").is_dir():
+        path = path / "runs"
+    if any(path.glob("*.json")):  # one suite's folder (load_records keeps `suite`'s records)
+        return sorted(path.glob("*.json"))
+    if suite is None:
+        return sorted(path.glob("*/*.json"))
+    if not (path / suite).is_dir():
+        raise UserError(f"no records for suite {suite!r}: {path / suite} does not exist; run the suite first or "
+                        f"pass --runs DIR")
+    return sorted((path / suite).glob("*.json"))
+
+
+def _created_key(record: Record) -> tuple:
+    raw = record.get("created_at") or ""
+    try:
+        stamp = datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
+    except (ValueError, TypeError, OverflowError):
+        stamp = float("-inf")
+    return (stamp, str(raw))
+
+
+def group_key(record: Record) -> tuple[str, int, str]:
+    """(model, size, scheme): the row a record belongs to in the tables."""
+    return (str(record["model"]["name"]), int(record["dataset"]["size"]), str(record.get("scheme") or ""))
+
+
+def load_records(paths: Path | str | Iterable[Path | str], suite: str | None = None, *,
+                 one_per_seed: bool = True) -> list[Record]:
+    """Every valid record under `paths` (see `record_files`), de-duplicated, sorted by (suite, run_id).
+
+    * A file that does not parse or is not a record is skipped with a `UserWarning`; a record without a
+      `suite` gets its folder's name.
+    * Records that share a `config_hash` within a suite (reruns of one config) collapse to one: a completed
+      record beats a failed one, then the newest `created_at`, then the file name.
+    * `one_per_seed` (what the tables count): records of one group, dataset and seed with different configs (a
+      trial with other epochs, a `--limit` run) collapse to the newest completed one, with a warning. The
+      runner passes False: every finished config counts as done.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = [file for path in paths for file in record_files(path, suite)]
+    best: dict[tuple[str, str], tuple[tuple, Record]] = {}
+    for path in files:
+        record = read_record(path)
+        if record is None:
+            continue
+        if not record.get("suite"):
+            record["suite"] = path.parent.name
+        if suite is not None and record["suite"] != suite:
+            continue
+        key = (str(record["suite"]), str(record["config_hash"]))
+        rank = (record["status"] == "completed", _created_key(record), path.name)
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, record)
+    records = [record for _, record in best.values()]
+    if one_per_seed:
+        records = _one_record_per_seed(records)
+    return sorted(records, key=lambda r: (str(r["suite"]), str(r["run_id"])))
+
+
+def _one_record_per_seed(records: list[Record]) -> list[Record]:
+    kept: dict[tuple, Record] = {}
+    for record in sorted(records, key=lambda r: (r["status"] == "completed", _created_key(r), str(r["run_id"]))):
+        key = (str(record["suite"]), group_key(record), str(record["dataset"]["name"]), str(record["seed"]))
+        if key in kept:
+            logger.warning(f"{record['run_id']} replaces {kept[key]['run_id']} (same model, dataset and seed, other "
+                           "config); move the older record away to silence this")
+        kept[key] = record
+    return list(kept.values())
 
 
 def completed_hashes(results_dir: Path, suite: str) -> set[str]:
     """config_hash of every completed run of a suite: these runs are skipped on a re-run."""
-    return {r["config_hash"] for r in load_records(results_dir, suite) if r["status"] == "completed"}
+    folder = runs_dir(results_dir, suite)
+    if not folder.is_dir():
+        return set()
+    return {r["config_hash"] for r in load_records(folder, one_per_seed=False) if r["status"] == "completed"}
+
+
+#: identity columns of `records_frame`, in order; the test metrics follow as columns of their own
+FRAME_COLUMNS = ("suite", "run_id", "config_hash", "status", "dataset", "size", "model", "scheme", "seed",
+                 "selection_metric", "best_epoch", "epochs", "created_at", "train_seconds", "n_params", "error_type",
+                 "error_message", "error_epoch")
+
+
+def records_frame(records: Iterable[Record]) -> pd.DataFrame:
+    """One row per run: its identity (`FRAME_COLUMNS`) and every scalar of its `test` block as a column (acc,
+    auc, f1_macro, balanced_acc, loss, ...; NaN for failed runs). Rows keep the order of `records`."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        error = record.get("error") or {}
+        row = {
+            "suite": record.get("suite"), "run_id": record["run_id"], "config_hash": record["config_hash"],
+            "status": record["status"], "dataset": record["dataset"]["name"], "size": int(record["dataset"]["size"]),
+            "model": record["model"]["name"], "scheme": record.get("scheme") or "", "seed": record["seed"],
+            "selection_metric": record.get("selection_metric"), "best_epoch": record.get("best_epoch"),
+            "epochs": len(record.get("history") or []), "created_at": record.get("created_at"),
+            "train_seconds": (record.get("timing") or {}).get("train_seconds"),
+            "n_params": record["model"].get("n_params"), "error_type": error.get("type"),
+            "error_message": error.get("message"), "error_epoch": error.get("epoch"),
+        }
+        for name, value in (record.get("test") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in row:
+                row[name] = float(value)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=list(FRAME_COLUMNS))
+    metrics = [c for c in frame.columns if c not in FRAME_COLUMNS]
+    return frame[list(FRAME_COLUMNS) + metrics]
+
+
+PER_CLASS_COLUMNS = ("suite", "run_id", "dataset", "size", "model", "scheme", "seed", "class_index", "class_name",
+                     "precision", "recall", "f1", "support")
+
+
+def per_class_frame(records: Iterable[Record]) -> pd.DataFrame:
+    """The long form of the per-class test values: one row per completed run and class."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        per_class = (record.get("test") or {}).get("per_class")
+        if record["status"] != "completed" or not isinstance(per_class, dict):
+            continue
+        n_classes = max((len(v) for v in per_class.values() if isinstance(v, list)), default=0)
+        names = list(record["dataset"].get("class_names") or [])
+        for index in range(n_classes):
+            value = {m: (per_class[m][index] if isinstance(per_class.get(m), list) and len(per_class[m]) > index
+                         else None) for m in ("precision", "recall", "f1", "support")}
+            rows.append({"suite": record.get("suite"), "run_id": record["run_id"],
+                         "dataset": record["dataset"]["name"], "size": int(record["dataset"]["size"]),
+                         "model": record["model"]["name"], "scheme": record.get("scheme") or "",
+                         "seed": record["seed"], "class_index": index,
+                         "class_name": str(names[index]) if index < len(names) else str(index), **value})
+    frame = pd.DataFrame(rows, columns=list(PER_CLASS_COLUMNS))
+    for column in ("precision", "recall", "f1", "support"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
 
 
 def superseded_path(path: Path, tag: str = "") -> Path:

@@ -4,12 +4,19 @@ A run that fails (bad data, unreachable model, non-finite loss, out of memory) i
 its error and epoch, and the grid goes on unless `fail_fast` (or `debug`, which re-raises the error with its
 traceback). An output folder that cannot be written (full disk) stops the grid: no later run could save.
 Data is loaded once per (dataset, size) and kept on the training device for every run that uses it.
+Before the first run, `check_inputs` looks for every data file and model directory the pending runs need.
+
+Messages go to the `benchmark.runner` logger, from the main process only; `track="tensorboard"`
+logs each run's per-epoch metrics and learning rate under `<output>/tensorboard/<suite>/<run_id>/`.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
+import logging
+import os
 import shutil
 import socket
 import time
@@ -22,19 +29,18 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 
-from benchmark.config import RunSpec, Suite
-from benchmark.data import DatasetSplits, load_dataset
+from benchmark.config import RunSpec, Suite, load_suite
+from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
-from benchmark.models import build_model
+from benchmark.models import build_model, missing_model
 from benchmark.records import (
-    SCHEMA_VERSION,
     OutputError,
+    build_record,
     completed_hashes,
-    now_iso,
+    read_record,
     record_path,
     remove_temp_files,
-    read_record,
     set_aside,
     superseded_path,
     write_record,
@@ -43,6 +49,11 @@ from benchmark.train import DeviceSplit, autocast_dtype, fit, pending_best_path
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
+TRACKERS = ("tensorboard",)
+
+# The standard logger; `GridRunner.say` logs from the main process only (accelerate's `get_logger` would do the
+# same, with a "[RANK 0]" prefix on every line).
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +62,26 @@ class GridSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run_id, message)
     user_errors: list[str] = field(default_factory=list)
+
+
+def check_inputs(specs: list[RunSpec]) -> None:
+    """Every data file, image folder and local model directory `specs` need, checked before the first run:
+    a `UserError` with one line per missing thing (nothing is read or written)."""
+    problems = [missing_data(s.dataset, s.size, s.data_root, s.download)
+                for s in {(s.dataset, s.size, s.data_root, s.download): s for s in specs}.values()]
+    problems += [missing_model(model) for model in dict.fromkeys(s.model for s in specs)]
+    problems = list(dict.fromkeys(p for p in problems if p))
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def check_writable(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {output}: {err.strerror}; choose another --output") from None
+    if not os.access(output, os.W_OK):
+        raise UserError(f"output folder {output} is not writable; fix its permissions or choose another --output")
 
 
 def environment(accelerator: Accelerator, dtype_name: str, commit: str | None) -> dict:
@@ -82,33 +113,22 @@ def encode_samples(data: DatasetSplits) -> dict:
     return {"size": data.size, "class_names": list(data.class_names), "per_class": per_class}
 
 
-def base_record(spec: RunSpec, status: str) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "status": status,
-        "suite": spec.suite,
-        "run_id": spec.run_id,
-        "config_hash": spec.config_hash,
-        "config": spec.to_dict(),
-        "seed": spec.seed,
-        "dataset": {"name": spec.dataset, "size": spec.size},  # completed runs get the full block
-        "model": asdict(spec.model),
-        "scheme": "fine_tune" if spec.model.pretrained else "from_scratch",
-        "selection_metric": spec.recipe.selection_metric,
-        "created_at": now_iso(),
-    }
-
-
 class GridRunner:
     """Runs the specs of one suite into `output`; holds the accelerator and the device-resident data."""
 
     def __init__(self, output: Path, *, resume: bool = True, force: bool = False, fail_fast: bool = False,
-                 quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False):
+                 quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False, track: str | None = None):
         self.output = Path(output)
         self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
-        self.quiet, self.keep_checkpoints = quiet, keep_checkpoints
+        self.quiet, self.keep_checkpoints, self.track = quiet, keep_checkpoints, track
+        if track is not None:
+            if track not in TRACKERS:
+                raise UserError(f"unknown tracker {track!r}; use one of {', '.join(TRACKERS)}")
+            if importlib.util.find_spec(track) is None:
+                raise UserError(f"--track {track} needs the {track} package: pip install 'medmnist-benchmark[track]'")
         # Precision and accumulation come from each run's recipe, never from `accelerate config` defaults.
-        self.accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=1)
+        self.accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=1, log_with=track,
+                                       project_dir=self.output / "tensorboard" if track else None)
         self.commit = git_commit()  # the code this process runs, even if the checkout moves on meanwhile
         self._data_key = None
         self._data: tuple[DatasetSplits, dict[str, DeviceSplit]] | None = None
@@ -128,8 +148,12 @@ class GridRunner:
         return self._data
 
     def run_grid(self, suite: Suite) -> GridSummary:
+        """Check the inputs of the runs still to do, then run them; a missing input stops it before anything is
+        written (a `UserError`, one line per missing thing)."""
         summary = GridSummary()
         done = completed_hashes(self.output, suite.name) if not self.force else set()
+        check_inputs([spec for spec in suite.runs if spec.config_hash not in done])
+        check_writable(self.output)
         for index, spec in enumerate(suite.runs, start=1):
             label = f"[{index}/{len(suite.runs)}] {spec.run_id}"
             if spec.config_hash in done:
@@ -145,7 +169,7 @@ class GridRunner:
             summary.failed.append((spec.run_id, error[1]))
             if error[0]:
                 summary.user_errors.append(error[1])
-            self.say(f"{label}: FAILED: {error[1]}", always=True)
+            self.say(f"{label}: FAILED: {error[1]}")  # the summary and the final error line report it too
             if self.fail_fast:
                 break
         return summary
@@ -164,6 +188,8 @@ class GridRunner:
                 )
             set_seed(spec.seed)
             built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
+            if self.track:
+                self.accelerator.init_trackers(f"{spec.suite}/{spec.run_id}")
             outcome = fit(built, data, device_splits, spec.recipe, spec.seed, self.accelerator,
                           self.checkpoint_dir(spec), resume=self.resume, quiet=self.quiet, description=spec.run_id)
         except OutputError:
@@ -180,31 +206,31 @@ class GridRunner:
             return user_error, message
         finally:
             self.accelerator.free_memory()
+            self.finish_trackers()
 
-        record = base_record(spec, "completed")
         dtype = outcome_dtype_name(spec, self.accelerator)
-        record.update({
-            "dataset": data.summary(),
-            "model": {**asdict(spec.model), "input_size": built.input_size, "n_params": built.n_params},
-            "history": outcome.history,
-            "best_epoch": outcome.best_epoch,
-            "stopped_early": outcome.stopped_early,
-            "resumed_from_epoch": outcome.resumed_from_epoch,
-            "test": outcome.test,
-            "test_predictions": {"labels": outcome.test_labels, "probs": outcome.test_probs},
-            "samples": encode_samples(data),
-            "timing": {
+        record = build_record(
+            spec, "completed",
+            dataset=data.summary(),
+            model={**asdict(spec.model), "input_size": built.input_size, "n_params": built.n_params},
+            history=outcome.history,
+            best_epoch=outcome.best_epoch,
+            stopped_early=outcome.stopped_early,
+            resumed_from_epoch=outcome.resumed_from_epoch,
+            test=outcome.test,
+            test_predictions={"labels": outcome.test_labels, "probs": outcome.test_probs},
+            samples=encode_samples(data),
+            timing={
                 "wall_seconds": time.perf_counter() - started,
                 "train_seconds": outcome.train_seconds,
                 "train_images_per_second": outcome.train_images / max(outcome.train_seconds, 1e-9),
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
-            "environment": environment(self.accelerator, dtype, self.commit),
-            "error": None,
-        })
-        if outcome.calibration is not None:
-            record["calibration"] = outcome.calibration
+            environment=environment(self.accelerator, dtype, self.commit),
+            error=None,
+            **({"calibration": outcome.calibration} if outcome.calibration is not None else {}),
+        )
         if self.accelerator.is_main_process:
             set_aside(path)  # an earlier failed record (or a --force rerun's old one) is kept in superseded/
             write_record(path, record)
@@ -218,14 +244,14 @@ class GridRunner:
         """The failed record: the error with the epoch it stopped in (0 = before training) and the history so far."""
         if not self.accelerator.is_main_process:
             return
-        record = base_record(spec, "failed")
-        record.update({
-            "error": {"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
-                      "traceback": trace},
-            "history": getattr(err, "history", []),
-            "timing": {"wall_seconds": time.perf_counter() - started},
-            "environment": environment(self.accelerator, outcome_dtype_name(spec, self.accelerator), self.commit),
-        })
+        record = build_record(
+            spec, "failed",
+            error={"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
+                   "traceback": trace},
+            history=getattr(err, "history", []),
+            timing={"wall_seconds": time.perf_counter() - started},
+            environment=environment(self.accelerator, outcome_dtype_name(spec, self.accelerator), self.commit),
+        )
         existing = read_record(path) if path.exists() else None
         if existing is not None and existing["status"] == "completed":  # a failed --force rerun
             path = superseded_path(path, "failed")
@@ -250,10 +276,33 @@ class GridRunner:
         if self.keep_checkpoints == "none":
             shutil.rmtree(directory, ignore_errors=True)
 
-    def say(self, message: str, always: bool = False) -> None:
-        """Progress on stdout (stderr is kept for the one-line error); `always` prints even with `quiet`."""
-        if (always or not self.quiet) and self.accelerator.is_main_process:
-            print(message, flush=True)
+    def say(self, message: str, level: int = logging.INFO) -> None:
+        if self.accelerator.is_main_process:
+            logger.log(level, message)
+
+    def finish_trackers(self) -> None:
+        """Close this run's trackers (not `end_training`: that would also end a multi-process grid's group)."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers.clear()
+
+
+def run_suite(suite: Suite | str, output: Path | str = "results", *, resume: bool = True, force: bool = False,
+              fail_fast: bool = False, quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False,
+              track: str | None = None, **overrides) -> GridSummary:
+    """Train every run of `suite` (a `Suite`, or a name or YAML path loaded with `load_suite(suite, **overrides)`)
+    into `output`: finished runs are skipped, interrupted ones resumed, failed ones recorded (see `GridRunner`).
+
+    Raises `UserError` before the first run when an input is missing or `output` cannot be written; returns the
+    summary (`completed`, `skipped`, `failed`) otherwise. `quiet` hides the progress bars; messages go to the
+    `benchmark` logger."""
+    if not isinstance(suite, Suite):
+        suite = load_suite(str(suite), **overrides)
+    elif overrides:
+        raise TypeError(f"run_suite: {', '.join(overrides)} apply to a suite name or path, not a loaded Suite")
+    runner = GridRunner(Path(output), resume=resume, force=force, fail_fast=fail_fast, quiet=quiet,
+                        keep_checkpoints=keep_checkpoints, debug=debug, track=track)
+    return runner.run_grid(suite)
 
 
 def outcome_dtype_name(spec: RunSpec, accelerator: Accelerator) -> str:

@@ -12,11 +12,11 @@ DDP, and evaluation gathers every process's predictions back into dataset order.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,10 @@ from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics, temperature_calibration
 from benchmark.models import BuiltModel
 from benchmark.records import atomic_write_bytes
+
+# The standard logger, not accelerate's: checkpoints are read before (and without) an accelerator too.
+# Messages of a multi-process run come from the main process only (`fit` logs through `accelerator`).
+logger = logging.getLogger(__name__)
 
 
 class TrainingFailed(UserError):
@@ -85,7 +89,7 @@ class DeviceSplit:
     labels: torch.Tensor  # int64 (N,) on the training device
 
     @classmethod
-    def from_split(cls, split: Split, device: torch.device) -> "DeviceSplit":
+    def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
         # NHWC → NCHW on the device, so a GPU run never holds a second full copy in host memory
         images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device).permute(0, 3, 1, 2).contiguous()
         return cls(images, torch.from_numpy(split.labels).to(device))
@@ -107,6 +111,20 @@ class LoopState:
     train_seconds: float = 0.0  # over every session of the run, so throughput survives a resume
     train_images: int = 0
     num_processes: int = 1  # a resumed run must shard its data the same way
+
+    def observe(self, epoch: int, score: float, patience: int) -> bool:
+        """Count a finished epoch with its validation `score` (higher is better); True when it is the new best.
+
+        The first epoch is always the best so far; a later one must beat the best strictly (a tie keeps the
+        earlier epoch). With `patience` > 0 the run stops after that many epochs in a row without a new best."""
+        improved = self.best_epoch == 0 or score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.epochs_without_improvement = score, epoch, 0
+        else:
+            self.epochs_without_improvement += 1
+        self.epoch = epoch
+        self.stopped_early = bool(patience) and self.epochs_without_improvement >= patience
+        return improved
 
 
 def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
@@ -256,7 +274,7 @@ def load_checkpoint(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a damaged checkpoint must never stop a grid: start the run over
-        print(f"warning: ignoring damaged checkpoint {path} ({' '.join(str(err).split())[:200]})", file=sys.stderr)
+        logger.warning(f"ignoring damaged checkpoint {path} ({' '.join(str(err).split())[:200]})")
         return None
 
 
@@ -280,8 +298,7 @@ def resume_point(last_path: Path, best_path: Path) -> tuple[dict, dict, Path] | 
         best = load_checkpoint(path)
         if isinstance(best, dict) and best.get("epoch") == best_epoch:
             return checkpoint, best["weights"], path
-    print(f"warning: no best weights of epoch {best_epoch} beside {last_path}; starting the run over",
-          file=sys.stderr)
+    logger.warning(f"no best weights of epoch {best_epoch} beside {last_path}; starting the run over")
     return None
 
 
@@ -432,18 +449,12 @@ def fit(
                 "seconds": epoch_seconds,
                 "val": val_metrics,
             })
-            score = selection_score(val_metrics, recipe.selection_metric)
-            improved = best_weights is None or score > state.best_score
+            improved = state.observe(epoch, selection_score(val_metrics, recipe.selection_metric),
+                                     recipe.early_stopping_patience)
             if improved:
-                state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
                 best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
                 if best_path and accelerator.is_main_process:
                     atomic_torch_save({"epoch": epoch, "weights": best_weights}, pending_path)
-            else:
-                state.epochs_without_improvement += 1
-            state.epoch = epoch
-            patience = recipe.early_stopping_patience
-            state.stopped_early = bool(patience) and state.epochs_without_improvement >= patience
             if last_path and accelerator.is_main_process:
                 atomic_torch_save({
                     "model": unwrapped.state_dict(),
@@ -455,9 +466,12 @@ def fit(
                 }, last_path)
                 if improved:
                     os.replace(pending_path, best_path)
-            if show:
-                tqdm.write(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
-                           f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
+            if accelerator.is_main_process:
+                logger.info(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
+                            f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
+            # to the run's trackers (`--track`; none: a no-op)
+            accelerator.log({"train/loss": train_loss, "lr": learning_rate,
+                             **{f"val/{name}": value for name, value in val_metrics.items()}}, step=epoch)
             if state.stopped_early:
                 break
 

@@ -1,6 +1,6 @@
 """Print the per-run table of results/REPRODUCTION.md from the run records alone.
 
-    python scripts/run_table.py [RUNS_DIR]        # default: results/runs/medmnist-v2
+    python scripts/run_table.py [RECORDS]        # default: results/runs/medmnist-v2 (any folder load_records takes)
 
 One row per completed run: best epoch, test ACC / AUC / balanced ACC, training minutes (the sum of the per-epoch
 training times in the history, so resumed runs count every session), the epoch its last session resumed at, the test
@@ -10,11 +10,12 @@ probability could reach (a diagnostic, never a result: it is chosen on the test 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from benchmark.records import load_records
 
 
 def best_threshold_acc(labels: np.ndarray, positive: np.ndarray) -> float:
@@ -39,7 +40,7 @@ def row(record: dict) -> str:
 
 
 def main(runs: Path) -> None:
-    records = [json.loads(path.read_text()) for path in sorted(runs.glob("*.json"))]
+    records = load_records(runs)
     print("| dataset | model | seed | best epoch | test ACC | test AUC | balanced ACC | training minutes "
           "| resumed at epoch | test images per predicted / true class | best ACC of any threshold |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")

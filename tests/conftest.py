@@ -1,5 +1,6 @@
 """Shared test setup: offline, quiet, deterministic; paths to the shipped data and the optional full data."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,3 +19,27 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "medmnist" / "breastmnist.npz").exists():
         pytest.skip("full real data (../shared/data) not present")
     return SHARED_DATA
+
+
+class LogLines(logging.Handler):
+    """The messages logged under `benchmark` while installed (`.text`: one per line)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.messages)
+
+
+@pytest.fixture(scope="module")
+def module_logs():
+    """`caplog` for module-scoped fixtures: the package's log messages during the whole module."""
+    handler, logger = LogLines(), logging.getLogger("benchmark")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)

@@ -119,3 +119,12 @@ def test_committed_records_keep_their_run_ids():
 def test_unknown_suite_suggests(tmp_path):
     with pytest.raises(UserError, match="did you mean 'smoke'"):
         load_suite("smok")
+
+
+def test_the_torch_free_suite_parser_knows_every_registered_default_size():
+    from benchmark.data import dataset_sizes, list_datasets
+    from benchmark.suites import default_size
+
+    assert {name: default_size(name) for name in list_datasets()} == {
+        name: dataset_sizes(name)[0] for name in list_datasets()}
+    assert default_size("breast_ultrasound") == 224 and default_size("bloodmnist") == 28

@@ -14,8 +14,7 @@ from medmnist import INFO
 from PIL import Image
 from synthetic import write_synthetic_medmnist
 
-from benchmark.data import DatasetSplits, Split, list_datasets, load_dataset, register_dataset
-from benchmark.data import registry
+from benchmark.data import DatasetSplits, Split, list_datasets, load_dataset, register_dataset, registry
 from benchmark.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -78,6 +77,7 @@ def test_bad_size_and_limit_are_user_errors() -> None:
 
 def test_register_dataset_adds_one_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.suites, "DEFAULT_SIZES", dict(registry.suites.DEFAULT_SIZES))
     calls = []
 
     @register_dataset("tiny", default_size=64, sizes=(64,))
@@ -284,7 +284,7 @@ def test_missing_file_without_download_says_how_to_get_it(tmp_path: Path) -> Non
 def write_image_folder(root: Path, per_class: int = 5, classes: tuple[str, ...] = tuple(BUSI_CLASSES)) -> Path:
     """Small generated PNGs (varied sizes and modes) in `<root>/<class>/`."""
     rng = np.random.default_rng(0)
-    for label, name in enumerate(classes):
+    for name in classes:
         (root / name).mkdir(parents=True)
         for index in range(per_class):
             pixels = rng.integers(0, 256, (30 + index, 40, 3), dtype=np.uint8)

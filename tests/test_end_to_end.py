@@ -9,6 +9,8 @@ from benchmark.cli import main
 from benchmark.metrics import apply_temperature, calibration_metrics, classification_metrics
 from benchmark.records import load_records
 
+pytestmark = pytest.mark.slow  # one 2 x 2 grid trained through the CLI
+
 SUITE = """
 name: e2e
 data_root: bundled

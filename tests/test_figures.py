@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import json
 import warnings
 
 import pytest
 from PIL import Image
-
-from benchmark import figures
-from benchmark.errors import UserError
 from record_factory import make_grid, make_record, write_records
+
+from benchmark.errors import UserError
+from benchmark.report import figures
+from benchmark.report.load import load_plan
 
 SUITE = "unit"
 SUITE_KINDS = ["heatmap_acc", "heatmap_auc", "heatmap_f1_macro", "heatmap_balanced_acc",
@@ -28,30 +28,31 @@ def _check_png(path):
 
 
 @pytest.fixture(scope="module")
-def grid_figures(tmp_path_factory):
+def grid_figures(tmp_path_factory, module_logs):
     root = tmp_path_factory.mktemp("figs")
     records = make_grid(suite=SUITE)
     write_records(records, root / "runs")
     (root / "runs" / SUITE / "half.json").write_text('{"schema_version": 1, "sta', encoding="utf-8")
-    with pytest.warns(UserWarning, match="half.json"):
-        # PNG only and a low dpi keep the test fast; PDF output is checked on a smaller suite below
-        paths = figures.write_figures(root / "runs", root / "figures", formats=("png",), dpi=40)
+    # PNG only and a low dpi keep the test fast; PDF output is checked on a smaller suite below
+    paths = figures.write_figures(root / "runs", root / "figures", formats=("png",), dpi=40)
+    assert "half.json" in module_logs.text
     return records, root / "figures", paths
 
 
 def test_every_figure_produced_and_opens(grid_figures):
     records, out, paths = grid_figures
-    expected = {f"{SUITE}_{k}.png" for k in SUITE_KINDS}
+    expected = {f"{SUITE}/{k}.png" for k in SUITE_KINDS}
     for rec in records:
         kinds = ["confusion", "roc", "confidence", "curves"] if rec["status"] == "completed" else ["curves"]
-        expected |= {f"{rec['run_id']}_{k}.png" for k in kinds}
-    pngs = {p.name for p in paths if p.suffix == ".png"}
+        expected |= {f"{SUITE}/runs/{rec['run_id']}_{k}.png" for k in kinds}
+    pngs = {p.relative_to(out).as_posix() for p in paths if p.suffix == ".png"}
     assert pngs == expected
     assert len(pngs) == 10 * 4 + 1 + len(SUITE_KINDS)
     for name in sorted(pngs):
         _check_png(out / name)
-    index = out / f"{SUITE}_index.md"
-    assert index in paths and all(name in index.read_text(encoding="utf-8") for name in pngs)
+    index = out / SUITE / "index.md"
+    text = index.read_text(encoding="utf-8")
+    assert index in paths and all(f"({name.removeprefix(SUITE + '/')})" in text for name in pngs)
 
 
 def test_no_pyplot_figures_left_open(grid_figures):
@@ -69,7 +70,7 @@ def test_png_and_pdf_small_suite(tmp_path):
     figs = [p for p in paths if p.suffix in (".png", ".pdf")]
     stems = {p.stem for p in figs}
     assert {p.stem for p in figs if p.suffix == ".png"} == {p.stem for p in figs if p.suffix == ".pdf"} == stems
-    assert "tiny_samples_bloodmnist-28" in stems and f"{recs[1]['run_id']}_curves" in stems
+    assert "samples_bloodmnist-28" in stems and f"{recs[1]['run_id']}_curves" in stems
     assert f"{recs[1]['run_id']}_confusion" not in stems  # failed run: no predictions
     for p in figs:
         if p.suffix == ".pdf":
@@ -92,7 +93,7 @@ def test_old_records_without_samples_or_predictions(tmp_path):
         paths = figures.write_figures(tmp_path / "runs", tmp_path / "out", formats=("png",), dpi=40)
     names = {p.name for p in paths}
     assert f"{rec['run_id']}_curves.png" in names and f"{rec['run_id']}_confusion.png" not in names
-    assert "old_samples_breastmnist-28.png" in names and "old_samples_retinamnist-28.png" not in names
+    assert "samples_breastmnist-28.png" in names and "samples_retinamnist-28.png" not in names
     assert any("undecodable sample" in str(w.message) for w in caught)
     assert any("no test_predictions" in str(w.message) for w in caught)
 
@@ -107,14 +108,6 @@ def test_bad_arguments_are_user_errors(tmp_path):
         figures.write_figures(tmp_path / "runs", tmp_path / "out", suite="missing")
 
 
-def test_record_json_roundtrip_is_what_figures_read(tmp_path):
-    # records go through JSON (NaN-free, lists not arrays): the factory output must survive that unchanged
-    rec = make_record(dataset="retinamnist")
-    assert json.loads(json.dumps(rec)) == rec
-    probs = rec["test_predictions"]["probs"]
-    assert all(abs(sum(row) - 1.0) < 1e-9 for row in probs)
-
-
 def test_seeds_expected_come_from_the_suite_file(tmp_path):
     """Every record has seed 0 only, but the suite file plans seeds 0-2: the heatmap marks each cell 1/3†."""
     (tmp_path / "suites").mkdir()
@@ -124,9 +117,9 @@ def test_seeds_expected_come_from_the_suite_file(tmp_path):
     write_records(records, tmp_path / "runs")
     figures.write_figures(tmp_path / "runs", tmp_path / "figures", formats=("png",), dpi=40,
                           suites_dir=tmp_path / "suites")
-    index = (tmp_path / "figures" / "planned_index.md").read_text()
-    assert "planned_heatmap_acc" in index
-    plan = figures.lb.load_plan("planned", tmp_path / "suites")
+    index = (tmp_path / "figures" / "planned" / "index.md").read_text()
+    assert "(heatmap_acc.png)" in index
+    plan = load_plan("planned", tmp_path / "suites")
     fig = figures.plot_heatmap(records, "acc", "planned", plan)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert len(texts) == 2 and all(t.endswith("\n1/3†") for t in texts), texts

@@ -6,18 +6,22 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from record_factory import FAILED, MISSING, make_grid, make_record, write_records, write_suite_file
 from scipy import stats
 
-from benchmark import leaderboard as lb
 from benchmark.errors import UserError
-from record_factory import FAILED, MISSING, make_grid, make_record, write_records, write_suite_file
+from benchmark.records import load_records, records_frame
+from benchmark.report import aggregate, leaderboard
+from benchmark.report.load import SuitePlan, load_plan, load_published
 
 SUITE = "unit"
 
@@ -56,14 +60,14 @@ def grid():
 
 
 @pytest.fixture(scope="module")
-def board(grid, tmp_path_factory):
+def board(grid, tmp_path_factory, module_logs):
     root = tmp_path_factory.mktemp("lb")
     runs = root / "runs"
     write_records(grid, runs)
     (runs / SUITE / "zz-half-written.json").write_text('{"schema_version": 1, "status": "compl', encoding="utf-8")
     (runs / SUITE / "partial.json.tmp").write_text("{", encoding="utf-8")
-    with pytest.warns(UserWarning, match="zz-half-written"):
-        paths = lb.write_leaderboard(runs, root / "results", suites_dir=root / "no-suites")  # plan unknown
+    paths = leaderboard.write_leaderboard(runs, root / "results", suites_dir=root / "no-suites")  # plan unknown
+    assert "zz-half-written" in module_logs.text
     md, csv_text, tex = (p.read_text(encoding="utf-8") for p in paths)
     return {"root": root, "runs": runs, "paths": paths, "md": md, "csv": csv_text, "tex": tex}
 
@@ -73,9 +77,9 @@ def test_writes_three_files(board):
     assert all(p.stat().st_size > 0 for p in board["paths"])
 
 
-def test_load_records_skips_half_written_and_tmp(board, grid):
-    with pytest.warns(UserWarning, match="skipping unreadable record .*zz-half-written"):
-        recs = lb.load_records(board["runs"], SUITE)
+def test_load_records_skips_half_written_and_tmp(board, grid, caplog):
+    recs = load_records(board["runs"], SUITE)
+    assert re.search("skipping unreadable record .*zz-half-written", caplog.text)
     assert len(recs) == len(grid) == 11
     assert sorted(r["run_id"] for r in recs) == sorted(r["run_id"] for r in grid)
 
@@ -93,7 +97,7 @@ def test_duplicate_config_hash_keeps_newest_completed(tmp_path):
         (d / name).write_text(json.dumps(rec), encoding="utf-8")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        recs = lb.load_records(tmp_path)
+        recs = load_records(tmp_path)
     assert len(recs) == 1
     assert recs[0]["status"] == "completed" and recs[0]["test"]["acc"] == 0.123
 
@@ -172,7 +176,7 @@ def test_published_rows_never_bold_or_ranked(tmp_path):
     recs = [make_record(suite="weak", dataset="breastmnist", model="resnet18_28", seed=s, skill=-0.5)
             for s in (0, 1)]
     write_records(recs, tmp_path / "runs")
-    md = lb.write_leaderboard(tmp_path / "runs", tmp_path / "out", suite="weak",
+    md = leaderboard.write_leaderboard(tmp_path / "runs", tmp_path / "out", suite="weak",
                               suites_dir=tmp_path)[0].read_text(encoding="utf-8")
     rows = _md_table(md, "Suite weak: test ACC")
     measured = _row(rows, "resnet18_28")
@@ -208,7 +212,7 @@ def test_per_class_table(board, grid):
 
 
 def test_compare_models_numbers(grid):
-    df = lb.compare_models(grid, "resnet18_28", "vit_b16", metric="acc")
+    df = aggregate.compare_models(records_frame(grid), "resnet18_28", "vit_b16", metric="acc")
     by = {r.dataset: r for r in df.itertuples()}
     a = np.array(_values(grid, "breastmnist", "resnet18_28"))
     b = np.array(_values(grid, "breastmnist", "vit_b16"))
@@ -222,7 +226,7 @@ def test_compare_models_numbers(grid):
     # retinamnist: resnet has seeds {0, 2} (1 failed), vit {0, 1} (2 missing): only seed 0 pairs
     rr = by["retinamnist"]
     assert rr.n == 1 and rr.seeds == "0" and math.isnan(rr.t_pvalue) and math.isnan(rr.wilcoxon_pvalue)
-    allrow = by[lb.ALL_DATASETS]
+    allrow = by[aggregate.ALL_DATASETS]
     ma = np.array([by["breastmnist"].mean_a, rr.mean_a])
     mb = np.array([by["breastmnist"].mean_b, rr.mean_b])
     assert allrow.n == 2
@@ -233,9 +237,9 @@ def test_compare_models_numbers(grid):
 
 def test_compare_models_unknown_model_and_single_dataset(grid):
     with pytest.raises(UserError, match="no completed runs of model 'nope'"):
-        lb.compare_models(grid, "resnet18_28", "nope")
+        aggregate.compare_models(records_frame(grid), "resnet18_28", "nope")
     one = [r for r in grid if r["dataset"]["name"] == "breastmnist"]
-    df = lb.compare_models(one, "vit_b16", "resnet18_28", metric="auc")
+    df = aggregate.compare_models(records_frame(one), "vit_b16", "resnet18_28", metric="auc")
     assert list(df["dataset"]) == ["breastmnist"]  # no "all datasets" row for a single dataset
     assert df["mean_diff"].iloc[0] > 0
 
@@ -260,7 +264,7 @@ def test_tex_is_booktabs_and_marks_published(board):
 def test_byte_identical_regeneration(board):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        paths = lb.write_leaderboard(board["runs"], board["root"] / "again", suites_dir=board["root"] / "no-suites")
+        paths = leaderboard.write_leaderboard(board["runs"], board["root"] / "again", suites_dir=board["root"] / "no-suites")
     for first, second in zip(board["paths"], paths):
         assert first.read_bytes() == second.read_bytes(), first.name
     assert "2026-11" not in board["md"]  # no timestamps from the records
@@ -268,7 +272,9 @@ def test_byte_identical_regeneration(board):
 
 def test_without_suite_file_falls_back_and_says_so(board):
     assert "No suite file `unit.yaml` was found" in board["md"]
-    assert "3 expected = the distinct seeds among the suite's records" in board["md"]
+    assert "Expected seeds per group: 3 (0, 1, 2)." in board["md"]
+    assert "the expected seeds are the distinct seeds among the suite's records" in board["md"]
+    assert "3 expected = the distinct seeds among the suite's records" in board["tex"]
     csv = pd.read_csv(io.StringIO(board["csv"]), keep_default_na=False)
     assert "not_planned" not in set(csv["status"])  # without a plan every empty cell counts as planned
 
@@ -293,7 +299,7 @@ def planned(tmp_path_factory):
     write_suite_file(root / "suites", PLANNED, datasets=PLAN_DATASETS, models=PLAN_MODELS, seeds=(0, 1, 2, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        paths = lb.write_leaderboard(root / "runs", root / "out", suites_dir=root / "suites")
+        paths = leaderboard.write_leaderboard(root / "runs", root / "out", suites_dir=root / "suites")
     md, csv_text, _ = (p.read_text(encoding="utf-8") for p in paths)
     csv = pd.read_csv(io.StringIO(csv_text), keep_default_na=False)
     return {"root": root, "paths": paths, "md": md, "csv": csv[(csv.table == "headline") & (csv.metric == "acc")],
@@ -309,10 +315,10 @@ def _status(csv, model, size, dataset):
 def test_load_plan_reads_names_mappings_and_default_sizes(tmp_path):
     (tmp_path / "mini.yaml").write_text("datasets: [breast_ultrasound, retinamnist, {name: breastmnist, size: 64}]\n"
                                         "models: [resnet18_28, {name: vit_b16, recipe: r}]\n", encoding="utf-8")
-    plan = lb.load_plan("mini", tmp_path)
-    assert plan == lb.SuitePlan("mini.yaml", ("resnet18_28", "vit_b16"),
+    plan = load_plan("mini", tmp_path)
+    assert plan == SuitePlan("mini.yaml", ("resnet18_28", "vit_b16"),
                                 (("breast_ultrasound", 224), ("retinamnist", 28), ("breastmnist", 64)), (0,))
-    assert lb.load_plan("absent", tmp_path) is None
+    assert load_plan("absent", tmp_path) is None
 
 
 def test_planned_but_unrecorded_dataset_reads_not_yet_run(planned):
@@ -369,7 +375,7 @@ def test_expected_seeds_from_suite_file(planned):
 
 def test_planned_regeneration_is_byte_identical(planned):
     root = planned["root"]
-    again = lb.write_leaderboard(root / "runs", root / "again", suites_dir=root / "suites")
+    again = leaderboard.write_leaderboard(root / "runs", root / "again", suites_dir=root / "suites")
     for first, second in zip(planned["paths"], again):
         assert first.read_bytes() == second.read_bytes(), first.name
 
@@ -380,7 +386,7 @@ def test_unusable_suite_file_warns_and_falls_back(tmp_path, text):
     write_records([make_record(suite="broken", seed=s) for s in (0, 1)], tmp_path / "runs")
     (tmp_path / "broken.yaml").write_text(text, encoding="utf-8")
     with pytest.warns(UserWarning, match="ignoring suite file .*broken.yaml"):
-        md = lb.write_leaderboard(tmp_path / "runs", tmp_path / "out",
+        md = leaderboard.write_leaderboard(tmp_path / "runs", tmp_path / "out",
                                   suites_dir=tmp_path)[0].read_text(encoding="utf-8")
     assert "No suite file `broken.yaml` was found" in md and "Expected seeds per group: 2 (0, 1)." in md
 
@@ -390,7 +396,7 @@ def _real_suite_board(tmp_path, monkeypatch, suite, records) -> str:
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        md, _, _ = lb.build_leaderboard(records)
+        md, _, _ = leaderboard.build_leaderboard(records)
     return md
 
 
@@ -425,18 +431,19 @@ def test_real_smoke_suite_has_only_its_planned_columns(tmp_path, monkeypatch):
 
 def test_missing_runs_dir_is_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        lb.write_leaderboard(tmp_path / "nope", tmp_path / "out")
+        leaderboard.write_leaderboard(tmp_path / "nope", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no run records"):
-        lb.write_leaderboard(tmp_path / "empty", tmp_path / "out")
+        leaderboard.write_leaderboard(tmp_path / "empty", tmp_path / "out")
 
 
 def test_no_heavy_imports():
-    code = ("import sys, benchmark.leaderboard, benchmark.figures; "
+    code = ("import sys, benchmark, benchmark.suites, benchmark.records, benchmark.report, benchmark.report.figures; "
+            "benchmark.records_frame(benchmark.load_records('results')); "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'transformers', "
             "'benchmark.data', 'benchmark.models', 'benchmark.train'))]; "
             "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 @pytest.mark.parametrize("model", ["resnet18_28", "resnet18_28_ref"])  # the latter `published_as: resnet18_28`
@@ -444,7 +451,7 @@ def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch, model):
     recs = make_grid(suite="medmnist-v2", models=("resnet18_28", "resnet18_28_ref"), missing=(), failed=())
     md = _real_suite_board(tmp_path, monkeypatch, "medmnist-v2", recs)
     rows = _md_table(md, "Suite medmnist-v2: measured vs published")
-    published = lb.load_published()
+    published = load_published()
     for metric, label in (("acc", "ACC"), ("auc", "AUC")):
         values = np.array(_values(recs, "breastmnist", model, metric))
         reference = published[(published.model == "resnet18_28") & (published.dataset == "breastmnist")
@@ -461,11 +468,11 @@ def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch, model):
     assert not [r for r in rows if r["Model"] == "resnet18_224"]  # neither planned nor measured
 
 
-def test_same_seed_with_another_config_is_never_counted_twice(tmp_path):
+def test_same_seed_with_another_config_is_never_counted_twice(tmp_path, caplog):
     trial = make_record(seed=0, created_at="2026-11-20T00:00:00+00:00")
     trial["config_hash"], trial["run_id"] = "trial" * 8, "breastmnist-28-resnet18_28-s0-trial"
     final = make_record(seed=0, created_at="2026-11-22T00:00:00+00:00")
     write_records([trial, final], tmp_path)
-    with pytest.warns(UserWarning, match=f"{final['run_id']} replaces breastmnist-28-resnet18_28-s0-trial"):
-        recs = lb.load_records(tmp_path)
+    recs = load_records(tmp_path)
+    assert f"{final['run_id']} replaces breastmnist-28-resnet18_28-s0-trial" in caplog.text
     assert [r["run_id"] for r in recs] == [final["run_id"]]

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from medmnist import Evaluator
 from sklearn.metrics import f1_score
+from synthetic import write_synthetic_medmnist
 
 from benchmark.data import load_dataset
 from benchmark.data.medmnist_npz import save_npz
 from benchmark.metrics import classification_metrics, medmnist_auc, predicted_labels
-from synthetic import write_synthetic_medmnist
 
 
 def random_probs(n: int, n_classes: int, labels: np.ndarray, seed: int) -> np.ndarray:

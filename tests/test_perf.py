@@ -1,6 +1,5 @@
 """The perf verb: end-to-end JSON on a tiny ViT, data-only mode, FLOP counting, MFU, argument checks."""
 
-import argparse
 import json
 import math
 
@@ -10,7 +9,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from benchmark import perf
-from benchmark.cli import build_parser
+from benchmark.cli import build_parser, perf_config
 from benchmark.errors import UserError
 from benchmark.models import build_model, resolve_model
 
@@ -18,8 +17,9 @@ TRAIN_PHASE_KEYS = {"images", "seconds", "images_per_second", "round_images_per_
                     "achieved_tflops", "mfu"}
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["perf", *argv])
+def parse(*argv: str) -> perf.PerfConfig:
+    """The API's config, built from the verb's options as the CLI does."""
+    return perf_config(build_parser().parse_args(["perf", *argv]))
 
 
 def positive_finite(value) -> bool:
@@ -34,16 +34,18 @@ def train_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("perf")
     args = parse("--model", "vit_tiny", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "1",
                  "--threads", "1", "--output", str(out))
-    assert perf.run_perf(args) == 0
+    result, path = perf.run_perf(args)
     files = list(out.glob("*.json"))
-    assert [f.name for f in files] == ["train-vit-tiny-breastmnist-28-b4-cpu.json"]
-    return json.loads(files[0].read_text())
+    assert [f.name for f in files] == ["train-vit-tiny-breastmnist-28-b4-cpu.json"] == [path.name]
+    assert json.loads(path.read_text()) == json.loads(json.dumps(result))
+    return result
 
 
 def test_train_mode_writes_every_figure(train_result):
     r = train_result
     assert r["mode"] == "train" and r["schema_version"] == perf.SCHEMA_VERSION
-    assert r["command"].startswith("python -m benchmark perf")
+    assert r["command"] == ("python -m benchmark perf --model vit_tiny --batch 4 --steps 2 --warmup 1 --rounds 1 "
+                            "--threads 1 --output " + r["settings"]["output"])
     assert r["settings"]["model"] == "vit_tiny" and r["settings"]["batch"] == 4
     assert r["model"]["input_size"] == 32 and r["model"]["n_params"] > 0
     assert r["dataset"] == {**r["dataset"], "name": "breastmnist", "size": 28}
@@ -79,7 +81,7 @@ def test_ratios_are_quotients_of_the_stored_figures(train_result):
 def test_data_only_mode(tmp_path):
     args = parse("--data-only", "--input-size", "64", "--batch", "4", "--steps", "2", "--warmup", "1",
                  "--rounds", "2", "--threads", "1", "--output", str(tmp_path))
-    assert perf.run_perf(args) == 0
+    perf.run_perf(args)
     r = json.loads((tmp_path / "data-breastmnist-28to64-b4-cpu.json").read_text())
     assert r["mode"] == "data" and r["input_size"] == 64 and r["augment"] == "tutorial"
     assert set(r["pipelines"]) == set(perf.DATA_PIPELINES)
@@ -157,7 +159,7 @@ def test_a_local_model_directory_without_the_tutorial(tmp_path):
                                    num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     args = parse("--model", str(source), "--skip-tutorial", "--batch", "4", "--steps", "1", "--warmup", "1",
                  "--rounds", "1", "--threads", "1", "--output", str(tmp_path / "out"))
-    assert perf.run_perf(args) == 0
+    perf.run_perf(args)
     r = json.loads((tmp_path / "out" / "train-my-vit-breastmnist-28-b4-cpu.json").read_text())
     assert set(r["pipelines"]) == {"ours", "random"} and r["model"]["input_size"] == 32
     assert set(r["ratios"]) == {"train_ours_over_random", "inference_ours_over_random"}
@@ -166,7 +168,7 @@ def test_a_local_model_directory_without_the_tutorial(tmp_path):
 def test_batches_larger_than_the_split_are_full_in_every_pipeline(tmp_path):
     args = parse("--model", "vit_tiny", "--dataset", "breastmnist", "--batch", "150", "--steps", "1",
                  "--warmup", "1", "--rounds", "1", "--threads", "1", "--output", str(tmp_path))
-    assert perf.run_perf(args) == 0  # bundled breastmnist has 120 training images
+    perf.run_perf(args)  # bundled breastmnist has 120 training images
     r = json.loads((tmp_path / "train-vit-tiny-breastmnist-28-b150-cpu.json").read_text())
     assert {name: p["train"]["images"] for name, p in r["pipelines"].items()} == \
         {"ours": 150, "random": 150, "tutorial": 150}
@@ -177,7 +179,7 @@ def test_bf16_with_the_tutorial_then_a_full_precision_accelerator(tmp_path):
     and a full-precision run (what `benchmark run` starts) must still be possible in the same process."""
     args = parse("--model", "vit_tiny", "--mixed-precision", "bf16", "--batch", "4", "--steps", "1", "--warmup", "1",
                  "--rounds", "1", "--threads", "1", "--output", str(tmp_path))
-    assert perf.run_perf(args) == 0
+    perf.run_perf(args)
     r = json.loads((tmp_path / "train-vit-tiny-breastmnist-28-b4-cpu.json").read_text())
     assert r["mixed_precision"] == "bfloat16" and set(r["pipelines"]) == {"ours", "random", "tutorial"}
     assert Accelerator(cpu=True, mixed_precision="no", gradient_accumulation_steps=1).mixed_precision == "no"

@@ -224,6 +224,8 @@ def test_bad_input_is_one_line_exit_2_and_keeps_results(case, results, tmp_path,
 def test_a_failed_run_is_recorded_and_the_grid_goes_on(results, tmp_path, capsys):
     """A model that cannot be loaded fails its run (recorded, epoch 0); the next run still completes."""
     ghost = str(tmp_path / "no_such_model")
+    (tmp_path / "no_such_model").mkdir()  # there (so the grid starts), but its config cut short
+    (tmp_path / "no_such_model" / "config.json").write_text("{")
     suite = write_suite(tmp_path, models=[{"name": "ghost", "source": ghost, "recipe": TINY},
                                           {"name": MODEL, "recipe": TINY}])
     assert run(suite, results, "--seeds", "1") == 2
@@ -325,10 +327,10 @@ def test_a_bug_is_recorded_with_its_traceback_and_exits_1(results, tmp_path, mon
 
 
 def test_debug_raises_the_original_error_after_recording_it(results, tmp_path):
-    with pytest.raises(UserError, match="breastmnist.npz not found"):
-        run(write_suite(tmp_path), results, "--seeds", "1", "--data-root", str(tmp_path), "--debug")
+    with pytest.raises(UserError, match="batch_size 64 is larger than the 32-image train split"):
+        run(write_suite(tmp_path, recipe={"batch_size": 64}), results, "--seeds", "1", "--debug")
     (record,) = [r for r in records(results) if r["status"] == "failed"]
-    assert "breastmnist.npz not found" in record["error"]["message"]
+    assert "batch_size 64 is larger" in record["error"]["message"]
 
 
 def test_cli_prints_one_line_without_traceback(tmp_path):

@@ -8,7 +8,9 @@ from benchmark.data.registry import (
     dataset_split_kinds,
     list_datasets,
     load_dataset,
+    missing_data,
     register_dataset,
 )
 
-__all__ = ["DatasetSplits", "Split", "dataset_sizes", "dataset_split_kinds", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DatasetSplits", "Split", "dataset_sizes", "dataset_split_kinds", "list_datasets", "load_dataset",
+           "missing_data", "register_dataset"]

@@ -93,6 +93,12 @@ def _locate(flag: str, size: int, data_root: str | None, download: bool) -> Path
     return path
 
 
+def _check_files(flag: str, *, size: int, data_root: str | None, download: bool) -> None:
+    """Raise `_locate`'s error when the file is missing and would not be downloaded."""
+    if not download or data_root == BUNDLED:
+        _locate(flag, size, data_root, download=False)
+
+
 def _download(flag: str, size: int, root: Path) -> None:
     """Fetch the file through medmnist's own dataset class (which checks the MD5 as it downloads)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -160,7 +166,7 @@ def save_npz(path: Path, splits: Mapping[str, Split], *, synthetic: bool = False
 def _register_medmnist_flags() -> None:
     for flag, info in INFO.items():
         if not flag.endswith("3d") and info["task"] in SINGLE_LABEL_TASKS:
-            register_dataset(flag)(functools.partial(load_medmnist, flag))
+            register_dataset(flag, check=functools.partial(_check_files, flag))(functools.partial(load_medmnist, flag))
 
 
 _register_medmnist_flags()

@@ -3,8 +3,11 @@ data-root resolution and the validation every loader shares.
 
 Adding a dataset is one registration::
 
-    @register_dataset("my_set", default_size=64)
+    @register_dataset("my_set", check=check_my_set)
     def load_my_set(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits: ...
+
+`check(*, size, data_root, download)` (optional) raises the loader's `UserError` when the files it would read
+are missing, without reading them: a grid checks every run's data this way before its first run starts.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from medmnist.info import DEFAULT_ROOT
 
+from benchmark import suites
 from benchmark.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -62,8 +66,23 @@ class DatasetSplits:
         """The run record's `dataset` block."""
         return {"name": self.name, "size": self.size, "task": self.task, "class_names": list(self.class_names),
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
-                "source": self.source, "md5": self.md5, "synthetic": self.synthetic,
+                "source": portable_path(self.source), "md5": self.md5, "synthetic": self.synthetic,
                 **({"split": self.split} if self.split else {})}
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` as written into records and results, without this machine's layout: the shipped files as
+    `bundled/...`, a path under the working directory relative to it, one under the home folder as `~/...`,
+    any other absolute path by its name only. Relative paths and ids (`hub:...`, `bundled`) stay as given."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    resolved = Path(text).resolve()
+    for base, prefix in ((BUNDLED_DIR, BUNDLED), (Path.cwd().resolve(), ""), (Path.home().resolve(), "~")):
+        if resolved.is_relative_to(base):
+            relative = resolved.relative_to(base).as_posix()
+            return f"{prefix}/{relative}" if prefix else relative
+    return resolved.name
 
 
 Loader = Callable[..., DatasetSplits]
@@ -74,24 +93,28 @@ class _Entry:
     loader: Loader
     default_size: int
     sizes: tuple[int, ...]
-    split_kinds: tuple[str, ...]
+    check: Callable[..., None] | None = None
+    split_kinds: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_dataset(name: str, *, default_size: int = 28, sizes: tuple[int, ...] = MEDMNIST_SIZES,
+def register_dataset(name: str, *, default_size: int | None = None, sizes: tuple[int, ...] = MEDMNIST_SIZES,
+                     check: Callable[..., None] | None = None,
                      split_kinds: tuple[str, ...] = ()) -> Callable[[Loader], Loader]:
     """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`.
 
-    A loader that cuts its own splits names the ways it can in `split_kinds` (the first is the default) and
-    takes a `split` keyword too.
-    """
+    The default size lives in one table, `benchmark.suites.DEFAULT_SIZES` (the torch-free reporting layer reads
+    it too); a `default_size` given here is entered there. A loader that cuts its own splits names the ways it
+    can in `split_kinds` (the first is the default) and takes a `split` keyword too."""
+    if default_size is not None:
+        suites.DEFAULT_SIZES[name] = default_size
 
     def decorator(loader: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, default_size, tuple(sizes), tuple(split_kinds))
+        _REGISTRY[name] = _Entry(loader, suites.default_size(name), tuple(sizes), check, tuple(split_kinds))
         return loader
 
     return decorator
@@ -135,6 +158,18 @@ def load_dataset(name: str, size: int | None = None, data_root: str | None = Non
     extra = {"split": split or entry.split_kinds[0]} if entry.split_kinds else {}
     return entry.loader(size=size, data_root=data_root, download=download, limit=limit,
                         split_seed=split_seed, verify=verify, **extra)
+
+
+def missing_data(name: str, size: int, data_root: str | None = None, download: bool = False) -> str | None:
+    """What is missing for loading this dataset (one line naming the fix), or None when its files are there."""
+    entry = _lookup(name)
+    if entry.check is None:
+        return None
+    try:
+        entry.check(size=size, data_root=data_root, download=download)
+    except UserError as err:
+        return str(err)
+    return None
 
 
 def _lookup(name: str) -> _Entry:

@@ -86,7 +86,14 @@ class _RawDataset:
     md5: str
 
 
-@register_dataset("breast_ultrasound", default_size=224, split_kinds=SPLIT_KINDS)
+def _check_source(*, size: int, data_root: str | None, download: bool) -> None:
+    """The folder (or hub id) is there and a folder has class subfolders; the images are checked when read."""
+    source = _resolve_source(data_root, download)
+    if isinstance(source, Path):
+        _class_names(_split_dirs(source)["train"])
+
+
+@register_dataset("breast_ultrasound", check=_check_source, split_kinds=SPLIT_KINDS)
 def load_breast_ultrasound(*, size: int, data_root: str | None, download: bool, limit: int | None,
                            split_seed: int, verify: bool, split: str) -> DatasetSplits:
     source = _resolve_source(data_root, download)
@@ -132,10 +139,14 @@ def _resolve_source(data_root: str | None, download: bool) -> Path | str:
 
 # --- local folders ---------------------------------------------------------------------------------------
 
-def _read_folder(folder: Path, check_bundled: bool) -> _RawDataset:
+def _split_dirs(folder: Path) -> dict[str, Path]:
+    """The folder's split subfolders when it has train/ and test/, else the folder itself as the train split."""
     split_dirs = {name: folder / name for name in SPLIT_FOLDERS if (folder / name).is_dir()}
-    if not {"train", "test"} <= split_dirs.keys():
-        split_dirs = {"train": folder}
+    return split_dirs if {"train", "test"} <= split_dirs.keys() else {"train": folder}
+
+
+def _read_folder(folder: Path, check_bundled: bool) -> _RawDataset:
+    split_dirs = _split_dirs(folder)
     class_names = _class_names(split_dirs["train"])
     splits = {name: _folder_samples(split_dir, class_names, folder) for name, split_dir in split_dirs.items()}
     paths = [path for samples in splits.values() for path, _, _ in samples]

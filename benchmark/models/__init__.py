@@ -5,8 +5,9 @@ from benchmark.models.registry import (
     ModelSpec,
     build_model,
     list_models,
+    missing_model,
     register_model,
     resolve_model,
 )
 
-__all__ = ["BuiltModel", "ModelSpec", "build_model", "list_models", "register_model", "resolve_model"]
+__all__ = ["BuiltModel", "ModelSpec", "build_model", "list_models", "missing_model", "register_model", "resolve_model"]

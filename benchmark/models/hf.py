@@ -8,14 +8,19 @@ in the local cache; a local directory always works.
 
 from __future__ import annotations
 
-import warnings
+import logging
+import re
+from pathlib import Path
 
+import huggingface_hub
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from benchmark.errors import UserError
 from benchmark.models.registry import BUNDLED_MODELS, BuiltModel, ModelSpec, register_family, register_model
+
+logger = logging.getLogger(__name__)
 
 
 class LogitsOnly(nn.Module):
@@ -53,7 +58,7 @@ def _input_size_and_norm(spec: ModelSpec, config) -> tuple[int, list[float], lis
         processor = AutoImageProcessor.from_pretrained(load_path(spec.source))
     except (OSError, ValueError):
         size = int(getattr(config, "image_size", 224))
-        warnings.warn(f"{spec.source}: no image processor found; using {size} px and mean/std 0.5")
+        logger.warning(f"{spec.source}: no image processor found; using {size} px and mean/std 0.5")
         return size, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
     size = processor.size
     side = size.get("height") or size.get("shortest_edge")
@@ -68,7 +73,24 @@ def _load(spec: ModelSpec, labels: dict, **kwargs) -> nn.Module:
     return AutoModelForImageClassification.from_config(config, **kwargs)
 
 
-@register_family("hf")
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # what the hub accepts as a repo id; anything else is a path
+
+
+def missing_source(spec: ModelSpec) -> str | None:
+    """A local directory that is not there, or (offline) a hub id that is not in the local cache."""
+    if spec.source.startswith(BUNDLED_PREFIX) or Path(load_path(spec.source)).expanduser().is_dir():
+        return None
+    if spec.source.startswith((".", "~")) or not HUB_ID.fullmatch(spec.source):
+        return (f"model '{spec.name}': local directory {spec.source} not found; point `source:` at a folder made "
+                f"with save_pretrained")
+    if huggingface_hub.constants.HF_HUB_OFFLINE and not isinstance(
+            huggingface_hub.try_to_load_from_cache(spec.source, "config.json"), str):
+        return (f"model '{spec.name}': {spec.source} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"download it once online, or point `source:` at a local save_pretrained folder")
+    return None
+
+
+@register_family("hf", check=missing_source)
 def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> BuiltModel:
     labels = {
         "num_labels": len(class_names),

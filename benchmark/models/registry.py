@@ -56,15 +56,28 @@ class BuiltModel:
 
 FamilyBuilder = Callable[[ModelSpec, list[str], int], BuiltModel]
 _FAMILIES: dict[str, FamilyBuilder] = {}
+_CHECKS: dict[str, Callable[[ModelSpec], str | None]] = {}
 _PRESETS: dict[str, ModelSpec] = {}
 
 
-def register_family(name: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
+def register_family(name: str, check: Callable[[ModelSpec], str | None] | None = None
+                    ) -> Callable[[FamilyBuilder], FamilyBuilder]:
+    """Register `builder(spec, class_names, data_channels) -> BuiltModel`; `check(spec)` (optional) names what is
+    missing to build `spec` (a local directory, a hub id not in the offline cache) without building it."""
+
     def decorator(builder: FamilyBuilder) -> FamilyBuilder:
         _FAMILIES[name] = builder
+        if check is not None:
+            _CHECKS[name] = check
         return builder
 
     return decorator
+
+
+def missing_model(spec: ModelSpec) -> str | None:
+    """What is missing for building `spec` (one line naming the fix), or None."""
+    check = _CHECKS.get(spec.family)
+    return check(spec) if check else None
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

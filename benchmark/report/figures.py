@@ -1,23 +1,23 @@
-"""Figures drawn from run records alone (`results/runs/<suite>/*.json`) into `results/figures/`.
+"""Figures drawn from run records alone into `results/figures/<suite>/` (per-run figures in its `runs/`).
 
 Reads records only: no torch, no `benchmark.data` / `benchmark.models` / `benchmark.train`. Every figure is a
 standalone `matplotlib.figure.Figure` on an Agg canvas (never pyplot, so no GUI backend and no global
 figure state), styled with one seaborn theme (whitegrid, "paper" context, colour-blind palette) and sized
 for a paper: 3.5 in wide (single column) or 7 in (double column), fonts 6-8 pt.
 
-Per completed run (`<run_id>_<kind>.<fmt>`):
+Per completed run (`<suite>/runs/<run_id>_<kind>.<fmt>`):
     confusion   counts and row-normalised confusion matrices (from record["test_predictions"])
     roc         ROC curve per class, AUC in the legend (binary: the positive class only)
     confidence  histogram of the max class probability, correct vs incorrect
     curves      training loss / validation loss and validation metrics per epoch, best epoch marked
                 (also drawn for failed runs that have a history)
-Per suite (`<suite>_<kind>.<fmt>`):
+Per suite (`<suite>/<kind>.<fmt>`):
     heatmap_<metric>              model x dataset heatmap of each headline metric (best per column boxed)
     per_class_recall_<dataset>    per-class recall bars per model (mean ± std over seeds)
     resolution_acc                test ACC vs dataset image size (28/64/128/224) per model, one panel per dataset
     avg_rank                      average rank across datasets per model, for each headline metric
     samples_<dataset>-<size>      grid of test images per class (from record["samples"], when present)
-plus `<suite>_index.md` listing the files.
+plus `<suite>/index.md` listing the files. Every number drawn comes from `benchmark.report.aggregate`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ import math
 import re
 import textwrap
 import warnings
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib as mpl
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -40,8 +42,15 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from benchmark import leaderboard as lb
 from benchmark.errors import UserError
+from benchmark.records import atomic_write_bytes, group_key, records_frame
+from benchmark.report.aggregate import (
+    HEADLINE_METRICS,
+    METRIC_LABELS,
+    expected_seeds,
+    headline,
+)
+from benchmark.report.load import SuitePlan, load_suites
 
 SINGLE = 3.5  # in, one paper column
 DOUBLE = 7.0  # in, two columns
@@ -114,6 +123,14 @@ def _save(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str], dpi: in
 # ----------------------------------------------------------------------------------------------------------
 # Record access
 # ----------------------------------------------------------------------------------------------------------
+def _finite(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def _class_names(rec: dict, k: int) -> list[str]:
     names = list((rec.get("dataset") or {}).get("class_names") or [])
     if len(names) < k:
@@ -189,7 +206,8 @@ def plot_confusion(rec: dict) -> Figure:
 
 
 def plot_roc(rec: dict) -> Figure:
-    from sklearn.metrics import auc as _auc, roc_curve
+    from sklearn.metrics import auc as _auc
+    from sklearn.metrics import roc_curve
 
     labels, probs = _predictions(rec)
     k = probs.shape[1]
@@ -255,7 +273,7 @@ def plot_curves(rec: dict) -> Figure:
         out = []
         for h in hist:
             try:
-                v = lb._finite(get(h))
+                v = _finite(get(h))
             except (KeyError, TypeError):
                 v = None
             out.append(np.nan if v is None else v)
@@ -275,7 +293,7 @@ def plot_curves(rec: dict) -> Figure:
         v = series(lambda h, m=m: h["val"][m])
         if np.isfinite(v).any():
             ax2.plot(ep, v, marker=marker, ms=2.5, color=_PALETTE[2 + i],
-                     label=f"validation {lb.METRIC_LABELS.get(m, m)}" + (" (selection)" if m == sel else ""))
+                     label=f"validation {METRIC_LABELS.get(m, m)}" + (" (selection)" if m == sel else ""))
     ax2.set(xlabel="Epoch", ylabel="Validation metric", title="Validation metrics")
     best = rec.get("best_epoch")
     failed = rec.get("status") == "failed"
@@ -344,28 +362,29 @@ RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_
 # ----------------------------------------------------------------------------------------------------------
 # Per-suite figures
 # ----------------------------------------------------------------------------------------------------------
-def _group_tick(g: lb.GroupKey) -> str:
+def _group_tick(g: tuple) -> str:
     model, size, scheme = g
     return f"{model}\n{size} px · {scheme}" if scheme else f"{model}\n{size} px"
 
 
-def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: lb.SuitePlan | None = None
+def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: SuitePlan | None = None
                  ) -> Figure | None:
-    mt = lb.metric_table(records, metric, None, suite, plan)
+    mt = headline(records_frame(records), metric, plan, None, suite)
     ds = mt.measured_datasets
-    groups = [g for g in mt.groups if any((g, d) in mt.cells for d in ds)]  # all-failed groups show "failed"
+    cells = mt.cells[mt.cells["recorded"]]
+    groups = [g for g in mt.groups if any((*g, d) in cells.index for d in ds)]  # all-failed groups show "failed"
     if not ds or not groups:
         return None
     data = np.full((len(groups), len(ds)), np.nan)
     annot = np.full(data.shape, "", dtype=object)
     for i, g in enumerate(groups):
         for j, d in enumerate(ds):
-            c = mt.cells.get((g, d))
-            if c is None or c.mean is None:
-                annot[i, j] = "not run" if c is None else "failed"
+            c = mt.cell(g, d)
+            if c["status"] in ("not_run", "not_planned") or pd.isna(c["mean"]):
+                annot[i, j] = "not run" if not c["recorded"] else "failed"
                 continue
-            data[i, j] = c.mean
-            annot[i, j] = f"{c.mean:.3f}" + ("" if c.complete else f"\n{c.n}/{c.n_expected}†")
+            data[i, j] = c["mean"]
+            annot[i, j] = f"{c['mean']:.3f}" + ("" if c["status"] == "ok" else f"\n{c['n']}/{c['n_expected']}†")
     w = min(DOUBLE, max(SINGLE, 1.7 + 0.75 * len(ds)))
     fig = _new_figure(w, 1.0 + 0.36 * len(groups))
     ax = fig.subplots()
@@ -373,8 +392,8 @@ def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: lb.Suit
     lo, hi = float(finite.min()), float(finite.max())
     if hi - lo < 1e-9:
         lo, hi = lo - 0.01, hi + 0.01
-    _heatmap(ax, data, annot.tolist(), "viridis", lo, hi, f"Test {lb.METRIC_LABELS.get(metric, metric)}", 6)
-    for j, d in enumerate(ds):  # box the best per dataset
+    _heatmap(ax, data, annot.tolist(), "viridis", lo, hi, f"Test {METRIC_LABELS.get(metric, metric)}", 6)
+    for j in range(len(ds)):  # box the best per dataset
         col = data[:, j]
         if np.isfinite(col).any():
             for i in np.flatnonzero(np.isclose(col, np.nanmax(col), rtol=1e-12, atol=1e-15)):
@@ -385,14 +404,14 @@ def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: lb.Suit
     ax.set_yticks(np.arange(len(groups)) + 0.5, [_group_tick(g) for g in groups], rotation=0, va="center")
     ax.tick_params(length=0)
     ax.set(xlabel="Dataset", ylabel="")
-    incomplete = any(c.mean is not None and not c.complete for c in mt.cells.values())
-    fig.suptitle(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)}, mean over seeds\n(box = best per "
+    incomplete = bool((mt.cells["status"] == "incomplete").any())
+    fig.suptitle(f"Suite {suite}: test {METRIC_LABELS.get(metric, metric)}, mean over seeds\n(box = best per "
                  f"dataset{f'; † = fewer than {mt.n_expected} seeds' if incomplete else ''})")
     return fig
 
 
 def _recall_by_group(records: Sequence[dict], dataset: str) -> tuple[list[str], dict]:
-    per: dict[lb.GroupKey, list[list[float]]] = {}
+    per: dict[tuple, list[list[float]]] = {}
     names: list[str] = []
     for rec in records:
         if rec["status"] != "completed" or str(rec["dataset"]["name"]) != dataset:
@@ -401,11 +420,11 @@ def _recall_by_group(records: Sequence[dict], dataset: str) -> tuple[list[str], 
         if not isinstance(rc, list) or not rc:
             continue
         names = names or _class_names(rec, len(rc))
-        per.setdefault(lb.group_key(rec), []).append([np.nan if lb._finite(x) is None else float(x) for x in rc])
+        per.setdefault(group_key(rec), []).append([np.nan if _finite(x) is None else float(x) for x in rc])
     return names, per
 
 
-def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str, plan: lb.SuitePlan | None = None
+def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str, plan: SuitePlan | None = None
                           ) -> Figure | None:
     names, per = _recall_by_group(records, dataset)
     if not per:
@@ -413,7 +432,7 @@ def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str, pla
     k = len(names)
     groups = sorted(per)
     n_g = len(groups)
-    n_exp = len(lb.expected_seeds(records, plan))
+    n_exp = len(expected_seeds(records_frame(records), plan))
     wide = k * n_g > 12
     w = DOUBLE if wide else SINGLE
     ncol = 1 if not wide else min(3, n_g)
@@ -444,14 +463,14 @@ def plot_per_class_recall(records: Sequence[dict], dataset: str, suite: str, pla
     return fig
 
 
-def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc", plan: lb.SuitePlan | None = None
+def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc", plan: SuitePlan | None = None
                     ) -> Figure | None:
     # (dataset) -> (model, scheme) -> size -> [values]
     data: dict[str, dict[tuple[str, str], dict[int, list[float]]]] = {}
     for rec in records:
         if rec["status"] != "completed":
             continue
-        v = lb._finite((rec.get("test") or {}).get(metric))
+        v = _finite((rec.get("test") or {}).get(metric))
         if v is None:
             continue
         key = (str(rec["model"]["name"]), str(rec.get("scheme") or ""))
@@ -459,7 +478,7 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc", pl
             int(rec["dataset"]["size"]), []).append(v)
     if not data:
         return None
-    n_exp = len(lb.expected_seeds(records, plan))
+    n_exp = len(expected_seeds(records_frame(records), plan))
     datasets = sorted(data)
     lines = sorted({k for d in data.values() for k in d})
     colors = dict(zip(lines, _palette(len(lines))))
@@ -492,7 +511,7 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc", pl
         ax.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)
         ax.set_title(ds)
         ax.set_xlabel("Input resolution (px)")
-        ax.set_ylabel(f"Test {lb.METRIC_LABELS.get(metric, metric)}")
+        ax.set_ylabel(f"Test {METRIC_LABELS.get(metric, metric)}")
     for ax in axes[len(datasets):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=colors[k], marker=markers[k], lw=1.0, ms=4,
@@ -501,35 +520,36 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc", pl
         handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", ms=4,
                               label=f"open marker: < {n_exp} seeds"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=6)
-    fig.suptitle(f"Suite {suite}: test {lb.METRIC_LABELS.get(metric, metric)} vs input resolution"
+    fig.suptitle(f"Suite {suite}: test {METRIC_LABELS.get(metric, metric)} vs input resolution"
                  + ("\n" if ncols == 1 else " ") + "(mean ± std over seeds)")
     return fig
 
 
-def plot_avg_rank(records: Sequence[dict], suite: str, plan: lb.SuitePlan | None = None) -> Figure | None:
-    tables = {m: lb.metric_table(records, m, None, suite, plan) for m in lb.HEADLINE_METRICS}
+def plot_avg_rank(records: Sequence[dict], suite: str, plan: SuitePlan | None = None) -> Figure | None:
+    frame = records_frame(records)
+    tables = {m: headline(frame, m, plan, None, suite) for m in HEADLINE_METRICS}
     primary = tables["acc"]
-    groups = [g for g in primary.groups if any(t.avg_rank[g][0] is not None for t in tables.values())]
+    groups = [g for g in primary.groups if any(pd.notna(t.row(g)["avg_rank"]) for t in tables.values())]
     if not groups or not primary.measured_datasets:
         return None
     n_ds = len(primary.measured_datasets)
-    groups.sort(key=lambda g: (primary.avg_rank[g][0] if primary.avg_rank[g][0] is not None else math.inf, g))
+    groups.sort(key=lambda g: (primary.row(g)["avg_rank"] if pd.notna(primary.row(g)["avg_rank"]) else math.inf, g))
     n_g = len(groups)
     fig = _new_figure(SINGLE, 1.1 + 0.34 * n_g)
     ax = fig.subplots()
-    markers = dict(zip(lb.HEADLINE_METRICS, "oDs^"))
-    offs = np.linspace(-0.24, 0.24, len(lb.HEADLINE_METRICS))
+    markers = dict(zip(HEADLINE_METRICS, "oDs^"))
+    offs = np.linspace(-0.24, 0.24, len(HEADLINE_METRICS))
     for (m, t), off, col in zip(tables.items(), offs, _PALETTE):
         xs, ys = [], []
         for i, g in enumerate(groups):
-            r, _ = t.avg_rank[g]
-            if r is not None:
+            r = t.row(g)["avg_rank"]
+            if pd.notna(r):
                 xs.append(r)
                 ys.append(i + off)
-        ax.plot(xs, ys, ls="none", marker=markers[m], color=col, ms=4, label=lb.METRIC_LABELS[m])
+        ax.plot(xs, ys, ls="none", marker=markers[m], color=col, ms=4, label=METRIC_LABELS[m])
     labels = []
     for g in groups:
-        _, k = primary.avg_rank[g]
+        k = primary.row(g)["n_rank"]
         labels.append(_group_tick(g) + ("" if k == n_ds else f" ({k}/{n_ds} ds)"))
     ax.set_yticks(np.arange(n_g), labels)
     ax.invert_yaxis()
@@ -645,28 +665,21 @@ def _check_args(formats: Sequence[str], dpi: int) -> tuple[str, ...]:
     return fmts
 
 
-def write_figures(runs_dir: Path, out_dir: Path, suite: str | None = None, formats=("png", "pdf"),
-                  dpi: int = 200, suites_dir: Path | str | None = None) -> list[Path]:
-    """Draw every per-run and per-suite figure for the records in `runs_dir` into `out_dir`.
+def write_figures(runs: Path | str = "results", output: Path | str = "results/figures", suite: str | None = None,
+                  formats=("png", "pdf"), dpi: int = 200, suites_dir: Path | str | None = None) -> list[Path]:
+    """Draw every per-suite figure into `output/<suite>/` and every per-run figure into `output/<suite>/runs/`,
+    from the records under `runs` (a results folder, a runs folder, a suite folder or record files).
 
-    Seeds expected per group come from `<suite>.yaml` (in `suites_dir`, else ./suites/ or the project's), as in
-    the leaderboard, so a group short of the suite's seeds is marked even when every record has fewer.
+    Seeds expected per group come from `<suite>.yaml` (in `suites_dir`, else ./suites/ or the shipped suites), as
+    in the leaderboard, so a group short of the suite's seeds is marked even when every record has fewer.
 
-    Returns the written paths (figures in each format, then one `<suite>_index.md` per suite)."""
+    Returns the written paths (figures in each format, then one `index.md` per suite)."""
     fmts = _check_args(formats, dpi)
-    records = lb.load_records(runs_dir, suite)
-    if not records:
-        where = Path(runs_dir) / suite if suite else Path(runs_dir)
-        raise UserError(f"no run records found in {where}; run a suite first or pass --runs DIR")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    suites = load_suites(runs, suite, suites_dir)
     written: list[Path] = []
-    used: set[str] = set()
 
-    def emit(fig_fn, stem: str, index: list, label: str) -> None:
+    def emit(fig_fn, folder: Path, stem: str, index: list, label: str) -> None:
         stem = _safe(stem)
-        if stem in used:
-            raise RuntimeError(f"figure name collision: {stem}")
         with mpl.rc_context(_RC):
             try:
                 fig = fig_fn()
@@ -675,32 +688,28 @@ def write_figures(runs_dir: Path, out_dir: Path, suite: str | None = None, forma
                 return
             if fig is None:
                 return
-            paths = _save(fig, out_dir, stem, fmts, int(dpi))
-        used.add(stem)
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = _save(fig, folder, stem, fmts, int(dpi))
         written.extend(paths)
         index.append((label, paths))
 
-    suites = lb.by_suite(records)
-    run_ids = [str(r["run_id"]) for r in records]
-    for suite_name, recs in suites.items():
+    for suite_name, data in suites.items():
+        recs, plan = data.records, data.plan
+        folder = Path(output) / _safe(suite_name)
         index: list = []
-        plan = lb.load_plan(suite_name, suites_dir)
-        for m in lb.HEADLINE_METRICS:
-            emit(lambda m=m: plot_heatmap(recs, m, suite_name, plan), f"{suite_name}_heatmap_{m}", index,
-                 f"heatmap {m}")
+        for m in HEADLINE_METRICS:
+            emit(partial(plot_heatmap, recs, m, suite_name, plan), folder, f"heatmap_{m}", index, f"heatmap {m}")
         for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
-            emit(lambda ds=ds: plot_per_class_recall(recs, ds, suite_name, plan), f"{suite_name}_per_class_recall_{ds}",
+            emit(partial(plot_per_class_recall, recs, ds, suite_name, plan), folder, f"per_class_recall_{ds}",
                  index, f"per-class recall {ds}")
-        emit(lambda: plot_resolution(recs, suite_name, "acc", plan), f"{suite_name}_resolution_acc", index,
+        emit(partial(plot_resolution, recs, suite_name, "acc", plan), folder, "resolution_acc", index,
              "ACC vs resolution")
-        emit(lambda: plot_avg_rank(recs, suite_name, plan), f"{suite_name}_avg_rank", index, "average rank")
+        emit(partial(plot_avg_rank, recs, suite_name, plan), folder, "avg_rank", index, "average rank")
         for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
-            emit(lambda ds=ds, size=size, names=names, imgs=imgs: plot_samples(
-                ds, _sample_size(recs, ds, size), names, imgs, suite_name),
-                 f"{suite_name}_samples_{ds}-{size}", index, f"samples {ds} {size}px")
+            emit(partial(plot_samples, ds, _sample_size(recs, ds, size), names, imgs, suite_name),
+                 folder, f"samples_{ds}-{size}", index, f"samples {ds} {size}px")
         for rec in recs:
             rid = str(rec["run_id"])
-            prefix = rid if run_ids.count(rid) == 1 else f"{suite_name}_{rid}"
             kinds = ("confusion", "roc", "confidence", "curves") if rec["status"] == "completed" else ("curves",)
             if rec["status"] == "completed" and not isinstance(rec.get("test_predictions"), dict):
                 warnings.warn(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped",
@@ -710,11 +719,12 @@ def write_figures(runs_dir: Path, out_dir: Path, suite: str | None = None, forma
                     continue
                 if kind == "curves" and not rec.get("history"):
                     continue
-                emit(lambda fn=RUN_FIGURES[kind], rec=rec: fn(rec), f"{prefix}_{kind}", index, f"{rid} {kind}")
-        idx = out_dir / f"{_safe(suite_name)}_index.md"
+                emit(partial(RUN_FIGURES[kind], rec), folder / "runs", f"{rid}_{kind}", index, f"{rid} {kind}")
+        folder.mkdir(parents=True, exist_ok=True)
         lines = [f"# Figures for suite `{suite_name}`", ""]
         for label, paths in index:
-            lines.append(f"- {label}: " + ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in paths))
-        idx.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        written.append(idx)
+            lines.append(f"- {label}: " + ", ".join(f"[{p.suffix[1:]}]({p.relative_to(folder).as_posix()})"
+                                                    for p in paths))
+        atomic_write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8"))
+        written.append(folder / "index.md")
     return written

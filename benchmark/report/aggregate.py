@@ -1,0 +1,325 @@
+"""The numbers of every table and figure, computed once from the records frame with pandas.
+
+Each function takes a suite's frame (`benchmark.records.records_frame`, one row per run) and returns a DataFrame
+(or a small dataclass of DataFrames); `render` only formats them and `figures` only draws them. To add a column
+(an interval, a calibration metric, a significance mark), add it to the frame these functions return, then show
+it in `render`.
+
+Conventions: a group (a table row) is (model, size, scheme); a cell is a group × dataset. A cell's value is the
+mean and sample standard deviation (ddof=1) over the completed seeds with a finite value; the expected seeds are
+the suite file's (`SuitePlan.seeds`), else the distinct seeds among the suite's records.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from benchmark.errors import UserError
+from benchmark.report.load import PUBLISHED_COLUMNS, SuitePlan
+
+HEADLINE_METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro", "balanced_acc")
+METRIC_LABELS: dict[str, str] = {"acc": "ACC", "auc": "AUC", "f1_macro": "Macro F1", "balanced_acc": "Balanced ACC"}
+#: metrics that get a pairwise-comparison table
+PAIRWISE_METRICS: tuple[str, ...] = ("acc", "auc")
+GROUP = ["model", "size", "scheme"]
+CELL = [*GROUP, "dataset"]
+ALL_DATASETS = "ALL (per-dataset means)"
+
+
+def groups_of(frame: pd.DataFrame) -> list[tuple]:
+    return sorted(set(frame[GROUP].itertuples(index=False, name=None)))
+
+
+def expected_seeds(frame: pd.DataFrame, plan: SuitePlan | None = None) -> list:
+    """The seeds every group should have: the plan's, else the distinct seeds among the records (any status)."""
+    if plan is not None:
+        return list(plan.seeds)
+    return sorted(set(frame["seed"]))
+
+
+def _values(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """The metric per run, NaN where it is missing, not finite, or the run failed."""
+    if metric not in frame:
+        return pd.Series(np.nan, index=frame.index)
+    values = pd.to_numeric(frame[metric], errors="coerce").where(frame["status"] == "completed")
+    return values.where(np.isfinite(values))
+
+
+def _seed_tuple(seeds: pd.Series) -> tuple:
+    return tuple(sorted(seeds))
+
+
+def cell_stats(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None) -> pd.DataFrame:
+    """One row per recorded cell (model, size, scheme, dataset): mean, std, n (completed seeds with a value),
+    seeds, failed_seeds, done_seeds (every completed seed), n_expected."""
+    runs = frame.assign(value=_values(frame, metric))
+    measured = runs.dropna(subset=["value"]).sort_values("seed")
+    out = pd.DataFrame(index=pd.MultiIndex.from_frame(runs[CELL].drop_duplicates().sort_values(CELL)))
+    out = out.join(measured.groupby(CELL)["value"].agg(mean="mean", std="std", n="size"))
+    out = out.join(measured.groupby(CELL)["seed"].agg(_seed_tuple).rename("seeds"))
+    for status, column in (("failed", "failed_seeds"), ("completed", "done_seeds")):
+        out = out.join(runs[runs["status"] == status].groupby(CELL)["seed"].agg(_seed_tuple).rename(column))
+    for column in ("seeds", "failed_seeds", "done_seeds"):
+        out[column] = [v if isinstance(v, tuple) else () for v in out[column]]
+    out["n"] = out["n"].fillna(0).astype(int)
+    out["n_expected"] = len(expected_seeds(frame, plan))
+    return out.reset_index()
+
+
+@dataclass
+class MetricTable:
+    """The numbers behind one headline-metric table of one suite (also drawn by the figures).
+
+    `cells`: one row per group × column dataset (the whole grid) with mean, std, n, n_expected, seeds,
+    failed_seeds, status (ok / incomplete / failed / missing / not_run / not_planned), best (bool) and rank
+    (1 = best, ties share the average rank; NaN without a value). `rows`: one row per group with average (mean of
+    its per-dataset means over the measured datasets), n_average, avg_rank, n_rank, best_average, best_rank.
+    `published`: model, size, scheme, source, dataset, value of the published rows shown with the table."""
+
+    metric: str
+    suite: str
+    datasets: list[str]
+    measured_datasets: list[str]
+    groups: list[tuple]
+    cells: pd.DataFrame
+    rows: pd.DataFrame
+    published: pd.DataFrame
+    n_expected: int
+    plan: SuitePlan | None = None
+
+    def cell(self, group: tuple, dataset: str) -> pd.Series:
+        return self.cells.loc[(*group, dataset)]
+
+    def row(self, group: tuple) -> pd.Series:
+        return self.rows.loc[group]
+
+
+def _columns_and_published(frame: pd.DataFrame, published: pd.DataFrame,
+                           plan: SuitePlan | None) -> tuple[list[str], pd.DataFrame]:
+    """The table's dataset columns (sorted) and the published rows shown with them (every metric alike).
+
+    With a plan: the recorded and planned datasets, and the published values on those. Without: the recorded
+    datasets plus every dataset of the published rows whose model or dataset occurs in the records."""
+    recorded = set(frame["dataset"])
+    if plan is None:
+        pub = published[published["model"].isin(set(frame["model"])) | published["dataset"].isin(recorded)]
+        return sorted(recorded | set(pub["dataset"])), pub
+    datasets = sorted(recorded | plan.dataset_names)
+    return datasets, published[published["dataset"].isin(datasets)]
+
+
+def _status(row: pd.Series, expects_run: bool) -> str:
+    if not row["recorded"]:
+        return "not_run" if expects_run else "not_planned"
+    if pd.isna(row["mean"]):
+        return "failed" if row["failed_seeds"] else "missing"
+    return "ok" if row["n"] >= row["n_expected"] else "incomplete"
+
+
+def _is_close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
+             published: pd.DataFrame | None = None, suite: str = "") -> MetricTable:
+    """One headline table of ONE suite's frame on `metric` (a key of the records' `test` block)."""
+    stats_ = cell_stats(frame, metric, plan)
+    n_expected = len(expected_seeds(frame, plan))
+    recorded = groups_of(frame)
+    planned_only = set() if plan is None else {(m, s, "") for m, s in plan.model_sizes - {g[:2] for g in recorded}}
+    groups = sorted(set(recorded) | planned_only)
+    if published is None:
+        published = pd.DataFrame(columns=PUBLISHED_COLUMNS)
+    datasets, pub = _columns_and_published(frame, published, plan)
+
+    grid = pd.DataFrame([(*g, d) for g in groups for d in datasets], columns=CELL)
+    cells = grid.merge(stats_, on=CELL, how="left", indicator="recorded")
+    cells["recorded"] = cells["recorded"] == "both"
+    cells["n"] = cells["n"].fillna(0).astype(int)
+    cells["n_expected"] = n_expected
+    for column in ("seeds", "failed_seeds", "done_seeds"):
+        cells[column] = [v if isinstance(v, tuple) else () for v in cells[column]]
+    cells["status"] = [_status(row, plan is None or plan.planned(tuple(row[GROUP]), row["dataset"]))
+                       for _, row in cells.iterrows()]
+    cells["rank"] = cells.groupby("dataset")["mean"].rank(method="average", ascending=False)
+    column_best = cells.groupby("dataset")["mean"].transform("max")
+    cells["best"] = [pd.notna(m) and _is_close(m, b) for m, b in zip(cells["mean"], column_best)]
+    measured = sorted(set(cells.loc[cells["mean"].notna(), "dataset"]))
+
+    on_measured = cells[cells["dataset"].isin(measured)]
+    rows = pd.DataFrame(index=pd.MultiIndex.from_tuples(groups, names=GROUP))
+    rows = rows.join(on_measured.groupby(GROUP)["mean"].agg(average="mean", n_average="count"))
+    rows = rows.join(on_measured.groupby(GROUP)["rank"].agg(avg_rank="mean", n_rank="count"))
+    rows[["n_average", "n_rank"]] = rows[["n_average", "n_rank"]].fillna(0).astype(int)
+    full = rows[(rows["n_average"] == len(measured)) & (len(measured) > 0)]
+    best_average, best_rank = full["average"].max(), full["avg_rank"].min()
+    rows["best_average"] = [bool(n == len(measured) and pd.notna(a) and _is_close(a, best_average))
+                            for a, n in zip(rows["average"], rows["n_average"])]
+    rows["best_rank"] = [bool(n == len(measured) and pd.notna(r) and math.isclose(r, best_rank))
+                         for r, n in zip(rows["avg_rank"], rows["n_rank"])]
+
+    pub = pub[pub["metric"] == metric]
+    pub = pub[["model", "size", "scheme", "source", "dataset", "value"]].astype({"size": int})
+    pub = pub.sort_values(["model", "size", "scheme", "source", "dataset"]).reset_index(drop=True)
+    return MetricTable(metric, suite, datasets, measured, groups, cells.set_index(CELL, drop=False), rows, pub,
+                       n_expected, plan)
+
+
+def per_class(per_class_runs: pd.DataFrame, frame: pd.DataFrame, plan: SuitePlan | None = None) -> pd.DataFrame:
+    """Per-class precision, recall, F1 and support per dataset and group: means over the completed seeds
+    (`per_class_runs` is `records_frame.per_class_frame`), with n (runs) and n_expected."""
+    if per_class_runs.empty:
+        return pd.DataFrame(columns=["dataset", *GROUP, "class_index", "class_name", "precision", "recall", "f1",
+                                     "support", "n", "n_expected"])
+    keys = ["dataset", *GROUP]
+    names = per_class_runs.groupby(["dataset", "class_index"])["class_name"].first()
+    out = per_class_runs.groupby([*keys, "class_index"])[["precision", "recall", "f1", "support"]].mean()
+    out = out.join(per_class_runs.groupby(keys)["run_id"].nunique().rename("n"), on=keys).reset_index()
+    out["class_name"] = [names[(d, i)] for d, i in zip(out["dataset"], out["class_index"])]
+    out["n_expected"] = len(expected_seeds(frame, plan))
+    return out.sort_values([*keys, "class_index"]).reset_index(drop=True)
+
+
+def failed_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per failed run: run_id, dataset, size, model, scheme, seed, epoch, error_type, message."""
+    failed = frame[frame["status"] == "failed"].sort_values("run_id")
+    return pd.DataFrame({
+        "run_id": failed["run_id"], "dataset": failed["dataset"], "size": failed["size"],
+        "model": failed["model"], "scheme": failed["scheme"], "seed": failed["seed"], "epoch": failed["error_epoch"],
+        "error_type": failed["error_type"].fillna("error").replace("", "error"),
+        "message": [one_line(m or "(no message recorded)") for m in failed["error_message"]],
+    }).reset_index(drop=True)
+
+
+def incomplete_groups(frame: pd.DataFrame, plan: SuitePlan | None = None) -> pd.DataFrame:
+    """Recorded cells with fewer completed seeds than expected: done, failed and missing seeds."""
+    seeds = expected_seeds(frame, plan)
+    cells = cell_stats(frame, "acc", plan)
+    cells = cells[cells["done_seeds"].map(len) < len(seeds)].copy()
+    cells["missing_seeds"] = [tuple(s for s in seeds if s not in set(done) | set(failed))
+                              for done, failed in zip(cells["done_seeds"], cells["failed_seeds"])]
+    return cells.sort_values(CELL).reset_index(drop=True)
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paired comparisons
+# ----------------------------------------------------------------------------------------------------------
+COMPARE_COLUMNS = ["suite", "dataset", "size", "scheme_a", "scheme_b", "n", "seeds", "mean_a", "mean_b", "mean_diff",
+                   "std_diff", "t_pvalue", "wilcoxon_pvalue", "note"]
+
+
+def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
+    d = a - b
+    n = len(d)
+    if n < 2:
+        return float("nan"), float("nan"), f"n={n}: no test possible"
+    if np.allclose(d, 0.0, atol=1e-15):
+        return float("nan"), float("nan"), f"n={n}: all differences zero"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_p = float(stats.ttest_rel(a, b).pvalue)
+        try:
+            w_p = float(stats.wilcoxon(a, b).pvalue)
+        except ValueError:
+            w_p = float("nan")
+    note = f"n={n}: smallest possible two-sided Wilcoxon p = {2.0 ** (1 - n):.3g}" if n < 6 else ""
+    return t_p, w_p, note
+
+
+def _compare_row(a: np.ndarray, b: np.ndarray, **identity) -> dict:
+    t_p, w_p, note = paired_tests(a, b)
+    d = a - b
+    return dict(identity, n=len(d), mean_a=float(a.mean()), mean_b=float(b.mean()), mean_diff=float(d.mean()),
+                std_diff=float(d.std(ddof=1)) if len(d) > 1 else float("nan"), t_pvalue=t_p, wilcoxon_pvalue=w_p,
+                note=note if "note" not in identity else (identity["note"] + "; " + note).rstrip("; "))
+
+
+def compare_models(frame: pd.DataFrame, model_a: str, model_b: str, metric: str = "acc") -> pd.DataFrame:
+    """Paired comparison of two models on `metric` over the frame's runs (any suites).
+
+    One row per (suite, dataset, size, scheme_a, scheme_b) where both models completed runs with the same seed:
+    n paired seeds, means, mean and sample std of the difference a - b, paired t-test and Wilcoxon signed-rank
+    p-values (NaN for n < 2; the note says how small n limits the Wilcoxon p-value). Then, for a suite with >= 2
+    such rows, one `dataset == ALL_DATASETS` row: the tests over the per-dataset means (MedMNIST+ style). Failed
+    runs never enter. Raises `UserError` when either model has no completed run."""
+    done = frame[frame["status"] == "completed"]
+    for name in (model_a, model_b):
+        if not (done["model"] == name).any():
+            known = ", ".join(sorted(set(done["model"])))
+            raise UserError(f"no completed runs of model {name!r} to compare; models with results: {known}")
+    runs = frame.assign(value=_values(frame, metric)).dropna(subset=["value"])
+    runs = runs[runs["model"].isin([model_a, model_b])]
+    rows = []
+    for (suite, dataset, size), cell in runs.groupby(["suite", "dataset", "size"], sort=True):
+        side_a, side_b = cell[cell["model"] == model_a], cell[cell["model"] == model_b]
+        for scheme_a, a in side_a.groupby("scheme", sort=True):
+            for scheme_b, b in side_b.groupby("scheme", sort=True):
+                paired = a.set_index("seed")["value"].to_frame("a").join(b.set_index("seed")["value"].rename("b"),
+                                                                         how="inner").sort_index()
+                if paired.empty:
+                    continue
+                rows.append(_compare_row(paired["a"].to_numpy(float), paired["b"].to_numpy(float), suite=suite,
+                                         dataset=dataset, size=size, scheme_a=scheme_a, scheme_b=scheme_b,
+                                         seeds=",".join(map(str, paired.index))))
+    per = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    summary = [_compare_row(g["mean_a"].to_numpy(float), g["mean_b"].to_numpy(float), suite=suite,
+                            dataset=ALL_DATASETS, size=pd.NA, scheme_a="", scheme_b="", seeds="",
+                            note="over datasets")
+               for suite, g in per.groupby("suite", sort=True) if len(g) >= 2]
+    if not summary:
+        return per.reset_index(drop=True)
+    return pd.concat([per, pd.DataFrame(summary, columns=COMPARE_COLUMNS)], ignore_index=True)
+
+
+def pairwise(frame: pd.DataFrame, metric: str) -> list[tuple[str, str, pd.DataFrame]]:
+    """`compare_models` for every pair of models with completed runs (sorted): (model a, model b, rows)."""
+    models = sorted(set(frame.loc[frame["status"] == "completed", "model"]))
+    out = []
+    for a, b in combinations(models, 2):
+        rows = compare_models(frame, a, b, metric)
+        if not rows.empty:
+            out.append((a, b, rows))
+    return out
+
+
+def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan | None) -> pd.DataFrame:
+    """Measured vs published for every (model, size, dataset, metric) with a published value and a measured or
+    planned run: published, mean, std, n, n_expected, gap (mean − published) and gap / std. A model that the
+    suite file marks `published_as: <model>` (another build of the published model) is compared with its rows."""
+    aliases = dict(plan.published_as) if plan is not None else {}
+    rows = []
+    for metric in ("acc", "auc"):
+        cells = cell_stats(frame, metric, plan)
+        first = cells.groupby(["model", "size", "dataset"], sort=True).first()  # the first scheme's cell
+        pub = published[published["metric"] == metric]
+        for published_model, size, dataset, value, source in sorted(
+                zip(pub["model"], pub["size"], pub["dataset"], pub["value"], pub["source"])):
+            for model in [str(published_model), *sorted(m for m, p in aliases.items() if p == published_model)]:
+                key = (model, int(size), str(dataset))
+                planned = plan is not None and plan.planned((model, int(size), ""), str(dataset))
+                if key not in first.index and not planned:
+                    continue
+                cell = first.loc[key] if key in first.index else None
+                mean = cell["mean"] if cell is not None else np.nan
+                std = cell["std"] if cell is not None else np.nan
+                rows.append(dict(model=model, size=int(size), dataset=str(dataset), metric=metric,
+                                 published=float(value), mean=mean, std=std,
+                                 n=int(cell["n"]) if cell is not None else 0,
+                                 n_expected=int(cell["n_expected"]) if cell is not None else 0,
+                                 gap=mean - float(value), source=str(source)))
+    out = pd.DataFrame(rows, columns=["model", "size", "dataset", "metric", "published", "mean", "std", "n",
+                                      "n_expected", "gap", "source"])
+    out["gap_in_stds"] = out["gap"] / out["std"].where(out["std"] > 0)
+    return out

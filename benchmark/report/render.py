@@ -1,0 +1,363 @@
+"""Formatting only: the aggregates (`benchmark.report.aggregate`) as markdown (pandas `to_markdown`, tabulate),
+LaTeX (pandas `Styler.to_latex`, booktabs) and CSV rows. No number is computed here.
+
+A `Table` is a title, columns and rows of `Cell`s (text, bold / italic, a note after the text); `markdown(table)`
+and `latex(table)` write it. The table builders below turn one aggregate into one `Table`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from benchmark.report.aggregate import (
+    ALL_DATASETS,
+    HEADLINE_METRICS,
+    METRIC_LABELS,
+    MetricTable,
+)
+from benchmark.report.load import SuitePlan
+
+NOT_RUN = "not yet run"
+DASH = "—"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numbers as text
+# ----------------------------------------------------------------------------------------------------------
+def fmt(x: float | None, digits: int = 3) -> str:
+    """Fixed precision; a dash when missing; never "-0.000"."""
+    if x is None or pd.isna(x) or not math.isfinite(x):
+        return DASH
+    s = f"{x:.{digits}f}"
+    return s.lstrip("-") if float(s) == 0.0 else s
+
+
+def fmt_csv(x: float | None, digits: int = 6) -> str:
+    """CSV number: fixed precision, empty when missing."""
+    return "" if x is None or pd.isna(x) or not math.isfinite(x) else fmt(x, digits)
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or pd.isna(p) or not math.isfinite(p):
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def mean_std(mean: float, std: float) -> str:
+    return fmt(mean) if pd.isna(std) else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def seeds_text(seeds) -> str:
+    return ", ".join(map(str, seeds)) or DASH
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    text: str
+    bold: bool = False
+    note: str = ""  # rendered after the (possibly bold) text
+    italic: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    align: str  # one of l/r/c per column
+    rows: list[list[Cell]]
+    rule_before: set[int] = field(default_factory=set)  # row indices preceded by \midrule (LaTeX)
+    caption: str = ""  # LaTeX caption; markdown explains each kind of table once, at the end
+    label: str = ""
+    tex_align: str = ""  # LaTeX column spec when it differs from `align` (e.g. p{5cm} for long text)
+
+
+def md_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+_TEX_MAP = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_UNICODE = {"±": r"$\pm$", "†": r"$^\dagger$", "—": "---", "·": r"$\cdot$", "≥": r"$\geq$", "<": r"$<$",
+                ">": r"$>$", "×": r"$\times$", "–": "--", "−": r"$-$", "…": r"\ldots{}"}
+
+
+def tex_escape(s: str) -> str:
+    out = "".join(_TEX_MAP.get(ch, ch) for ch in s.replace("\n", " "))
+    for k, v in _TEX_UNICODE.items():
+        out = out.replace(k, v)
+    return "".join(ch if ord(ch) < 128 else "?" for ch in out)  # anything else non-ASCII: pdflatex-safe
+
+
+def _cell_text(c: Cell, escape, bold: str, italic: str) -> str:
+    text = escape(c.text)
+    if c.text and (c.bold or c.italic):
+        text = (bold if c.bold else italic).format(text)
+    note = escape(c.note) if c.note else ""
+    return f"{text} {note}" if text and note else text or note
+
+
+def _frame(t: Table, escape, bold: str, italic: str) -> pd.DataFrame:
+    return pd.DataFrame([[_cell_text(c, escape, bold, italic) for c in row] for row in t.rows],
+                        columns=[escape(c) for c in t.columns])
+
+
+def markdown(t: Table) -> str:
+    align = [{"r": "right", "c": "center"}.get(a, "left") for a in t.align]
+    body = _frame(t, md_escape, "**{}**", "*{}*").to_markdown(index=False, disable_numparse=True, colalign=align)
+    return f"#### {t.title}\n\n{body}\n"
+
+
+def latex(t: Table) -> str:
+    frame = _frame(t, tex_escape, r"\textbf{{{}}}", r"\textit{{{}}}")
+    caption = tex_escape(t.title) + (". " + tex_escape(t.caption) if t.caption else "")
+    text = frame.style.hide(axis="index").to_latex(hrules=True, column_format=t.tex_align or t.align,
+                                                   caption=caption, label=t.label or None, position="htbp",
+                                                   position_float="centering")
+    lines = text.splitlines()
+    lines.insert(lines.index(r"\centering") + 1, r"\scriptsize")
+    first_row = lines.index(r"\midrule") + 1
+    for i in sorted(t.rule_before, reverse=True):
+        lines.insert(first_row + i, r"\midrule")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Table builders
+# ----------------------------------------------------------------------------------------------------------
+def cell_display(row: pd.Series) -> tuple[str, str]:
+    """(value text, note) of one cell of a headline table."""
+    status = row["status"]
+    if status == "not_run":
+        return "", NOT_RUN
+    if status == "not_planned":
+        return DASH, ""
+    if status in ("failed", "missing"):
+        return "", f"{'failed' if status == 'failed' else 'no value'} (0/{row['n_expected']} seeds)"
+    text = mean_std(row["mean"], row["std"])
+    if status == "ok":
+        return text, f"(n={row['n']})"
+    return text, f"({row['n']}/{row['n_expected']} seeds)†"
+
+
+def seed_rule(plan: SuitePlan | None) -> str:
+    """Where the expected seeds come from."""
+    return f"the seeds listed in {plan.file}" if plan else "the distinct seeds among the suite's records"
+
+
+def headline_table(mt: MetricTable) -> Table:
+    """One metric of one suite: groups × datasets, Average and Avg. rank, then the published rows."""
+    n_measured = len(mt.measured_datasets)
+    rows: list[list[Cell]] = []
+    for group in mt.groups:
+        model, size, scheme = group
+        row = [Cell(model), Cell(str(size)), Cell(scheme or DASH), Cell("measured")]
+        for dataset in mt.datasets:
+            cell = mt.cell(group, dataset)
+            text, note = cell_display(cell)
+            row.append(Cell(text, bold=bool(cell["best"]), note=note))
+        summary = mt.row(group)
+        for value, n, best, digits in ((summary["average"], summary["n_average"], summary["best_average"], 3),
+                                       (summary["avg_rank"], summary["n_rank"], summary["best_rank"], 2)):
+            coverage = "" if n == n_measured or pd.isna(value) else f"({n}/{n_measured} datasets)"
+            row.append(Cell(fmt(value, digits), bold=bool(best), note=coverage))
+        rows.append(row)
+    rule = {len(rows)} if not mt.published.empty else set()
+    for (model, size, scheme, source), values in mt.published.groupby(["model", "size", "scheme", "source"],
+                                                                      sort=True):
+        by_dataset = dict(zip(values["dataset"], values["value"]))
+        row = [Cell(model, italic=True), Cell(str(size)), Cell(scheme or DASH),
+               Cell(f"published: {source}", italic=True)]
+        row += [Cell(fmt(by_dataset[d]) if d in by_dataset else DASH) for d in mt.datasets]
+        rows.append(row + [Cell(DASH), Cell(DASH)])
+    missing = (f"'{NOT_RUN}' = no record (the suite file is unknown, so every cell counts as planned)."
+               if mt.plan is None else f"'{NOT_RUN}' = planned in {mt.plan.file} but no record yet; '{DASH}' = not planned.")
+    caption = (f"Mean ± sample std over completed seeds (n = seeds; {mt.n_expected} expected = {seed_rule(mt.plan)}). "
+               f"† = incomplete group, averaged over the seeds that exist. {missing} Bold = best measured value per "
+               f"column. Published rows are copied from their source, not measured here, and excluded from bold, "
+               f"Average and Avg. rank.")
+    return Table(title=f"Suite {mt.suite}: test {METRIC_LABELS.get(mt.metric, mt.metric)}",
+                 columns=["Model", "Size", "Scheme", "Source", *mt.datasets, "Average", "Avg. rank"],
+                 align="lrll" + "c" * len(mt.datasets) + "cc", rows=rows, rule_before=rule, caption=caption,
+                 label=f"tab:{slug(mt.suite)}-{slug(mt.metric)}")
+
+
+def compact_table(suite: str, tables: dict[str, MetricTable]) -> Table:
+    """The suite's one compact headline table: a row per measured group × dataset, a column per headline metric
+    (mean ± std), and n = completed / expected seeds."""
+    first = tables[HEADLINE_METRICS[0]]
+    rows = []
+    for (model, size, scheme, dataset), cell in first.cells.iterrows():
+        if not cell["recorded"]:
+            continue
+        row = [Cell(model), Cell(str(size)), Cell(scheme or DASH), Cell(dataset)]
+        for metric in HEADLINE_METRICS:
+            c = tables[metric].cell((model, size, scheme), dataset)
+            text = DASH if pd.isna(c["mean"]) else mean_std(c["mean"], c["std"])
+            row.append(Cell(text, bold=bool(c["best"])))
+        flag = "" if cell["n"] >= cell["n_expected"] else "†"
+        row.append(Cell(f"{cell['n']}/{cell['n_expected']}{flag}"))
+        rows.append(row)
+    return Table(title=f"Suite {suite}", columns=["Model", "Size", "Scheme", "Dataset",
+                                                  *(METRIC_LABELS[m] for m in HEADLINE_METRICS), "n"],
+                 align="lrll" + "r" * len(HEADLINE_METRICS) + "r", rows=rows, label=f"tab:{slug(suite)}-headline",
+                 caption="Test metrics, mean ± sample std over completed seeds; n = completed / expected seeds "
+                         "(† = incomplete); bold = best per dataset.")
+
+
+def per_class_tables(summary: pd.DataFrame, suite: str) -> list[Table]:
+    tables = []
+    for dataset, rows_ in summary.groupby("dataset", sort=True):
+        rows, rule, previous = [], set(), None
+        for r in rows_.itertuples(index=False):
+            group = (r.model, r.size, r.scheme)
+            if previous is not None and group != previous:
+                rule.add(len(rows))
+            previous = group
+            support = DASH if pd.isna(r.support) else (str(int(r.support)) if float(r.support).is_integer()
+                                                       else fmt(r.support, 1))
+            rows.append([Cell(r.model), Cell(str(r.size)), Cell(r.scheme or DASH), Cell(str(r.class_name)),
+                         Cell(fmt(r.precision)), Cell(fmt(r.recall)), Cell(fmt(r.f1)), Cell(support),
+                         Cell(f"{r.n}/{r.n_expected}" + ("†" if r.n < r.n_expected else ""))])
+        tables.append(Table(
+            title=f"Suite {suite}: per-class metrics on {dataset}",
+            columns=["Model", "Size", "Scheme", "Class", "Precision", "Recall", "F1", "Support", "Seeds"],
+            align="lrllrrrrr", rows=rows, rule_before=rule, label=f"tab:{slug(suite)}-perclass-{slug(dataset)}",
+            caption="Test precision / recall / F1 per class, mean over the completed seeds (support = test images "
+                    "of the class). † = fewer seeds than expected."))
+    return tables
+
+
+def failed_table(failed: pd.DataFrame, suite: str) -> Table | None:
+    if failed.empty:
+        return None
+    rows = [[Cell(r.run_id), Cell(r.dataset), Cell(str(r.size)), Cell(r.model), Cell(r.scheme or DASH),
+             Cell(str(r.seed)), Cell(DASH if pd.isna(r.epoch) else str(int(r.epoch))),
+             Cell(f"{r.error_type}: {r.message}")] for r in failed.itertuples(index=False)]
+    return Table(title=f"Suite {suite}: failed runs",
+                 columns=["Run", "Dataset", "Size", "Model", "Scheme", "Seed", "Epoch", "Error"],
+                 align="llrllrrl", tex_align=r"p{3.2cm}lrllrrp{5.5cm}", rows=rows, label=f"tab:{slug(suite)}-failed",
+                 caption="Runs that stopped with an error (epoch = the epoch it failed in). They contribute no "
+                         "numbers to any table.")
+
+
+def incomplete_table(incomplete: pd.DataFrame, suite: str, seeds: list, plan: SuitePlan | None) -> Table | None:
+    if incomplete.empty:
+        return None
+    rows = [[Cell(r.dataset), Cell(r.model), Cell(str(r.size)), Cell(r.scheme or DASH),
+             Cell(f"{len(r.done_seeds)}/{len(seeds)}"), Cell(seeds_text(r.done_seeds)),
+             Cell(seeds_text(r.failed_seeds)), Cell(seeds_text(r.missing_seeds))]
+            for r in incomplete.sort_values(["model", "size", "scheme", "dataset"]).itertuples(index=False)]
+    return Table(title=f"Suite {suite}: incomplete groups",
+                 columns=["Dataset", "Model", "Size", "Scheme", "Completed", "Seeds done", "Failed", "Missing"],
+                 align="llrlrlll", rows=rows, label=f"tab:{slug(suite)}-incomplete",
+                 caption=f"Groups with fewer completed seeds than the {len(seeds)} expected, {seed_rule(plan)} "
+                         f"({', '.join(map(str, seeds))}); their table cells are means over the completed seeds only.")
+
+
+def pairwise_table(comparisons: list[tuple[str, str, pd.DataFrame]], suite: str, metric: str) -> Table | None:
+    rows: list[list[Cell]] = []
+    rule = set()
+    for a, b, frame in comparisons:
+        if rows:
+            rule.add(len(rows))
+        for r in frame.itertuples(index=False):
+            is_all = r.dataset == ALL_DATASETS
+            dataset = "all datasets" if is_all else f"{r.dataset} ({r.size}px)"
+            schemes = "" if is_all else f"{r.scheme_a or DASH} vs {r.scheme_b or DASH}"
+            diff = ("+" if r.mean_diff > 0 and fmt(r.mean_diff) != "0.000" else "") + fmt(r.mean_diff)
+            rows.append([Cell(f"{a} − {b}"), Cell(dataset, bold=is_all), Cell(schemes or DASH),
+                         Cell(str(r.n) + (" datasets" if is_all else "")), Cell(fmt(r.mean_a)), Cell(fmt(r.mean_b)),
+                         Cell(diff), Cell(fmt(r.std_diff)), Cell(fmt_p(r.t_pvalue)), Cell(fmt_p(r.wilcoxon_pvalue)),
+                         Cell(r.note or "")])
+    if not rows:
+        return None
+    return Table(
+        title=f"Suite {suite}: paired comparisons on test {METRIC_LABELS.get(metric, metric)}",
+        columns=["A − B", "Dataset", "Schemes", "n", "Mean A", "Mean B", "Diff", "Std diff", "t-test p", "Wilcoxon p",
+                 "Note"],
+        align="lllrrrrrrrl", tex_align=r"lllrrrrrrrp{3.5cm}", rows=rows, rule_before=rule,
+        label=f"tab:{slug(suite)}-pairwise-{slug(metric)}",
+        caption="Per dataset: runs paired by seed (n = seeds both models completed); paired t-test and Wilcoxon "
+                "signed-rank p-values, two-sided, no correction for multiple comparisons. With a handful of seeds "
+                "these tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "
+                "'all datasets' = Wilcoxon signed-rank over the per-dataset means (MedMNIST+ style).")
+
+
+def published_gap_table(gap: pd.DataFrame, suite: str) -> Table | None:
+    if gap.empty:
+        return None
+    rows = []
+    for r in gap.itertuples(index=False):
+        row = [Cell(r.model), Cell(str(r.size)), Cell(r.dataset), Cell(METRIC_LABELS.get(r.metric, r.metric)),
+               Cell(fmt(r.published))]
+        if pd.isna(r.mean):
+            row += [Cell(NOT_RUN), Cell(""), Cell(DASH), Cell(DASH)]
+        else:
+            row += [Cell(mean_std(r.mean, r.std)), Cell(f"{r.n}/{r.n_expected}"), Cell(f"{r.gap:+.3f}"),
+                    Cell(fmt(r.gap_in_stds, 1))]
+        rows.append(row + [Cell(r.source, italic=True)])
+    return Table(title=f"Suite {suite}: measured vs published",
+                 columns=["Model", "Size", "Dataset", "Metric", "Published", "Measured (mean ± std)", "Seeds", "Δ",
+                          "Δ / seed std", "Source"],
+                 align="lrllrrrrrl", rows=rows, label=f"tab:{slug(suite)}-published-gap",
+                 caption="Δ = measured mean − published value; Δ / seed std expresses the gap in units of the "
+                         "sample standard deviation over seeds (|Δ / std| > 2: a gap beyond seed noise).")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CSV
+# ----------------------------------------------------------------------------------------------------------
+CSV_FIELDS = ["suite", "table", "metric", "kind", "model", "size", "scheme", "source", "dataset", "class", "mean",
+              "std", "n_seeds", "n_expected", "status", "best", "rank"]
+
+
+def headline_csv_rows(mt: MetricTable) -> list[dict]:
+    out = []
+    n_measured = len(mt.measured_datasets)
+    for group in mt.groups:
+        model, size, scheme = group
+        base = dict(suite=mt.suite, table="headline", metric=mt.metric, kind="measured", model=model, size=size,
+                    scheme=scheme, source="measured")
+        for dataset in mt.datasets:
+            c = mt.cell(group, dataset)
+            out.append({**base, "dataset": dataset, "mean": fmt_csv(c["mean"]), "std": fmt_csv(c["std"]),
+                        "n_seeds": c["n"], "n_expected": mt.n_expected, "status": c["status"],
+                        "best": int(c["best"]), "rank": fmt_csv(c["rank"], 2)})
+        summary = mt.row(group)
+        for name, value, n in (("AVERAGE", summary["average"], summary["n_average"]),
+                               ("AVG_RANK", summary["avg_rank"], summary["n_rank"])):
+            out.append({**base, "dataset": name, "mean": fmt_csv(value), "n_seeds": n, "n_expected": n_measured,
+                        "status": "ok" if n == n_measured else "incomplete"})
+    for r in mt.published.itertuples(index=False):
+        out.append(dict(suite=mt.suite, table="headline", metric=mt.metric, kind="published", model=r.model,
+                        size=r.size, scheme=r.scheme, source=r.source, dataset=r.dataset, mean=fmt_csv(r.value),
+                        status="published"))
+    return out
+
+
+def per_class_csv_rows(summary: pd.DataFrame, suite: str) -> list[dict]:
+    out = []
+    for r in summary.itertuples(index=False):
+        for metric in ("precision", "recall", "f1"):
+            out.append(dict(suite=suite, table="per_class", metric=metric, kind="measured", model=r.model,
+                            size=r.size, scheme=r.scheme, source="measured", dataset=r.dataset,
+                            **{"class": str(r.class_name)}, mean=fmt_csv(getattr(r, metric)), n_seeds=r.n,
+                            n_expected=r.n_expected, status="ok" if r.n >= r.n_expected else "incomplete"))
+    return out
+
+
+def csv_text(rows: list[dict]) -> str:
+    cleaned = [{k: ("" if row.get(k) is None or (isinstance(row.get(k), float) and pd.isna(row.get(k))) else row[k])
+                for k in CSV_FIELDS} for row in rows]
+    return pd.DataFrame(cleaned, columns=CSV_FIELDS).to_csv(index=False, lineterminator="\n")
