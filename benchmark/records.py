@@ -53,6 +53,7 @@ class DatasetBlock(TypedDict, total=False):
     md5: str | None
     synthetic: bool
     split: SplitBlock  # only where the loader cut the splits itself (image folders)
+    class_counts: dict[str, list[int]]  # images per class in train / val / test (the baselines' training labels)
 
 
 class SplitBlock(TypedDict, total=False):

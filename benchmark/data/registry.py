@@ -67,6 +67,8 @@ class DatasetSplits:
         return {"name": self.name, "size": self.size, "task": self.task, "class_names": list(self.class_names),
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
                 "source": portable_path(self.source), "md5": self.md5, "synthetic": self.synthetic,
+                "class_counts": {name: np.bincount(getattr(self, name).labels, minlength=self.n_classes).tolist()
+                                 for name in SPLIT_NAMES},
                 **({"split": self.split} if self.split else {})}
 
 
