@@ -40,6 +40,15 @@ SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", 
 DATASET_ENTRY_KEYS = {"name", "size", "split"}  # split: image folders only (checked in config)
 
 
+RANDOM_SPLIT_SUFFIX = " (random split)"
+
+
+def test_set_name(dataset: str, split: str | None) -> str:
+    """How the reports name a dataset's test set: the dataset, with " (random split)" where an image folder was
+    cut at random instead of by its default leakage-free (grouped) split, so the two never share a cell."""
+    return dataset + RANDOM_SPLIT_SUFFIX if split == "random" else dataset
+
+
 def default_size(dataset: str) -> int:
     return DEFAULT_SIZES.get(dataset, DEFAULT_SIZE)
 
@@ -118,7 +127,7 @@ class SuiteFile:
 
     @property
     def dataset_sizes(self) -> tuple[tuple[str, int], ...]:
-        return tuple((d["name"], d["size"]) for d in self.datasets)
+        return tuple((test_set_name(d["name"], d.get("split")), d["size"]) for d in self.datasets)
 
     @property
     def model_names(self) -> tuple[str, ...]:

@@ -54,3 +54,16 @@ def test_baseline_rows_from_training_class_counts_are_never_marked() -> None:
     assert baselines.loc["majority", "acc"] == np.mean(labels == 1)  # the larger training class
     assert baselines.loc["prior", "auc"] == 0.5
     assert set(baselines["acc_mark"]) == {""}
+
+
+def test_a_random_split_is_its_own_test_set_in_every_table() -> None:
+    grouped = runs("resnet18_28", skill=1.0)
+    random = copy.deepcopy(grouped)
+    for record, kind in [(r, "grouped") for r in grouped] + [(r, "random") for r in random]:
+        record["dataset"]["split"] = {"kind": kind, "seed": 0, "sha256": kind}
+        record["config_hash"] = record["run_id"] = f"{record['run_id']}-{kind}"
+    from benchmark.records import _one_record_per_seed, records_frame
+
+    assert len(_one_record_per_seed(grouped + random)) == 6  # the two arms never replace each other
+    assert sorted(set(aggregate.trust(grouped + random)["test_set"])) == ["breastmnist", "breastmnist (random split)"]
+    assert sorted(set(records_frame(grouped + random)["dataset"])) == ["breastmnist", "breastmnist (random split)"]

@@ -24,6 +24,7 @@ from scipy import stats
 from benchmark.errors import UserError
 from benchmark.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, baseline_probs, holm, mean_interval,
                                paired_bootstrap_pvalue, resample_counts, weighted_metrics)
+from benchmark.records import test_set
 from benchmark.report.load import PUBLISHED_COLUMNS, SuitePlan
 
 HEADLINE_METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro", "balanced_acc")
@@ -336,13 +337,6 @@ SIGNIFICANCE_METRICS: tuple[str, ...] = ("acc", "auc")
 SIGNIFICANCE_LEVEL = 0.05
 
 
-def _cell_key(record: dict) -> str:
-    """The test set a record was scored on: the dataset, and its split kind where the loader cut the split."""
-    split = (record["dataset"].get("split") or {}).get("kind")
-    return f"{record['dataset']['name']} ({split} split)" if split in ("grouped", "random") else \
-        record["dataset"]["name"]
-
-
 def trust(records) -> pd.DataFrame:
     """One row per (test set, model, size, scheme) with completed records holding predictions, plus majority /
     prior baseline rows where a record stores its training class counts (`dataset.class_counts`).
@@ -358,7 +352,7 @@ def trust(records) -> pd.DataFrame:
         predictions = record.get("test_predictions") or {}
         if record["status"] != "completed" or not predictions.get("labels"):
             continue
-        key = (_cell_key(record), record["model"]["name"], int(record["dataset"]["size"]), record.get("scheme") or "")
+        key = (test_set(record), record["model"]["name"], int(record["dataset"]["size"]), record.get("scheme") or "")
         cell = cells.setdefault(key, {"task": record["dataset"].get("task", "multi-class"), "labels": None,
                                       "probs": [], "counts": None})
         labels = np.asarray(predictions["labels"], dtype=np.int64)
@@ -370,21 +364,21 @@ def trust(records) -> pd.DataFrame:
         cell["probs"].append(np.asarray(predictions["probs"], dtype=np.float64))
         cell["counts"] = (record["dataset"].get("class_counts") or {}).get("train") or cell["counts"]
 
-    for (test_set, _, size, _), cell in list(cells.items()):  # reference predictors, one pair per test set
-        if cell["counts"] is None or any(k[0] == test_set and k[3] == "baseline" for k in cells):
+    for (tested_on, _, size, _), cell in list(cells.items()):  # reference predictors, one pair per test set
+        if cell["counts"] is None or any(k[0] == tested_on and k[3] == "baseline" for k in cells):
             continue
         train_labels = np.repeat(np.arange(len(cell["counts"])), cell["counts"])
         for kind in ("majority", "prior"):
             probs = baseline_probs(train_labels, len(cell["counts"]), len(cell["labels"]), kind)
-            cells[(test_set, kind, size, "baseline")] = {**cell, "probs": [probs]}
+            cells[(tested_on, kind, size, "baseline")] = {**cell, "probs": [probs]}
 
     rows = []
-    for (test_set, model, size, scheme), cell in sorted(cells.items()):
+    for (tested_on, model, size, scheme), cell in sorted(cells.items()):
         counts = resample_counts(len(cell["labels"]), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
         ones = np.ones((1, len(cell["labels"])))
         point = [weighted_metrics(cell["labels"], p, cell["task"], ones) for p in cell["probs"]]
         draws = [weighted_metrics(cell["labels"], p, cell["task"], counts) for p in cell["probs"]]
-        row = {"test_set": test_set, "model": model, "size": size, "scheme": scheme, "n": len(cell["probs"]),
+        row = {"test_set": tested_on, "model": model, "size": size, "scheme": scheme, "n": len(cell["probs"]),
                "n_test": len(cell["labels"]), "baseline": scheme == "baseline"}
         for metric in TRUST_METRICS:
             if metric not in point[0]:

@@ -44,7 +44,7 @@ from matplotlib.ticker import MaxNLocator
 
 from benchmark.errors import UserError
 from benchmark.metrics import ECE_BINS, calibration_metrics
-from benchmark.records import atomic_write_bytes, group_key, records_frame
+from benchmark.records import atomic_write_bytes, group_key, records_frame, test_set
 from benchmark.report.aggregate import (
     HEADLINE_METRICS,
     METRIC_LABELS,
@@ -301,7 +301,7 @@ def plot_reliability_suite(records: Sequence[dict], suite: str) -> Figure | None
         if rec["status"] == "completed" and isinstance(rec.get("test_predictions"), dict):
             labels, probs = _predictions(rec)
             model = f"{rec['model']['name']} ({rec['dataset']['size']})"
-            pooled.setdefault(str(rec["dataset"]["name"]), {}).setdefault(model, []).append((labels, probs))
+            pooled.setdefault(test_set(rec), {}).setdefault(model, []).append((labels, probs))
     if not pooled:
         return None
     fig = _new_figure(min(DOUBLE, SINGLE * len(pooled)), 2.8)

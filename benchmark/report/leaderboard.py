@@ -44,7 +44,7 @@ HOW_TO_READ = f"""## How to read these tables
   tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "all datasets" = the tests
   over the per-dataset means (MedMNIST+ style).
 - *Intervals, calibration and significance* (`benchmark.metrics`, from the stored test predictions): a test set
-  is a dataset, with its split kind where the loader cut the split (`grouped` / `random`). ACC and AUC are the
+  is a dataset ("(random split)": an image folder cut at random, not by the default grouped split). ACC and AUC are the
   seed mean with its 95 % percentile bootstrap interval over test images (1,000 seeded resamples, every seed
   scored on the same resampled images). ✓ (bold): the best row is significantly better than the runner-up — a
   one-sided paired bootstrap on the same images across seeds, Holm-corrected over the suite's test sets, p < 0.05;
