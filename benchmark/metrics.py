@@ -91,6 +91,7 @@ def calibration_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
     for binary tasks twice the one-column Brier score) and NLL (mean -log p of the true class)."""
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)  # stored float32 softmax rows sum to 1 only within ~1e-7
     class_ids = list(range(probs.shape[1]))
     return {
         "ece": expected_calibration_error(labels, probs),
