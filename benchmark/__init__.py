@@ -11,6 +11,9 @@ called):
     frame = benchmark.records_frame(records)            # pandas: one row per run, test metrics as columns
     benchmark.write_leaderboard("results", "results")   # leaderboard.md / .csv / .tex
     benchmark.write_figures("results", "results/figures", formats=("png",))
+    run = benchmark.load_run("breastmnist-28-resnet18_28-s0-b64276d5")   # a finished run: model + best.pt
+    report = benchmark.predict(run, ["image.png", "breastmnist:test"])  # .predictions, .errors, .write("x.csv")
+    benchmark.export_model(run, "onnx", quantize="int8")  # also explain(run, files), serve(run) / create_app(run)
 
 Messages go to the `benchmark` logger (`logging.getLogger("benchmark").setLevel(logging.WARNING)` silences them).
 """
@@ -34,6 +37,12 @@ _API = {
     "per_class_frame": "benchmark.records",
     "write_leaderboard": "benchmark.report.leaderboard",
     "write_figures": "benchmark.report.figures",
+    "load_run": "benchmark.use.loaded",
+    "predict": "benchmark.use.predict",
+    "export_model": "benchmark.use.export",
+    "explain": "benchmark.use.explain",
+    "create_app": "benchmark.use.serve",
+    "serve": "benchmark.use.serve",
 }
 
 __all__ = ["__version__", *sorted(_API)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -47,6 +47,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder with the data files ('bundled' = the shipped subsets)")
     parser.add_argument("--download", action="store_true", default=None, help="download missing MedMNIST files")
     parser.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+    parser.add_argument("--claim-timeout", type=float,
+                        help="seconds without a heartbeat before another worker takes a claimed run over "
+                             "[$BENCHMARK_CLAIM_TIMEOUT or 300]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what a finished run keeps of its checkpoints [best]")
     run.add_argument("--track", metavar="tensorboard", help="also log per-epoch metrics and learning rate with "
                      "this tracker, under OUTPUT/tensorboard/ (needs the `track` extra)")
+    run.add_argument("--shard", help="only shard i of n of the grid, 'i/n' with 0 <= i < n (every n-th run from "
+                                     "the i-th); workers without --shard share the grid through claims")
 
     verbs.add_parser("list", help="show datasets, models and suites")
 
@@ -80,8 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output", type=Path,
                        help="groups file, .json or .csv [results/data-check/DATASET-SIZE[-SPLIT].json]")
 
-    status = verbs.add_parser("status", help="done / failed / pending runs of a suite (same options as run)")
+        status = verbs.add_parser("status", help="done / failed / running / pending runs of a suite (same options as run)")
     add_grid_arguments(status)
+
+    submit = verbs.add_parser("submit", help="submit a suite's unfinished runs as one job array (submitit: "
+                                             "Slurm, or local processes)")
+    add_grid_arguments(submit)
+    from benchmark.launch import add_submit_arguments
+
+    add_submit_arguments(submit)
 
     board = verbs.add_parser("leaderboard", help="tables from run records")
     board.add_argument("--suite", help="only this suite's records")
@@ -96,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "figures")
     figures.add_argument("--format", choices=("png", "pdf", "both"), default="both")
     figures.add_argument("--dpi", type=int, default=200)
+    figures.add_argument("--explain", action="append", metavar="RUN", default=[],
+                         help="also draw RUN's test images with Grad-CAM / attention maps, correct vs incorrect "
+                              "(needs its best.pt; repeatable)")
+
+    add_use_verbs(verbs)
 
     perf = verbs.add_parser("perf", help="throughput: our pipeline vs its random-input bound vs the tutorial's")
     perf.add_argument("--model", help="model preset, HF id or local directory (not needed with --data-only)")
@@ -127,6 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_common_options(verbs)
     return parser
+
+
+def add_use_verbs(verbs) -> None:
+    """predict / export / explain / serve: use a finished run (a run id, a unique prefix of one, or a record path)."""
+    def run_parser(name: str, help: str) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help)
+        parser.add_argument("run", help="run id (or a unique prefix) under --results, or a record .json path")
+        parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+        return parser
+
+    predict = run_parser("predict", "label, confidence and class probabilities for images")
+    predict.add_argument("images", nargs="+", help="image files, folders, or a dataset split such as breastmnist:test")
+    predict.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")
+    predict.add_argument("--data-root", help="data folder for <dataset>:<split> inputs [the run's]")
+    predict.add_argument("--batch", type=int, default=64, help="images per forward pass [64]")
+
+    export = run_parser("export", "ONNX / TorchScript file (optionally int8) + preprocessing JSON + model card")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="[onnx]")
+    export.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantisation (measured on the test split)")
+    export.add_argument("--output", type=Path, help="folder for the files [<results>/exports/<run_id>]")
+    export.add_argument("--data-root", help="data folder for the int8 test measurement [the run's]")
+
+    explain = run_parser("explain", "Grad-CAM (CNNs) or attention rollout (ViTs) overlays as PNG")
+    explain.add_argument("images", nargs="+", help="image files")
+    explain.add_argument("--target", help="class name or index to explain [the predicted class]")
+    explain.add_argument("--output", type=Path, help="folder for the overlays [<results>/explanations/<run_id>]")
+
+    serve = run_parser("serve", "REST API: POST /predict, GET /health, GET /model")
+    serve.add_argument("--host", default="127.0.0.1", help="[127.0.0.1: this machine only]")
+    serve.add_argument("--port", type=int, default=8000, help="[8000]")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request accepted, in MB [10]")
 
 
 def add_common_options(verbs) -> None:
@@ -172,16 +220,23 @@ def load_grid(args):
 
 
 def cmd_run(args) -> int:
+    from benchmark.claims import parse_shard, select_shard
     from benchmark.runner import dry_run_table, run_suite
 
     suite = load_grid(args)
+    if args.shard:
+        suite = replace(suite, runs=select_shard(suite.runs, parse_shard(args.shard)))
     if args.dry_run:
         print(dry_run_table(suite))
         return 0
     summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
-                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track)
+                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track,
+                        claim_timeout=args.claim_timeout)
+    if not summary.main_process:
+        return 0
+    busy = f", {len(summary.busy)} left to other workers" if summary.busy else ""
     print(f"{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} skipped (done before), "
-          f"{len(summary.failed)} failed; records in {args.output / 'runs' / suite.name}")
+          f"{len(summary.failed)} failed{busy}; records in {args.output / 'runs' / suite.name}")
     if not summary.failed:
         return 0
     others = f" (and {len(summary.failed) - 1} more failed runs)" if len(summary.failed) > 1 else ""
@@ -219,20 +274,31 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from benchmark.claims import ClaimSettings, current_claims
     from benchmark.records import load_records, runs_dir
 
     suite = load_grid(args)
     folder = runs_dir(args.output, suite.name)
     records = load_records(folder, one_per_seed=False) if folder.is_dir() else []
     by_hash = {r["config_hash"]: r for r in records}
-    counts = {"completed": 0, "failed": 0, "pending": 0}
+    claims = current_claims(args.output, suite.name, ClaimSettings.from_env(args.claim_timeout).timeout)
+    counts = {"completed": 0, "failed": 0, "running": 0, "stale": 0, "pending": 0}
     for spec in suite.runs:
         record = by_hash.pop(spec.config_hash, None)
-        status = record["status"] if record else "pending"
+        claim = claims.get(spec.run_id)
+        status = record["status"] if record and record["status"] == "completed" else "pending"
+        detail = f"  {record['error']['message']}" if record and status == "pending" else ""
+        if status == "pending" and claim is not None:  # a failed run being redone counts as running
+            status = "stale" if claim.stale else "running"
+            detail = f"  {claim.worker}, last heartbeat {claim.age:.0f} s ago" + (
+                " (abandoned: the next worker takes it over)" if claim.stale else "")
+        elif record and status == "pending":
+            status = "failed"
         counts[status] += 1
-        detail = f"  {record['error']['message']}" if status == "failed" else ""
         print(f"{status:<10} {spec.run_id}{detail}")
-    print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {counts['pending']} pending")
+    claimed = "".join(f"{counts[key]} {word}, " for key, word in (("running", "running"), ("stale", "abandoned"))
+                      if counts[key])
+    print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {claimed}{counts['pending']} pending")
     if by_hash:
         print(f"({len(by_hash)} more record(s) in {args.output / 'runs' / suite.name} come from other settings; "
               f"pass the same --limit/--epochs/--seeds/--datasets/--models as the run)")
@@ -268,19 +334,87 @@ def cmd_figures(args) -> int:
 
     formats = ("png", "pdf") if args.format == "both" else (args.format,)
     paths = write_figures(args.runs, args.output, suite=args.suite, formats=formats, dpi=args.dpi)
+    if args.explain:
+        from benchmark.use.explain import write_explanation_figure
+
+        results = next((p for p in (args.runs, *args.runs.parents) if (p / "runs").is_dir()), args.runs)
+        for run in args.explain:
+            paths += write_explanation_figure(run, args.output, results=results, formats=formats, dpi=args.dpi)
     print(f"{len(paths)} figure files in {args.output}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "perf": cmd_perf, "list": cmd_list, "status": cmd_status, "leaderboard": cmd_leaderboard,
-            "figures": cmd_figures, "data-check": cmd_data_check}
+def cmd_submit(args) -> int:
+    from benchmark.launch import submit_grid
+    from benchmark.runner import check_writable
+
+    suite = load_grid(args)
+    check_writable(args.output)  # the task logs go there
+    submit_grid(suite, args)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from benchmark.use.predict import predict
+
+    report = predict(args.run, args.images, results=args.results, data_root=args.data_root, batch_size=args.batch)
+    if report.predictions:
+        print(report.table())
+    if args.output:
+        print(f"wrote {report.write(args.output)}")
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
+    if report.errors:
+        print(f"error: {len(report.errors)} of {len(report.errors) + len(report.predictions)} inputs could not be "
+              f"predicted", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def cmd_export(args) -> int:
+    from benchmark.use.export import export_model
+
+    result = export_model(args.run, args.format, args.quantize, output=args.output, results=args.results,
+                          data_root=args.data_root)
+    check = result.check
+    print(f"{result.path} ({check['bytes'] / 1e6:.2f} MB): max |Δprob| vs PyTorch {check['max_abs_dprob']:.2e} "
+          f"on {check['images']} test images")
+    if "test" in check:
+        change = check["test"]["change"]
+        print(f"int8: {check['size_ratio']:.2f} × the fp32 size; test ACC {change['acc']:+.4f}, AUC {change['auc']:+.4f} "
+              f"vs PyTorch fp32 on {check['test']['n_test']} test images")
+    print(f"preprocessing.json and README.md (model card) in {result.folder}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from benchmark.use.explain import explain
+
+    explanations, errors = explain(args.run, args.images, results=args.results, output=args.output,
+                                   target=args.target)
+    for item in explanations:
+        print(f"{item.image}: {item.label} ({item.confidence:.3f}), {item.method} for {item.target} → {item.path}")
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_serve(args) -> int:
+    from benchmark.use.serve import serve
+
+    serve(args.run, results=args.results, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_list, "status": cmd_status,
+            "leaderboard": cmd_leaderboard, "figures": cmd_figures, "predict": cmd_predict, "export": cmd_export,
+            "explain": cmd_explain, "serve": cmd_serve, "data-check": cmd_data_check}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     try:
-        if args.verb in ("run", "list", "status", "data-check"):
+        if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve", "data-check"):
             from benchmark.environment import quiet_libraries
 
             quiet_libraries()

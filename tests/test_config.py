@@ -2,9 +2,9 @@
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from committed import committed_files
 
 from benchmark.config import Recipe, load_suite
 from benchmark.errors import UserError
@@ -107,7 +107,7 @@ def test_invalid_suites_name_the_problem(tmp_path, change, message):
 def test_committed_records_keep_their_run_ids():
     """Every committed record's run is still planned under the same id: a change to what enters the hash
     (e.g. a new ModelSpec field) must not silently orphan finished results or make them run again."""
-    records = sorted(Path(__file__).resolve().parents[1].glob("results/runs/*/*.json"))
+    records = committed_files("results/runs/*/*.json")
     assert records
     planned = {name: {run.run_id for run in load_suite(name, data_root="anywhere").runs}
                for name in {p.parent.name for p in records}}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from committed import committed_files
 from record_factory import make_grid, write_records
 
 from benchmark import cli
@@ -66,7 +67,7 @@ def test_leaderboard_takes_the_folder_given_to_run_output(tmp_path, capsys):
 
 
 def test_committed_leaderboard_csv_is_what_the_committed_records_give():
-    _, csv_text, _ = build_leaderboard(load_records(RESULTS), suites_dir=PROJECT / "suites")
+    _, csv_text, _ = build_leaderboard(load_records(committed_files("results/runs/*/*.json")), suites_dir=PROJECT / "suites")
     assert csv_text == (RESULTS / "leaderboard.csv").read_text(encoding="utf-8")
 
 

@@ -48,6 +48,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from benchmark.data.duplicates import COMPARE_SIZE, find_near_duplicates
 
+from benchmark.data.images import open_image, stored_pixels
 from benchmark.data.registry import (
     BUNDLED,
     BUNDLED_DIR,
@@ -300,13 +301,4 @@ def _to_split(samples: list[Sample], size: int, n_classes: int, where: str) -> S
 
 
 def _grayscale_pixels(source: ImageSource, size: int) -> np.ndarray:
-    image = _decode_grayscale(source) if isinstance(source, Path) else source.convert("L")
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def _decode_grayscale(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("L")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"{path}: cannot read the image ({one_line(error)}); replace or remove the file") from error
+    return stored_pixels(open_image(source) if isinstance(source, Path) else source, size, channels=1)

@@ -1,0 +1,160 @@
+"""The model card of a run: a dict (served as JSON by `serve`) and its Hugging Face README.md rendering.
+
+Everything comes from the run's record and the records of the same configuration with other seeds beside it
+(test metrics per seed, mean and sample std); nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import yaml
+
+from benchmark.metrics import HEADLINE_METRICS
+from benchmark.records import load_records
+from benchmark.use.loaded import LoadedRun
+
+INTENDED_USE = ("Research on medical image classification: benchmarking, reproducing published results, "
+                "studying model behaviour. Not for diagnosis, triage or any clinical decision.")
+LIMITATIONS = [
+    "Research use only. This is not a medical device and it has not been validated clinically.",
+    ("Trained and tested on one public data set; performance on images from other scanners, sites, "
+     "populations or acquisition protocols is unknown and may be much lower."),
+    "Confidences are softmax probabilities; they are not calibrated risks.",
+    ("Inputs are resized to the data set's stored size without keeping the aspect ratio, as the data set's own "
+     "images were."),
+]
+
+
+def _same_config_other_seeds(loaded: LoadedRun) -> list[dict]:
+    """Completed records of the run's suite whose config equals the run's except for the seed (the run included)."""
+    def without_seed(record: dict) -> dict:
+        return {k: v for k, v in record["config"].items() if k != "seed"}
+
+    own = without_seed(loaded.record)
+    found = [r for r in load_records(loaded.record_path.parent)
+             if r["status"] == "completed" and without_seed(r) == own]
+    return sorted(found, key=lambda r: r["seed"])
+
+
+def preprocessing(loaded: LoadedRun) -> dict:
+    """What a consumer of an exported model must do to an image before it: the run's evaluation preprocessing."""
+    built = loaded.built
+    return {
+        "input": "pixel_values: float32 (batch, channels, input_size, input_size), NCHW; the batch size is free",
+        "output": "logits: float32 (batch, n_classes); softmax gives the class probabilities",
+        "stored_size": loaded.size,
+        "stored_channels": loaded.channels,
+        "input_size": built.input_size,
+        "channels": built.in_channels,
+        "mean": list(built.mean),
+        "std": list(built.std),
+        "upsample": built.upsample,
+        "class_names": loaded.class_names,
+        "task": loaded.record["dataset"]["task"],
+        "steps": [
+            f"convert to {'8-bit grayscale (luma)' if loaded.channels == 1 else 'RGB'} (16-bit: value / 257)",
+            f"resize to {loaded.size} x {loaded.size} (bilinear) — the data set's stored format",
+            (f"resize to {built.input_size} x {built.input_size} (bilinear, antialiased when shrinking"
+             f"{'; nearest when enlarging' if built.upsample == 'nearest' else ''})"),
+            (f"{'repeat the gray channel to 3 channels; ' if built.in_channels > loaded.channels else ''}"
+             "scale to [0, 1], subtract mean, divide by std per channel"),
+        ],
+    }
+
+
+def model_card(loaded: LoadedRun) -> dict:
+    record, config = loaded.record, loaded.record["config"]
+    seeds = _same_config_other_seeds(loaded)
+    per_seed = [{"seed": r["seed"], "run_id": r["run_id"],
+                 **{m: r["test"].get(m) for m in HEADLINE_METRICS}} for r in seeds]
+    summary = {}
+    for metric in HEADLINE_METRICS:
+        values = [row[metric] for row in per_seed if row[metric] is not None]
+        summary[metric] = {"mean": statistics.fmean(values) if values else None,
+                           "std": statistics.stdev(values) if len(values) > 1 else None, "n_seeds": len(values)}
+    dataset = dict(record["dataset"])
+    dataset["source"] = Path(str(dataset.get("source", ""))).name  # a file name, not this machine's path
+    return {
+        "run_id": record["run_id"],
+        "suite": record["suite"],
+        "model": {k: record["model"].get(k) for k in ("name", "family", "source", "pretrained", "input_size",
+                                                      "n_params")},
+        "scheme": record.get("scheme"),
+        "dataset": dataset,
+        "data_variant": config.get("data_root") if config.get("data_root") == "bundled" else None,
+        "limit": config.get("limit") or None,
+        "recipe": config["recipe"],
+        "seed": record["seed"],
+        "best_epoch": record.get("best_epoch"),
+        "selection_metric": record.get("selection_metric"),
+        "test": {"this_run": {m: record["test"].get(m) for m in HEADLINE_METRICS}, "per_seed": per_seed,
+                 "summary": summary},
+        "preprocessing": preprocessing(loaded),
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+        "environment": {k: record.get("environment", {}).get(k) for k in ("device", "device_name", "git_commit")},
+        "created_at": record.get("created_at"),
+    }
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def render_card(card: dict, formats: list[str] | None = None) -> str:
+    """README.md in the Hugging Face model-card format: YAML front matter, then the card as prose and tables."""
+    this = card["test"]["this_run"]
+    dataset = card["dataset"]
+    front = {
+        "library_name": "transformers" if card["model"]["family"] == "hf" else "pytorch",
+        "pipeline_tag": "image-classification",
+        "tags": ["medical-imaging", "medmnist", "image-classification", "research-only", *(formats or [])],
+        "datasets": [dataset["name"]],
+        "metrics": ["accuracy", "roc_auc"],
+        "model-index": [{"name": card["run_id"], "results": [{
+            "task": {"type": "image-classification"},
+            "dataset": {"name": f"{dataset['name']} ({dataset['size']} px), test split", "type": dataset["name"]},
+            "metrics": [{"type": "accuracy", "value": this["acc"], "name": f"test ACC (seed {card['seed']})"},
+                        {"type": "roc_auc", "value": this["auc"], "name": f"test AUC (seed {card['seed']})"}],
+        }]}],
+    }
+    seeds_rows = "\n".join(f"| {r['seed']} | `{r['run_id']}` | " + " | ".join(_fmt(r[m]) for m in HEADLINE_METRICS)
+                           + " |" for r in card["test"]["per_seed"])
+    summary = card["test"]["summary"]
+    mean_row = " | ".join(f"{_fmt(summary[m]['mean'])} ± {_fmt(summary[m]['std'])}" for m in HEADLINE_METRICS)
+    recipe = ", ".join(f"{k} {v}" for k, v in card["recipe"].items())
+    pre = card["preprocessing"]
+    limit = f", first {card['limit']} images per split" if card["limit"] else ""
+    subset = (f" Trained on the shipped subset (`data_root: bundled`{limit}), so the numbers are not comparable "
+              "with published full-data results." if card["data_variant"] else "")
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+        f"# {card['model']['name']} on {dataset['name']} ({dataset['size']} px) — run `{card['run_id']}`", "",
+        "**Research use only — not a medical device.** " + card["intended_use"], "",
+        "## Model", "",
+        (f"- Architecture: {card['model']['name']} ({card['model']['family']}, source "
+         f"`{card['model']['source']}`), {card['model']['n_params']:,} parameters, {card['scheme']}."),
+        f"- Classes ({len(pre['class_names'])}): " + ", ".join(f"`{c}`" for c in pre["class_names"]) + ".",
+        f"- Weights: the best epoch ({card['best_epoch']}) by validation {card['selection_metric']}, seed {card['seed']}.",
+        "",
+        "## Data", "",
+        f"- {dataset['name']} at {dataset['size']} px, task {dataset['task']}: {dataset.get('n_train')} train / "
+        f"{dataset.get('n_val')} validation / {dataset.get('n_test')} test images (source `{dataset.get('source')}`)."
+        + subset,
+        "- MedMNIST v2 (Yang et al., Scientific Data 2023, CC BY 4.0); BUSI (Al-Dhabyani et al., Data in Brief 2020).",
+        "",
+        "## Training recipe", "", recipe + ".", "",
+        "## Test metrics", "",
+        "| seed | run | " + " | ".join(HEADLINE_METRICS) + " |",
+        "|---:|---|" + "---:|" * len(HEADLINE_METRICS),
+        seeds_rows,
+        f"| mean ± std | {summary['acc']['n_seeds']} seed(s) | {mean_row} |", "",
+        "## Preprocessing", "",
+        *[f"{i}. {step}" for i, step in enumerate(pre["steps"], 1)],
+        f"\nmean {pre['mean']}, std {pre['std']}; `preprocessing.json` beside the model holds these values.", "",
+        "## Intended use", "", card["intended_use"], "",
+        "## Limitations", "", *[f"- {item}" for item in card["limitations"]], "",
+    ]
+    return "\n".join(lines)

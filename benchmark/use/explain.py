@@ -1,0 +1,205 @@
+"""Where a run's model looks: Grad-CAM for CNNs, attention rollout for ViTs; PNG overlays and a figure kind.
+
+- CNNs (the ResNet family): Grad-CAM (Selvaraju et al. 2017) from the `grad-cam` package on the last residual
+  block, for a chosen class (default: the predicted one) — class-specific.
+- Hugging Face ViTs: attention rollout (Abnar & Zuidema 2020) over the attentions of every layer (heads
+  averaged, identity added for the residual, rows renormalised, layers multiplied), read from the CLS token
+  to the patches. Rollout does not depend on the class: the same map for every target.
+
+Maps are computed at the model's input size from the image in the dataset's stored format (exactly what
+`predict` feeds), scaled to [0, 1], and returned at the original image's size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.data.images import open_image
+from benchmark.errors import UserError
+from benchmark.use.loaded import DEFAULT_RESULTS, LoadedRun, load_run, require_extra
+
+METHODS = {"resnet": "grad-cam", "hf": "attention-rollout"}
+
+
+@dataclass
+class Explanation:
+    image: str
+    label: str  # predicted class
+    confidence: float
+    target: str  # the class the map explains (rollout: the predicted one, the map is class-agnostic)
+    method: str
+    heatmap: np.ndarray  # float32 (H, W) in [0, 1], the original image's size
+    overlay: np.ndarray  # uint8 (H, W, 3)
+    path: Path | None = None  # the written PNG overlay
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    low = maps.flatten(1).min(1).values.view(-1, 1, 1)
+    high = maps.flatten(1).max(1).values.view(-1, 1, 1)
+    return (maps - low) / (high - low).clamp_min(1e-12)
+
+
+def grad_cam(loaded: LoadedRun, pixels: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    require_extra("explain")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    module = loaded.model
+    layer = getattr(module, "layer4", None)
+    if layer is None:
+        raise UserError(f"{loaded.run_id}: Grad-CAM needs a ResNet's layer4; this model has none")
+    with GradCAM(model=module, target_layers=[layer[-1]]) as cam:
+        maps = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(t) for t in targets])
+    return torch.from_numpy(np.asarray(maps, dtype=np.float32))
+
+
+@torch.no_grad()
+def attention_rollout(loaded: LoadedRun, pixels: torch.Tensor) -> torch.Tensor:
+    wrapper = loaded.model
+    hf = copy.deepcopy(wrapper.model)  # eager attention returns the weights; the loaded model keeps SDPA
+    hf.set_attn_implementation("eager")
+    out = hf(pixel_values=pixels, output_attentions=True, **wrapper.forward_kwargs)
+    if not out.attentions:
+        raise UserError(f"{loaded.run_id}: the model returns no attentions; rollout needs a ViT")
+    tokens = out.attentions[0].shape[-1]
+    rollout = torch.eye(tokens).expand(len(pixels), tokens, tokens)
+    for attention in out.attentions:
+        mixed = attention.mean(1) + torch.eye(tokens)
+        rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
+    side = math.isqrt(tokens - 1)
+    if side * side != tokens - 1:
+        raise UserError(f"{loaded.run_id}: {tokens - 1} patch tokens are not a square grid; rollout needs a plain ViT")
+    grid = rollout[:, 0, 1:].reshape(-1, 1, side, side)
+    size = pixels.shape[-1]
+    return _normalise(F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0])
+
+
+def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (N, input_size, input_size) in [0, 1] and probabilities (N, n_classes) for stored-format images.
+    `targets`: the class index per image to explain (None: the predicted class)."""
+    probs = loaded.probabilities(images)
+    targets = [int(p.argmax()) for p in probs] if targets is None else list(targets)
+    pixels = loaded.pixels(images)
+    if loaded.built.family == "resnet":
+        maps = grad_cam(loaded, pixels, targets)
+    elif loaded.built.family == "hf":
+        maps = attention_rollout(loaded, pixels)
+    else:
+        raise UserError(f"{loaded.run_id}: no explanation method for model family '{loaded.built.family}'")
+    return maps.numpy(), probs
+
+
+def overlay(image, heatmap: np.ndarray) -> np.ndarray:
+    """The image (PIL, any mode) in RGB with the heatmap (same size, [0, 1]) blended over it as a jet colour map."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    from benchmark.data.images import eight_bit
+
+    rgb = np.asarray(eight_bit(image).convert("RGB"), dtype=np.float32) / 255
+    return show_cam_on_image(rgb, heatmap, use_rgb=True, image_weight=0.55)
+
+
+def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+    resized = F.interpolate(torch.from_numpy(heatmap)[None, None], size=(height, width), mode="bilinear",
+                            align_corners=False)[0, 0]
+    return resized.clamp_(0, 1).numpy()
+
+
+def _target_index(loaded: LoadedRun, target: str | int | None) -> int | None:
+    if target is None:
+        return None
+    names = loaded.class_names
+    if str(target) in names:
+        return names.index(str(target))
+    if str(target).isdigit() and int(target) < len(names):
+        return int(target)
+    raise UserError(f"unknown target class {target!r}; use a class name ({', '.join(names)}) or index")
+
+
+def explain(run: str | Path | LoadedRun, images: list[str | Path], results: str | Path = DEFAULT_RESULTS,
+            output: str | Path | None = None, target: str | int | None = None) -> tuple[list[Explanation], list[str]]:
+    """Explanations of image files (PNG overlays written to `output`, default `<results>/explanations/<run_id>/`)
+    and one error line per file that could not be read."""
+    require_extra("explain")
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, results)
+    folder = Path(output) if output else loaded.record_path.parents[2] / "explanations" / loaded.run_id
+    index = _target_index(loaded, target)
+    opened, errors = [], []
+    for item in map(Path, images):
+        try:
+            opened.append((item, open_image(item)))
+        except UserError as err:
+            errors.append(str(err))
+    if not opened:
+        return [], errors
+    stored = np.stack([loaded.stored(image) for _, image in opened])
+    maps, probs = saliency(loaded, stored, None if index is None else [index] * len(stored))
+    folder.mkdir(parents=True, exist_ok=True)
+    method, names = METHODS[loaded.built.family], loaded.class_names
+    explanations = []
+    for (path, image), heat, row in zip(opened, maps, probs):
+        heatmap = resize_map(heat, image.height, image.width)
+        picture = overlay(image, heatmap)
+        predicted = int(row.argmax())
+        out = folder / f"{path.stem}.{method}.png"
+        from PIL import Image
+
+        Image.fromarray(picture).save(out)
+        explanations.append(Explanation(str(path), names[predicted], float(row[predicted]),
+                                        names[predicted if index is None else index], method, heatmap, picture, out))
+    return explanations, errors
+
+
+def explanation_figure(loaded: LoadedRun, per_group: int = 4):
+    """A figure: the record's test images with their maps, correctly and incorrectly predicted side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    images, labels = loaded.sample_images()
+    maps, probs = saliency(loaded, images)
+    predicted = probs.argmax(1)
+    groups = {"correct": np.flatnonzero(predicted == labels)[:per_group],
+              "incorrect": np.flatnonzero(predicted != labels)[:per_group]}
+    rows = max(1, *(len(g) for g in groups.values()))
+    fig = Figure(figsize=(6.8, 1.7 * rows + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 4, squeeze=False)
+    names = loaded.class_names
+    for column, (group, chosen) in enumerate(groups.items()):
+        axes[0, 2 * column].set_title(f"{group} ({len(chosen)})", loc="left", fontsize=9)
+        for row in range(rows):
+            image_ax, map_ax = axes[row, 2 * column], axes[row, 2 * column + 1]
+            image_ax.axis("off"), map_ax.axis("off")
+            if row >= len(chosen):
+                continue
+            i = chosen[row]
+            picture = Image.fromarray(images[i][..., 0] if images.shape[-1] == 1 else images[i])
+            image_ax.imshow(picture, cmap="gray" if images.shape[-1] == 1 else None)
+            image_ax.text(0, -0.04, f"true {names[labels[i]]}\npred {names[predicted[i]]} ({probs[i].max():.2f})",
+                          transform=image_ax.transAxes, fontsize=6, va="top")
+            map_ax.imshow(overlay(picture, resize_map(maps[i], picture.height, picture.width)))
+    fig.suptitle(f"{METHODS[loaded.built.family]}: {loaded.run_id}", fontsize=8)
+    return fig
+
+
+def write_explanation_figure(run: str | Path, out_dir: str | Path, results: str | Path = DEFAULT_RESULTS,
+                             formats=("png",), dpi: int = 200) -> list[Path]:
+    """The `figures --explain RUN` kind: `<out_dir>/<suite>/runs/<run_id>_explain.<fmt>`, beside the run's other
+    figures."""
+    require_extra("explain")
+    loaded = load_run(run, results)
+    fig = explanation_figure(loaded)
+    out_dir = Path(out_dir) / loaded.record["suite"] / "runs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{loaded.run_id}_explain.{fmt}" for fmt in formats]
+    for path, fmt in zip(paths, formats):
+        fig.savefig(path, format=fmt, dpi=dpi)
+    return paths

@@ -1,0 +1,306 @@
+"""Using finished runs: predict, export (ONNX / TorchScript / int8), explain, serve — on real tiny runs."""
+
+import importlib.util
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.metrics import classification_metrics
+from benchmark.use import load_run, predict
+
+SUITE = """
+name: use
+data_root: bundled
+seeds: [0]
+recipes:
+  v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 1, batch_size: 16, augment: none}
+  vit: {lr: 1.0e-3, epochs: 1, batch_size: 16, augment: none}
+datasets: [breastmnist]
+models:
+  - {name: resnet18_28, recipe: v2}
+  - {name: vit_tiny, recipe: vit}
+"""
+MODELS = ("resnet18_28", "vit_tiny")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """One tiny real run per model (BreastMNIST subset, 32 images per split, one epoch), PNGs of its test images."""
+    root = tmp_path_factory.mktemp("use")
+    (root / "use.yaml").write_text(SUITE)
+    assert main(["run", "--suite", str(root / "use.yaml"), "--limit", "32", "--output", str(root / "results"),
+                 "--quiet"]) == 0
+    loaded = load_run("breastmnist-28-resnet18_28", root / "results")
+    test = loaded.dataset_split("test")
+    pngs = root / "pngs"
+    pngs.mkdir()
+    for i, image in enumerate(test.images):
+        Image.fromarray(image[..., 0]).save(pngs / f"{i:03d}.png")
+    return root / "results", pngs
+
+
+def run_id(results, model):
+    return load_run(f"breastmnist-28-{model}", results).run_id
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_predict_on_png_files_reproduces_the_records_test_probabilities(results, model):
+    results_dir, pngs = results
+    loaded = load_run(f"breastmnist-28-{model}", results_dir)
+    report = predict(loaded, [pngs])
+    got = np.array([[p.probabilities[c] for c in loaded.class_names] for p in report.predictions])
+    expected = np.array(loaded.record["test_predictions"]["probs"])
+    assert [p.image.rsplit("/", 1)[-1] for p in report.predictions] == sorted(x.name for x in pngs.iterdir())
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert report.errors == []
+    for p in report.predictions:
+        assert p.confidence == max(p.probabilities.values()) and p.label in loaded.class_names
+
+
+def test_any_image_mode_and_size_is_brought_to_the_stored_format(results, tmp_path):
+    results_dir, pngs = results
+    gray = np.asarray(Image.open(pngs / "000.png"))
+    variants = {
+        "gray.png": Image.fromarray(gray),
+        "rgb.png": Image.fromarray(np.stack([gray] * 3, -1)),
+        "rgba.png": Image.fromarray(np.dstack([gray, gray, gray, np.full_like(gray, 255)])),
+        "gray16.png": Image.fromarray(gray.astype(np.uint16) * 257),
+        "big.png": Image.fromarray(gray).resize((112, 112), Image.Resampling.NEAREST),
+    }
+    for name, image in variants.items():
+        image.save(tmp_path / name)
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    report = predict(load_run("breastmnist-28-resnet18_28", results_dir), [tmp_path / n for n in variants])
+    probs = {p.image.rsplit("/", 1)[-1]: list(p.probabilities.values()) for p in report.predictions}
+    for name in ("rgb.png", "rgba.png", "gray16.png"):
+        np.testing.assert_allclose(probs[name], probs["gray.png"], atol=1e-6, err_msg=name)
+    # 4x enlarged then shrunk back bilinearly: close to, not equal to, the original pixels
+    np.testing.assert_allclose(probs["big.png"], probs["gray.png"], atol=0.05)
+
+
+def test_predict_cli_reports_an_unreadable_file_and_predicts_the_rest(results, tmp_path, capsys):
+    results_dir, pngs = results
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    out = tmp_path / "preds.json"
+    status = main(["predict", "breastmnist-28-resnet18_28", str(pngs / "000.png"), str(broken), "breastmnist:test",
+                   "--results", str(results_dir), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert next(line for line in captured.err.splitlines() if "broken.png" in line).startswith(f"error: {broken}")
+    written = json.loads(out.read_text())
+    assert len(written["predictions"]) == 1 + 32 and len(written["errors"]) == 1
+    split_rows = [p for p in written["predictions"] if p["image"].startswith("breastmnist:test[")]
+    assert all(p["true_label"] in written["class_names"] for p in split_rows)
+    record = load_run("breastmnist-28-resnet18_28", results_dir).record
+    np.testing.assert_allclose([list(p["probabilities"].values()) for p in split_rows],
+                               record["test_predictions"]["probs"], atol=1e-5)
+    assert "000.png" in captured.out and "confidence" in captured.out
+
+
+def _ort_probs(path, pixels):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.softmax(torch.from_numpy(session.run(None, {"pixel_values": pixels.numpy()})[0]), 1).numpy()
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch(results, tmp_path, model, fmt):
+    from benchmark.use.export import export_model
+
+    loaded = load_run(f"breastmnist-28-{model}", results[0])
+    result = export_model(loaded, fmt, output=tmp_path)
+    assert result.check["max_abs_dprob"] <= 1e-4
+    split = loaded.dataset_split("test")
+    pixels = loaded.pixels(split.images)
+    if fmt == "onnx":  # independently of the export's own check: onnxruntime on the whole test split
+        probs = _ort_probs(result.path, pixels)
+    else:
+        probs = torch.softmax(torch.jit.load(str(result.path))(pixels), 1).detach().numpy()
+    np.testing.assert_allclose(probs, loaded.record["test_predictions"]["probs"], atol=1e-4, rtol=0)
+    pre = json.loads((tmp_path / "preprocessing.json").read_text())
+    assert pre["class_names"] == loaded.class_names and pre["input_size"] == loaded.built.input_size
+    assert pre["mean"] == loaded.built.mean and pre["stored_channels"] == 1
+    card = (tmp_path / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["pipeline_tag"] == "image-classification"
+    metric = front["model-index"][0]["results"][0]["metrics"][0]
+    assert metric["value"] == loaded.record["test"]["acc"] and "seed 0" in metric["name"]
+    assert "not a medical device" in card and "## Limitations" in card and "## Training recipe" in card
+
+
+def test_an_export_that_differs_from_pytorch_fails_loudly(results, tmp_path, monkeypatch):
+    from benchmark.use import export
+
+    loaded = load_run("breastmnist-28-resnet18_28", results[0])
+    original = export._fp32_module
+
+    def perturbed(run):
+        module = original(run)
+        with torch.no_grad():
+            module.fc.bias[0] += 0.01  # one class: a shift of every logit would not change the probabilities
+        return module
+
+    monkeypatch.setattr(export, "_fp32_module", perturbed)
+    with pytest.raises(export.ExportMismatch, match="differs from PyTorch"):
+        export.export_model(loaded, "onnx", output=tmp_path)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx"])
+def test_int8_export_loads_predicts_and_records_its_measured_change(results, tmp_path, fmt):
+    from benchmark.use.export import export_model
+
+    loaded = load_run("breastmnist-28-vit_tiny", results[0])
+    result = export_model(loaded, fmt, "int8", output=tmp_path)
+    written = json.loads((tmp_path / f"{result.path.name}.json").read_text())
+    assert written["quantize"] == "int8" and written["bytes"] == result.path.stat().st_size
+    assert written["bytes"] < written["fp32_bytes"] == (tmp_path / result.path.name.replace(".int8", "")).stat().st_size
+    split = loaded.dataset_split("test")
+    pixels = loaded.pixels(split.images)
+    if fmt == "onnx":
+        probs = _ort_probs(result.path, pixels)
+    else:
+        probs = torch.softmax(torch.jit.load(str(result.path))(pixels), 1).detach().numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    measured = classification_metrics(split.labels, probs, "binary-class")
+    reference = loaded.record["test"]
+    test = written["test"]
+    assert test["n_test"] == 32
+    assert test["exported"]["acc"] == pytest.approx(measured["acc"]) and test["exported"]["auc"] == pytest.approx(
+        measured["auc"])
+    assert test["pytorch_fp32"]["acc"] == pytest.approx(reference["acc"])
+    assert test["change"]["auc"] == pytest.approx(measured["auc"] - reference["auc"], abs=1e-6)
+
+
+def test_grad_cam_has_the_images_size_and_depends_on_the_class(results, tmp_path):
+    from benchmark.use.explain import explain, saliency
+
+    results_dir, pngs = results
+    big = tmp_path / "big.png"
+    Image.open(pngs / "001.png").resize((60, 44)).save(big)
+    explanations, errors = explain("breastmnist-28-resnet18_28", [pngs / "000.png", big, tmp_path / "missing.png"],
+                                   results=results_dir, output=tmp_path / "out")
+    assert len(errors) == 1 and "missing.png" in errors[0]
+    assert [e.heatmap.shape for e in explanations] == [(28, 28), (44, 60)]
+    for e in explanations:
+        assert np.isfinite(e.heatmap).all() and e.heatmap.max() > 0 and e.method == "grad-cam"
+        assert Image.open(e.path).size == e.heatmap.shape[::-1]
+    loaded = load_run("breastmnist-28-resnet18_28", results_dir)
+    images, _ = loaded.sample_images()
+    first, _ = saliency(loaded, images[:4], [0] * 4)
+    second, _ = saliency(loaded, images[:4], [1] * 4)
+    assert np.abs(first - second).mean() > 0.05
+
+
+def test_attention_rollout_for_a_vit_and_the_explanation_figure(results, tmp_path):
+    from benchmark.use.explain import explain, write_explanation_figure
+
+    results_dir, pngs = results
+    explanations, errors = explain("breastmnist-28-vit_tiny", [pngs / "002.png"], results=results_dir,
+                                   output=tmp_path)
+    [e] = explanations
+    assert errors == [] and e.method == "attention-rollout" and e.heatmap.shape == (28, 28)
+    assert np.isfinite(e.heatmap).all() and e.heatmap.std() > 0
+    [figure] = write_explanation_figure("breastmnist-28-vit_tiny", tmp_path, results=results_dir, dpi=40)
+    assert figure.name.endswith("_explain.png") and Image.open(figure).size[0] > 100
+
+
+def test_a_verb_without_its_extra_names_the_pip_install(results, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert main(["export", "breastmnist-28-vit_tiny", "--results", str(results[0])]) == 2
+    assert "pip install 'medmnist-benchmark[export]'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def server(results):
+    """The API on a free loopback port, served by uvicorn in a thread; upload limit 0.05 MB."""
+    import uvicorn
+
+    from benchmark.use.serve import create_app
+
+    app = create_app(load_run("breastmnist-28-resnet18_28", results[0]), max_upload_mb=0.05)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert instance.started
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(10)
+
+
+def test_serve_predicts_what_predict_does(results, server):
+    import httpx
+
+    results_dir, pngs = results
+    names = ["000.png", "001.png", "002.png"]
+    files = [("files", (n, (pngs / n).read_bytes(), "image/png")) for n in names]
+    answer = httpx.post(f"{server}/predict", files=files, timeout=30)
+    assert answer.status_code == 200
+    expected = predict("breastmnist-28-resnet18_28", [pngs / n for n in names], results=results_dir)
+    got = answer.json()["predictions"]
+    assert [p["image"] for p in got] == names
+    for served, local in zip(got, expected.predictions):
+        assert served["label"] == local.label
+        assert served["probabilities"] == pytest.approx(local.probabilities, abs=1e-6)
+    health = httpx.get(f"{server}/health").json()
+    assert health == {"status": "ok", "run_id": run_id(results_dir, "resnet18_28")}
+    card = httpx.get(f"{server}/model").json()
+    assert card["run_id"] == health["run_id"] and card["test"]["this_run"]["acc"] is not None
+    assert "not a medical device" in " ".join(card["limitations"])
+
+
+def test_serve_answers_bad_uploads_with_4xx_json(server, results):
+    import httpx
+
+    pngs = results[1]
+    cases = {
+        "corrupt": ([("files", ("x.png", b"\x89PNG garbage", "image/png"))], 400),
+        "empty": ([("files", ("e.png", b"", "image/png"))], 400),
+        "wrong field": ([("image", ("000.png", (pngs / "000.png").read_bytes(), "image/png"))], 422),
+        "oversized": ([("files", ("big.png", b"\0" * 100_000, "image/png"))], 413),
+    }
+    for case, (files, status) in cases.items():
+        answer = httpx.post(f"{server}/predict", files=files, timeout=30)
+        assert answer.status_code == status, case
+        assert isinstance(answer.json()["error"], str), case
+    assert httpx.post(f"{server}/predict", timeout=30).status_code == 422
+    assert httpx.get(f"{server}/health").status_code == 200  # still up
+
+
+def test_serve_answers_20_concurrent_requests_correctly(server, results):
+    import httpx
+
+    results_dir, pngs = results
+    files = sorted(pngs.iterdir())[:20]
+    expected = predict("breastmnist-28-resnet18_28", files, results=results_dir).predictions
+
+    def ask(path):
+        return httpx.post(f"{server}/predict", files=[("files", (path.name, path.read_bytes(), "image/png"))],
+                          timeout=60)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(ask, files))
+    assert [a.status_code for a in answers] == [200] * 20
+    for answer, local in zip(answers, expected):
+        [served] = answer.json()["predictions"]
+        assert served["label"] == local.label
+        assert served["probabilities"] == pytest.approx(local.probabilities, abs=1e-6)
