@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output", type=Path,
                        help="groups file, .json or .csv [results/data-check/DATASET-SIZE[-SPLIT].json]")
 
-        status = verbs.add_parser("status", help="done / failed / running / pending runs of a suite (same options as run)")
+    status = verbs.add_parser("status", help="done / failed / running / pending runs of a suite (same options as run)")
     add_grid_arguments(status)
 
     submit = verbs.add_parser("submit", help="submit a suite's unfinished runs as one job array (submitit: "
