@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     verbs.add_parser("list", help="show datasets, models and suites")
 
+    check = verbs.add_parser("data-check", help="near-duplicate images within and across splits and classes")
+    check.add_argument("dataset", help="dataset name (see `list`)")
+    check.add_argument("--size", type=int,
+                       help="image size to load [the dataset's default; 64 for image folders, as their split sees them]")
+    check.add_argument("--data-root", help="folder with the data files ('bundled' = the shipped subsets)")
+    check.add_argument("--split", help="how an image-folder dataset is split (grouped, random) [its default]")
+    check.add_argument("--threshold", type=float, default=0.95,
+                       help="Pearson correlation at 64 px from which two images are near duplicates [0.95]")
+    check.add_argument("--output", type=Path,
+                       help="groups file, .json or .csv [results/data-check/DATASET-SIZE[-SPLIT].json]")
+
     status = verbs.add_parser("status", help="done / failed / running / pending runs of a suite (same options as run)")
     add_grid_arguments(status)
 
@@ -250,6 +261,18 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from benchmark.data.duplicates import check_dataset, format_summary
+
+    report = check_dataset(args.dataset, size=args.size, data_root=args.data_root, split=args.split,
+                           threshold=args.threshold)
+    suffix = f"-{report.split_kind}" if report.split_kind not in (None, "given") else ""
+    output = args.output or DEFAULT_RESULTS / "data-check" / f"{args.dataset}-{report.size}{suffix}.json"
+    print(format_summary(report.summary()))
+    print(f"groups written to {report.write(output)}")
+    return 0
+
+
 def cmd_status(args) -> int:
     from benchmark.claims import ClaimSettings, current_claims
     from benchmark.records import load_records, runs_dir
@@ -384,14 +407,14 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_list, "status": cmd_status,
             "leaderboard": cmd_leaderboard, "figures": cmd_figures, "predict": cmd_predict, "export": cmd_export,
-            "explain": cmd_explain, "serve": cmd_serve}
+            "explain": cmd_explain, "serve": cmd_serve, "data-check": cmd_data_check}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     try:
-        if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve"):
+        if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve", "data-check"):
             from benchmark.environment import quiet_libraries
 
             quiet_libraries()

@@ -10,9 +10,10 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from benchmark.data import dataset_sizes
+from benchmark.data import dataset_sizes, dataset_split_kinds
 from benchmark.data.transforms import RESIZES, UPSAMPLES
 from benchmark.errors import UserError
+from benchmark.metrics import CALIBRATIONS
 from benchmark.models import ModelSpec, list_models, resolve_model
 from benchmark.schemes import SchemeSpec, check_scheme_fits, parse_scheme
 from benchmark.suites import check_keys, find_suite, read_suite
@@ -52,6 +53,7 @@ class Recipe:
     # (scikit-learn's formula); sampler "balanced" = each batch drawn with replacement, every class equally likely.
     class_weights: str = "none"
     sampler: str = "none"
+    calibrate: str = "none"  # "temperature": fit a temperature on validation, record test calibration before/after
 
     def validate(self, where: str) -> None:
         _check_choice(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
@@ -61,6 +63,7 @@ class Recipe:
         _check_choice(self.selection_metric, SELECTION_METRICS, f"{where}.selection_metric")
         _check_choice(self.class_weights, IMBALANCE, f"{where}.class_weights")
         _check_choice(self.sampler, IMBALANCE, f"{where}.sampler")
+        _check_choice(self.calibrate, CALIBRATIONS, f"{where}.calibrate")
         for name in ("lr", "epochs", "batch_size", "grad_accum_steps"):
             if not 0 < getattr(self, name) < math.inf:
                 raise UserError(f"{where}.{name} must be > 0 and finite (got {getattr(self, name)}); fix it in the "
@@ -88,6 +91,7 @@ class RunSpec:
     recipe: Recipe
     seed: int
     limit: int = 0  # 0 = full splits; N = first N images of each split
+    split: str | None = None  # how the loader cuts splits it has to make (image folders); None: the files fix them
     data_root: str | None = field(default=None, compare=False)
     download: bool = field(default=False, compare=False)
     scheme: SchemeSpec = field(default_factory=SchemeSpec)
@@ -108,6 +112,8 @@ class RunSpec:
                 identity["recipe"].pop(key)
         if self.scheme.is_default:
             identity.pop("scheme")
+        if identity["split"] in (None, "random"):  # records from before split kinds cut randomly
+            identity.pop("split")
         if data_variant(self.data_root):
             identity["data"] = data_variant(self.data_root)
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -177,7 +183,8 @@ RESNET_INITS = ("torchvision", "pytorch_default")
 # defaults, so those records keep their run ids (the scheme likewise, when it is finetune).
 HASH_NEUTRAL_MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSpec) if f.name in ("upsample", "in_channels",
                                                                                        "init", "resize")}
-HASH_NEUTRAL_RECIPE_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.name in ("class_weights", "sampler")}
+HASH_NEUTRAL_RECIPE_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.name in ("class_weights", "sampler",
+                                                                                          "calibrate")}
 RESNET_ONLY_FIELDS = ("in_channels", "init")
 
 
@@ -215,13 +222,20 @@ def load_suite(
         recipes[recipe_name] = recipe
 
     dataset_entries = []
-    for name, size in parsed.dataset_sizes:
+    for entry in parsed.datasets:
+        name, size = entry["name"], entry["size"]
         try:
             _, sizes = dataset_sizes(name)
         except UserError as err:
             raise UserError(f"{path.name}: {err}") from None
         _check_choice(size, sizes, f"{path.name}: datasets.{name}.size")
-        dataset_entries.append((name, size))
+        kinds = dataset_split_kinds(name)
+        if "split" in entry and not kinds:
+            raise UserError(f"{path.name}: datasets.{name}.split: {name} comes with its own splits; remove `split:`")
+        split = entry.get("split", kinds[0] if kinds else None)
+        if kinds:
+            _check_choice(split, kinds, f"{path.name}: datasets.{name}.split")
+        dataset_entries.append((name, size, split))
 
     run_limit = limit if limit is not None else parsed.limit
     if not isinstance(run_limit, int) or isinstance(run_limit, bool) or run_limit < 0:
@@ -271,8 +285,8 @@ def load_suite(
     root = data_root if data_root is not None else parsed.data_root
     fetch = download if download is not None else parsed.download
     runs = [
-        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, root, fetch, scheme=scheme)
-        for ds, size in selected_datasets
+        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, split, root, fetch, scheme=scheme)
+        for ds, size, split in selected_datasets
         for spec, recipe, scheme in selected_models
         for seed in selected_seeds
     ]

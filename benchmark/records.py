@@ -52,6 +52,15 @@ class DatasetBlock(TypedDict, total=False):
     source: str
     md5: str | None
     synthetic: bool
+    split: SplitBlock  # only where the loader cut the splits itself (image folders)
+    class_counts: dict[str, list[int]]  # images per class in train / val / test (the baselines' training labels)
+
+
+class SplitBlock(TypedDict, total=False):
+    kind: Literal["grouped", "random", "given"]
+    seed: int
+    n_groups: int  # grouped: near-duplicate groups (singletons included) the cut kept whole
+    sha256: str  # over each split's sorted image ids
 
 
 class ModelBlock(TypedDict, total=False):
@@ -82,6 +91,22 @@ class TestBlock(TypedDict, total=False):
     recall_macro: float
     per_class: PerClass
     confusion_matrix: list[list[int]]
+    mcc: float
+    qwk: float  # ordinal-regression tasks only
+    sensitivity: list[float]
+    specificity: list[float]
+    ece: float
+    brier: float
+    nll: float
+
+
+class CalibrationBlock(TypedDict):
+    """`calibrate: temperature`: the temperature fitted on validation and test calibration before / after."""
+
+    method: str
+    temperature: float
+    before: dict[str, float]
+    after: dict[str, float]
 
 
 class TestPredictions(TypedDict):
@@ -146,6 +171,7 @@ class Record(TypedDict, total=False):
     timing: Timing
     environment: dict[str, Any]
     error: ErrorBlock | None
+    calibration: CalibrationBlock
 
 
 RECORD_KEYS = frozenset(Record.__annotations__)
@@ -307,6 +333,13 @@ def _created_key(record: Record) -> tuple:
     return (stamp, str(raw))
 
 
+def test_set(record: Record) -> str:
+    """The dataset column a record belongs to: its dataset, marked when its split was cut at random."""
+    from benchmark.suites import test_set_name
+
+    return test_set_name(str(record["dataset"]["name"]), (record["dataset"].get("split") or {}).get("kind"))
+
+
 def group_key(record: Record) -> tuple[str, int, str]:
     """(model, size, scheme): the row a record belongs to in the tables."""
     return (str(record["model"]["name"]), int(record["dataset"]["size"]), str(record.get("scheme") or ""))
@@ -349,7 +382,7 @@ def load_records(paths: Path | str | Iterable[Path | str], suite: str | None = N
 def _one_record_per_seed(records: list[Record]) -> list[Record]:
     kept: dict[tuple, Record] = {}
     for record in sorted(records, key=lambda r: (r["status"] == "completed", _created_key(r), str(r["run_id"]))):
-        key = (str(record["suite"]), group_key(record), str(record["dataset"]["name"]), str(record["seed"]))
+        key = (str(record["suite"]), group_key(record), test_set(record), str(record["seed"]))
         if key in kept:
             logger.warning(f"{record['run_id']} replaces {kept[key]['run_id']} (same model, dataset and seed, other "
                            "config); move the older record away to silence this")
@@ -381,7 +414,7 @@ def records_frame(records: Iterable[Record]) -> pd.DataFrame:
         error = record.get("error") or {}
         row = {
             "suite": record.get("suite"), "run_id": record["run_id"], "config_hash": record["config_hash"],
-            "status": record["status"], "dataset": record["dataset"]["name"], "size": int(record["dataset"]["size"]),
+            "status": record["status"], "dataset": test_set(record), "size": int(record["dataset"]["size"]),
             "model": record["model"]["name"], "scheme": record.get("scheme") or "", "seed": record["seed"],
             "selection_metric": record.get("selection_metric"), "best_epoch": record.get("best_epoch"),
             "epochs": len(record.get("history") or []), "created_at": record.get("created_at"),
@@ -419,7 +452,7 @@ def per_class_frame(records: Iterable[Record]) -> pd.DataFrame:
             value = {m: (per_class[m][index] if isinstance(per_class.get(m), list) and len(per_class[m]) > index
                          else None) for m in ("precision", "recall", "f1", "support")}
             rows.append({"suite": record.get("suite"), "run_id": record["run_id"],
-                         "dataset": record["dataset"]["name"], "size": int(record["dataset"]["size"]),
+                         "dataset": test_set(record), "size": int(record["dataset"]["size"]),
                          "model": record["model"]["name"], "scheme": record.get("scheme") or "",
                          "seed": record["seed"], "class_index": index,
                          "class_name": str(names[index]) if index < len(names) else str(index), **value})

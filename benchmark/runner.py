@@ -156,11 +156,11 @@ class GridRunner:
         return self.output / "checkpoints" / spec.suite / spec.run_id
 
     def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit | HostSplit]]:
-        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit)
+        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit, spec.split)
         if key != self._data_key:
             self._data_key, self._data = None, None  # free the previous dataset first
             data = load_dataset(spec.dataset, size=spec.size, data_root=spec.data_root, download=spec.download,
-                                limit=spec.limit or None)
+                                limit=spec.limit or None, split=spec.split)
             splits, self.data_placement = place_splits(data, self.accelerator.device)
             self._data_key, self._data = key, (data, splits)
         return self._data
@@ -303,6 +303,7 @@ class GridRunner:
             },
             environment=environment(self.accelerator, dtype, self.commit, self.data_placement),
             error=None,
+            **({"calibration": outcome.calibration} if outcome.calibration is not None else {}),
         )
         if claim is not None and not claim.held():
             return "lost"

@@ -9,9 +9,9 @@ data_root: bundled               # optional; --data-root overrides
 seeds: [0, 1, 2]                 # default [0]
 recipes:                         # named training recipes (fields of `benchmark.config.Recipe`)
   v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 100, batch_size: 128}
-datasets:                        # a name (its default size: 28, breast_ultrasound 224) or {name, size}
+datasets:                        # a name (its default size: 28, breast_ultrasound 224) or {name, size, split}
   - breastmnist
-  - {name: breast_ultrasound, size: 224}
+  - {name: breast_ultrasound, size: 224}   # split: grouped (default, leakage-free) or random
 models:                          # a preset name, or {name, recipe, source, pretrained, input_size, family, ...}
   - {name: resnet18_28, recipe: v2, published_as: resnet18_28}
 ```
@@ -41,7 +41,16 @@ SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", 
 # `launcher:` — job settings for `benchmark submit` (its options of the same names override them)
 LAUNCHER_KEYS = {"executor", "partition", "time", "gpus_per_task", "cpus_per_task", "mem", "account", "qos",
                  "array_parallelism", "tasks", "processes_per_task", "sbatch"}
-DATASET_ENTRY_KEYS = {"name", "size"}
+DATASET_ENTRY_KEYS = {"name", "size", "split"}  # split: image folders only (checked in config)
+
+
+RANDOM_SPLIT_SUFFIX = " (random split)"
+
+
+def test_set_name(dataset: str, split: str | None) -> str:
+    """How the reports name a dataset's test set: the dataset, with " (random split)" where an image folder was
+    cut at random instead of by its default leakage-free (grouped) split, so the two never share a cell."""
+    return dataset + RANDOM_SPLIT_SUFFIX if split == "random" else dataset
 
 
 def default_size(dataset: str) -> int:
@@ -123,7 +132,7 @@ class SuiteFile:
 
     @property
     def dataset_sizes(self) -> tuple[tuple[str, int], ...]:
-        return tuple((d["name"], d["size"]) for d in self.datasets)
+        return tuple((test_set_name(d["name"], d.get("split")), d["size"]) for d in self.datasets)
 
     @property
     def model_names(self) -> tuple[str, ...]:

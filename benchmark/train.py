@@ -33,7 +33,7 @@ from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, Split
 from benchmark.data.transforms import BatchTransform
 from benchmark.errors import UserError
-from benchmark.metrics import classification_metrics
+from benchmark.metrics import classification_metrics, temperature_calibration
 from benchmark.models import BuiltModel
 from benchmark.records import atomic_write_bytes
 from benchmark.schemes.imbalance import balanced_class_weights, balanced_order, balanced_sample_weights
@@ -83,6 +83,7 @@ class TrainOutcome:
     resumed_from_epoch: int = 0
     stopped_early: bool = False
     details: dict = field(default_factory=dict)  # what the scheme reports (trainable params, embedding cache, …)
+    calibration: dict | None = None  # recipe.calibrate == "temperature": temperature and test metrics before/after
 
 
 @dataclass
@@ -539,9 +540,15 @@ def fit(
 
     unwrapped.load_state_dict(best_weights)
     with out_of_memory_as_failure(recipe, state.epoch, state.history):
-        test_loss, test_probs = predict(adaptation.for_test(unwrapped), device_splits["test"], eval_transform,
-                                        eval_batch, accelerator, dtype, channels_last, data.n_classes)
+        test_model = adaptation.for_test(unwrapped)  # e.g. LoRA merges its adapters: once
+        test_loss, test_probs = predict(test_model, device_splits["test"], eval_transform, eval_batch, accelerator,
+                                        dtype, channels_last, data.n_classes)
+        if recipe.calibrate == "temperature":
+            _, best_val_probs = predict(test_model, device_splits["val"], eval_transform, eval_batch, accelerator,
+                                        dtype, channels_last, data.n_classes)
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
+    calibration = (temperature_calibration(data.val.labels, best_val_probs, data.test.labels, test_probs)
+                   if recipe.calibrate == "temperature" else None)
     memory, memory_kind = peak_memory(device)
     return TrainOutcome(
         history=state.history,
@@ -556,4 +563,5 @@ def fit(
         resumed_from_epoch=resumed_from,
         stopped_early=state.stopped_early,
         details={"trainable_params": sum(p.numel() for group in groups for p in group["params"])},
+        calibration=calibration,
     )

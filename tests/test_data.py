@@ -369,7 +369,7 @@ def test_bundled_files_are_checked_against_the_manifest(monkeypatch: pytest.Monk
     ("truncated", r"malignant \(1\).png: cannot read the image"),
     ("empty_class", r"normal: class folder has no images"),
     ("no_classes", r"no class folders; expected <class>/ subfolders"),
-    ("too_few", r"cannot cut a stratified 20% split from 3 images"),
+    ("too_few", r"cannot cut a grouped 20% split from 3 images"),
 ])
 def test_bad_image_folders_are_user_errors(tmp_path: Path, damage: str, message: str) -> None:
     folder = write_image_folder(tmp_path / "busi", per_class=1 if damage == "too_few" else 5)

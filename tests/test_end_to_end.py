@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.metrics import classification_metrics
+from benchmark.metrics import apply_temperature, calibration_metrics, classification_metrics
 from benchmark.records import load_records
 
 pytestmark = pytest.mark.slow  # one 2 x 2 grid trained through the CLI
@@ -16,7 +16,8 @@ name: e2e
 data_root: bundled
 seeds: [0]
 recipes:
-  v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 2, batch_size: 16, augment: none}
+  v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 2, batch_size: 16, augment: none,
+       calibrate: temperature}
   vit: {lr: 1.0e-3, epochs: 2, batch_size: 16, augment: tutorial}
 datasets:
   - breastmnist
@@ -58,6 +59,18 @@ def test_every_run_writes_a_complete_consistent_record(finished):
         recomputed = classification_metrics(np.array(labels), probs, r["dataset"]["task"])
         for key in ("acc", "auc", "f1_macro", "balanced_acc"):
             assert r["test"][key] == pytest.approx(recomputed[key], abs=1e-12)
+        for key in ("mcc", "ece", "brier", "nll", "sensitivity", "specificity"):
+            assert r["test"][key] == pytest.approx(recomputed[key], abs=1e-12)
+        if r["model"]["name"] == "resnet18_28":  # calibrate: temperature, fitted on validation
+            block = r["calibration"]
+            assert block["method"] == "temperature" and block["temperature"] > 0
+            assert block["before"] == pytest.approx(calibration_metrics(np.array(labels), probs))
+            assert block["after"] == pytest.approx(
+                calibration_metrics(np.array(labels), apply_temperature(probs, block["temperature"])))
+        else:
+            assert "calibration" not in r
+        if r["dataset"]["name"] == "breast_ultrasound":
+            assert r["dataset"]["split"]["kind"] == "grouped" and len(r["dataset"]["split"]["sha256"]) == 64
         assert r["timing"]["train_images_per_second"] > 0
         assert r["environment"]["versions"]["torch"]
         assert r["model"]["n_params"] > 0

@@ -5,11 +5,12 @@ from benchmark.data.registry import (
     DatasetSplits,
     Split,
     dataset_sizes,
+    dataset_split_kinds,
     list_datasets,
     load_dataset,
     missing_data,
     register_dataset,
 )
 
-__all__ = ["DatasetSplits", "Split", "dataset_sizes", "list_datasets", "load_dataset", "missing_data",
-           "register_dataset"]
+__all__ = ["DatasetSplits", "Split", "dataset_sizes", "dataset_split_kinds", "list_datasets", "load_dataset",
+           "missing_data", "register_dataset"]

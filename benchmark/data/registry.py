@@ -38,6 +38,7 @@ DATA_ROOT_ENV = "MEDMNIST_BENCH_DATA"
 class Split:
     images: np.ndarray  # uint8, (N, H, W, C), C in {1, 3}
     labels: np.ndarray  # int64, (N,), values in [0, n_classes)
+    ids: list[str] | None = None  # per image, where the loader has names for them (image folders: relative paths)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,6 +56,7 @@ class DatasetSplits:
     source: str
     md5: str | None
     synthetic: bool = False
+    split: dict | None = None  # how a loader cut its own splits: {"kind", "seed", "n_groups", "sha256"}
 
     @property
     def n_classes(self) -> int:
@@ -64,7 +66,10 @@ class DatasetSplits:
         """The run record's `dataset` block."""
         return {"name": self.name, "size": self.size, "task": self.task, "class_names": list(self.class_names),
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
-                "source": portable_path(self.source), "md5": self.md5, "synthetic": self.synthetic}
+                "source": portable_path(self.source), "md5": self.md5, "synthetic": self.synthetic,
+                "class_counts": {name: np.bincount(getattr(self, name).labels, minlength=self.n_classes).tolist()
+                                 for name in SPLIT_NAMES},
+                **({"split": self.split} if self.split else {})}
 
 
 def portable_path(path: str | Path) -> str:
@@ -91,24 +96,27 @@ class _Entry:
     default_size: int
     sizes: tuple[int, ...]
     check: Callable[..., None] | None = None
+    split_kinds: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_dataset(name: str, *, default_size: int | None = None, sizes: tuple[int, ...] = MEDMNIST_SIZES,
-                     check: Callable[..., None] | None = None) -> Callable[[Loader], Loader]:
+                     check: Callable[..., None] | None = None,
+                     split_kinds: tuple[str, ...] = ()) -> Callable[[Loader], Loader]:
     """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`.
 
     The default size lives in one table, `benchmark.suites.DEFAULT_SIZES` (the torch-free reporting layer reads
-    it too); a `default_size` given here is entered there."""
+    it too); a `default_size` given here is entered there. A loader that cuts its own splits names the ways it
+    can in `split_kinds` (the first is the default) and takes a `split` keyword too."""
     if default_size is not None:
         suites.DEFAULT_SIZES[name] = default_size
 
     def decorator(loader: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, suites.default_size(name), tuple(sizes), check)
+        _REGISTRY[name] = _Entry(loader, suites.default_size(name), tuple(sizes), check, tuple(split_kinds))
         return loader
 
     return decorator
@@ -124,14 +132,21 @@ def dataset_sizes(name: str) -> tuple[int, tuple[int, ...]]:
     return entry.default_size, entry.sizes
 
 
+def dataset_split_kinds(name: str) -> tuple[str, ...]:
+    """The split kinds a dataset's loader can cut (the first is its default); () when its files fix the split."""
+    return _lookup(name).split_kinds
+
+
 def load_dataset(name: str, size: int | None = None, data_root: str | None = None, download: bool = False,
-                 limit: int | None = None, split_seed: int = 0, verify: bool = True) -> DatasetSplits:
+                 limit: int | None = None, split_seed: int = 0, verify: bool = True,
+                 split: str | None = None) -> DatasetSplits:
     """Load a registered dataset as uint8 NHWC splits.
 
     `size=None` is the dataset's default (28 for MedMNIST, 224 for breast_ultrasound). `data_root`:
     a folder, `"bundled"` (the subsets shipped in the package), or None (env `MEDMNIST_BENCH_DATA`, else
     medmnist's default root). `limit` keeps the first N of each split. `split_seed` fixes splits that a
     loader has to cut itself (it is a data setting, not the run seed). `verify=False` skips MD5 checks.
+    `split` picks how such a loader cuts (`dataset_split_kinds`; None = its default); other datasets take None.
     """
     entry = _lookup(name)
     size = entry.default_size if size is None else size
@@ -139,8 +154,12 @@ def load_dataset(name: str, size: int | None = None, data_root: str | None = Non
         raise UserError(f"{name} has no size {size}; valid sizes: {', '.join(map(str, entry.sizes))}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit must be a positive integer, got {limit!r}")
+    if split is not None and split not in entry.split_kinds:
+        kinds = f"one of {', '.join(entry.split_kinds)}" if entry.split_kinds else "none: its files fix the split"
+        raise UserError(f"{name} has no split {split!r} ({kinds}); fix `split:` in the suite's dataset entry (or --split)")
+    extra = {"split": split or entry.split_kinds[0]} if entry.split_kinds else {}
     return entry.loader(size=size, data_root=data_root, download=download, limit=limit,
-                        split_seed=split_seed, verify=verify)
+                        split_seed=split_seed, verify=verify, **extra)
 
 
 def missing_data(name: str, size: int, data_root: str | None = None, download: bool = False) -> str | None:

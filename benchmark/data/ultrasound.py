@@ -17,16 +17,25 @@ one conversion: each image is converted to 8-bit grayscale ("L": BUSI is graysca
 files are converted with the usual luma weights) and resized straight to size x size with PIL's bilinear
 filter, which antialiases when downscaling. Images come out (N, size, size, 1) uint8.
 
-Splits: without a test split, a stratified 80/20 test cut; without a validation split, a stratified cut
-from train sized like test relative to train (val_fraction = n_test / n_train, as the Hugging Face
-fine-tuning tutorial does). Both cuts use `split_seed` (default 0), not the run seed, so every model sees
-the same split. `md5` is a digest over the sorted relative paths and file bytes (hub: over split, index,
-label and decoded pixels).
+Splits: without a test split, a 20 % test cut; without a validation split, a cut from train sized like
+test relative to train (val_fraction = n_test / n_train, as the Hugging Face fine-tuning tutorial does).
+Both cuts use `split_seed` (default 0), not the run seed, so every model sees the same split. Two kinds:
+- `grouped` (the default): leakage-free. Near-duplicate images (`benchmark.data.duplicates`: correlation
+  >= 0.95 at 64 px, computed from the originals, so independent of `size`) form groups, and each cut is
+  scikit-learn's `StratifiedGroupKFold` (shuffled with `split_seed`; the first of round(1 / fraction)
+  folds is cut off), so a group never straddles train, val and test and class proportions stay close.
+- `random`: a stratified random cut (`train_test_split`), the protocol of the cookbook and of records
+  written before splits had kinds.
+The record's dataset block gets `split`: the kind, the seed, the number of groups (grouped) and `sha256`,
+a digest over each split's sorted image ids (relative paths; hub: `<hub split>/<index>`).
+`md5` is a digest over the sorted relative paths and file bytes (hub: over split, index, label and decoded
+pixels).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,8 +45,9 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 from PIL import Image
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from benchmark.data.duplicates import COMPARE_SIZE, find_near_duplicates
 from benchmark.data.images import open_image, stored_pixels
 from benchmark.data.registry import (
     BUNDLED,
@@ -60,10 +70,11 @@ MASK_MARKER = "_mask"
 TEST_FRACTION = 0.2
 SPLIT_FOLDERS = ("train", "val", "test")
 HUB_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+SPLIT_KINDS = ("grouped", "random")
 FOLDER_HINT = "point --data-root at a folder of <class>/ image subfolders, or use --data-root hub:<id>"
 
 ImageSource = Union[Path, Image.Image]
-Sample = tuple[ImageSource, int]
+Sample = tuple[ImageSource, int, str]  # (image, label, id)
 
 
 @dataclass
@@ -83,20 +94,20 @@ def _check_source(*, size: int, data_root: str | None, download: bool) -> None:
         _class_names(_split_dirs(source)["train"])
 
 
-@register_dataset("breast_ultrasound", check=_check_source)
+@register_dataset("breast_ultrasound", check=_check_source, split_kinds=SPLIT_KINDS)
 def load_breast_ultrasound(*, size: int, data_root: str | None, download: bool, limit: int | None,
-                           split_seed: int, verify: bool) -> DatasetSplits:
+                           split_seed: int, verify: bool, split: str) -> DatasetSplits:
     source = _resolve_source(data_root, download)
     if isinstance(source, str):
         raw = _read_hub(source)
     else:
         raw = _read_folder(source, check_bundled=verify and data_root == BUNDLED)
-    samples = _complete_splits(raw.splits, split_seed, raw.source)
+    samples, split_info = _complete_splits(raw.splits, split_seed, raw.source, split)
     splits = {name: _to_split(_subset(samples[name], limit, split_seed), size, len(raw.class_names),
                               f"{raw.source} ({name})")
               for name in SPLIT_FOLDERS}
     return DatasetSplits(name="breast_ultrasound", size=size, task="multi-class", class_names=raw.class_names,
-                         **splits, source=raw.source, md5=raw.md5)
+                         **splits, source=raw.source, md5=raw.md5, split=split_info)
 
 
 def _subset(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
@@ -138,8 +149,8 @@ def _split_dirs(folder: Path) -> dict[str, Path]:
 def _read_folder(folder: Path, check_bundled: bool) -> _RawDataset:
     split_dirs = _split_dirs(folder)
     class_names = _class_names(split_dirs["train"])
-    splits = {name: _folder_samples(split_dir, class_names) for name, split_dir in split_dirs.items()}
-    paths = [path for samples in splits.values() for path, _ in samples]
+    splits = {name: _folder_samples(split_dir, class_names, folder) for name, split_dir in split_dirs.items()}
+    paths = [path for samples in splits.values() for path, _, _ in samples]
     return _RawDataset(splits, class_names, str(folder), _folder_digest(folder, paths, check_bundled))
 
 
@@ -151,11 +162,12 @@ def _class_names(split_dir: Path) -> list[str]:
     return names
 
 
-def _folder_samples(split_dir: Path, class_names: list[str]) -> list[Sample]:
+def _folder_samples(split_dir: Path, class_names: list[str], folder: Path) -> list[Sample]:
     found = _class_names(split_dir)
     if found != class_names:
         raise UserError(f"{split_dir}: class folders {found} differ from the training split's {class_names}")
-    return [(path, label) for label, name in enumerate(class_names) for path in _image_files(split_dir / name)]
+    return [(path, label, path.relative_to(folder).as_posix())
+            for label, name in enumerate(class_names) for path in _image_files(split_dir / name)]
 
 
 def _image_files(class_dir: Path) -> list[Path]:
@@ -199,10 +211,11 @@ def _read_hub(hub_id: str) -> _RawDataset:
         raise UserError(f"cannot load {hub_id!r} from the Hugging Face hub ({one_line(error)}); check the id "
                         f"and your connection, or {FOLDER_HINT}") from error
     class_names = _hub_class_names(dataset, hub_id)
-    splits = {HUB_SPLITS[name]: [(row["image"], int(row["label"])) for row in split]
+    splits = {HUB_SPLITS[name]: [(row["image"], int(row["label"]), f"{name}/{index}")
+                                 for index, row in enumerate(split)]
               for name, split in dataset.items() if name in HUB_SPLITS}
     md5 = _digest((f"{split}/{index}/{label}", image.tobytes())
-                  for split, samples in sorted(splits.items()) for index, (image, label) in enumerate(samples))
+                  for split, samples in sorted(splits.items()) for index, (image, label, _) in enumerate(samples))
     return _RawDataset(splits, class_names, f"{HUB_PREFIX}{hub_id}", md5)
 
 
@@ -218,20 +231,31 @@ def _hub_class_names(dataset: Any, hub_id: str) -> list[str]:
 
 # --- shared: splitting and conversion -------------------------------------------------------------------
 
-def _complete_splits(splits: dict[str, list[Sample]], split_seed: int, where: str) -> dict[str, list[Sample]]:
-    """Cut the missing test and validation splits, stratified, with the fixed `split_seed`."""
+def _complete_splits(splits: dict[str, list[Sample]], split_seed: int, where: str,
+                     kind: str) -> tuple[dict[str, list[Sample]], dict]:
+    """Cut the missing test and validation splits with the fixed `split_seed`; returns them and the record's
+    `split` block. `kind` is "grouped" (near-duplicate groups kept whole) or "random" (stratified random)."""
     splits = dict(splits)
+    info: dict = {"kind": kind if {"test", "val"} - splits.keys() else "given", "seed": split_seed}
+    if info["kind"] == "grouped":
+        groups = _duplicate_groups(splits["train"])
+        info["n_groups"] = len(set(groups.values()))
+        cut = partial(_grouped_cut, groups=groups)
+    else:
+        cut = _stratified_cut
     if "test" not in splits:
-        splits["train"], splits["test"] = _stratified_cut(splits["train"], TEST_FRACTION, split_seed, where)
+        splits["train"], splits["test"] = cut(splits["train"], TEST_FRACTION, split_seed, where)
     if "val" not in splits:
         val_fraction = len(splits["test"]) / len(splits["train"])
-        splits["train"], splits["val"] = _stratified_cut(splits["train"], val_fraction, split_seed, where)
-    return splits
+        splits["train"], splits["val"] = cut(splits["train"], val_fraction, split_seed, where)
+    ids = {name: sorted(sample_id for _, _, sample_id in splits[name]) for name in SPLIT_FOLDERS}
+    info["sha256"] = hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()
+    return splits, info
 
 
 def _stratified_cut(samples: list[Sample], fraction: float, seed: int,
                     where: str) -> tuple[list[Sample], list[Sample]]:
-    labels = [label for _, label in samples]
+    labels = [label for _, label, _ in samples]
     try:
         kept, cut = train_test_split(np.arange(len(samples)), test_size=fraction, stratify=labels,
                                      random_state=seed)
@@ -241,13 +265,39 @@ def _stratified_cut(samples: list[Sample], fraction: float, seed: int,
     return [samples[i] for i in kept], [samples[i] for i in cut]
 
 
-def _to_split(samples: list[Sample], size: int, n_classes: int, where: str) -> Split:
+def _duplicate_groups(samples: list[Sample]) -> dict[str, int]:
+    """Sample id -> near-duplicate group (correlation >= 0.95 at 64 px, from the original images)."""
+    thumbnails = _decode_all([source for source, _, _ in samples], COMPARE_SIZE)
+    groups = find_near_duplicates(thumbnails).groups()
+    return {sample_id: int(group) for (_, _, sample_id), group in zip(samples, groups)}
+
+
+def _grouped_cut(samples: list[Sample], fraction: float, seed: int, where: str,
+                 groups: dict[str, int]) -> tuple[list[Sample], list[Sample]]:
+    """The first fold of a shuffled StratifiedGroupKFold with round(1 / fraction) folds: no group is split."""
+    n_folds = max(2, round(1 / fraction))
+    labels = [label for _, label, _ in samples]
+    group_ids = [groups[sample_id] for _, _, sample_id in samples]
+    if len(set(group_ids)) < n_folds:
+        raise UserError(f"{where}: cannot cut a grouped {fraction:.0%} split from {len(samples)} images in "
+                        f"{len(set(group_ids))} near-duplicate groups; add images or use `split: random`")
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    kept, cut = next(folds.split(np.zeros(len(samples)), labels, group_ids))
+    return [samples[i] for i in kept], [samples[i] for i in cut]
+
+
+def _decode_all(sources: list[ImageSource], size: int) -> np.ndarray:
     workers = min(8, os.cpu_count() or 1)  # PIL releases the GIL while decoding and resizing
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pixels = list(pool.map(partial(_grayscale_pixels, size=size), (source for source, _ in samples)))
-    images = np.stack(pixels)
-    labels = np.array([label for _, label in samples], dtype=np.int64)
-    return checked_split(images, labels, size=size, n_channels=1, n_classes=n_classes, where=where)
+        return np.stack(list(pool.map(partial(_grayscale_pixels, size=size), sources)))
+
+
+def _to_split(samples: list[Sample], size: int, n_classes: int, where: str) -> Split:
+    images = _decode_all([source for source, _, _ in samples], size)
+    labels = np.array([label for _, label, _ in samples], dtype=np.int64)
+    split = checked_split(images, labels, size=size, n_channels=1, n_classes=n_classes, where=where)
+    split.ids = [sample_id for _, _, sample_id in samples]
+    return split
 
 
 def _grayscale_pixels(source: ImageSource, size: int) -> np.ndarray:

@@ -22,6 +22,17 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import UserError
+from benchmark.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    baseline_probs,
+    holm,
+    mean_interval,
+    paired_bootstrap_pvalue,
+    resample_counts,
+    weighted_metrics,
+)
+from benchmark.records import test_set
 from benchmark.report.load import PUBLISHED_COLUMNS, SuitePlan
 
 HEADLINE_METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro", "balanced_acc")
@@ -327,3 +338,90 @@ def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan 
                                       "n", "n_expected", "gap", "source"])
     out["gap_in_stds"] = out["gap"] / out["std"].where(out["std"] > 0)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trust: intervals over test images, calibration, baselines and whether the best cell is significantly best
+# ----------------------------------------------------------------------------------------------------------
+TRUST_METRICS: tuple[str, ...] = ("acc", "auc", "mcc", "qwk", "ece", "brier", "nll")
+#: metrics whose best cell gets a significance test against the runner-up (Holm across a suite's datasets)
+SIGNIFICANCE_METRICS: tuple[str, ...] = ("acc", "auc")
+SIGNIFICANCE_LEVEL = 0.05
+
+
+def trust(records) -> pd.DataFrame:
+    """One row per (test set, model, size, scheme) with completed records holding predictions, plus majority /
+    prior baseline rows where a record stores its training class counts (`dataset.class_counts`).
+
+    For each metric of `TRUST_METRICS` (qwk on ordinal tasks only): `<m>` = mean over seeds, `<m>_low/_high` =
+    the 95 % percentile bootstrap interval of that seed mean over the test images (1,000 seeded resamples;
+    every seed scored on the same resampled images), `<m>_t_low/_t_high` = the Student-t interval across seeds.
+    For `SIGNIFICANCE_METRICS`: `<m>_mark` on each test set's best row = "best" when a one-sided paired bootstrap
+    against the runner-up, Holm-corrected over the suite's test sets, gives p < 0.05, else "tie"; `<m>_p` the
+    corrected p-value. Baseline rows are never marked."""
+    cells: dict[tuple, dict] = {}
+    for record in records:
+        predictions = record.get("test_predictions") or {}
+        if record["status"] != "completed" or not predictions.get("labels"):
+            continue
+        key = (test_set(record), record["model"]["name"], int(record["dataset"]["size"]), record.get("scheme") or "")
+        cell = cells.setdefault(key, {"task": record["dataset"].get("task", "multi-class"), "labels": None,
+                                      "probs": [], "counts": None})
+        labels = np.asarray(predictions["labels"], dtype=np.int64)
+        if cell["labels"] is not None and not np.array_equal(cell["labels"], labels):
+            warnings.warn(f"{record['run_id']}: test labels differ from the other seeds' of {key}; left out",
+                          UserWarning, stacklevel=2)
+            continue
+        cell["labels"] = labels
+        cell["probs"].append(np.asarray(predictions["probs"], dtype=np.float64))
+        cell["counts"] = (record["dataset"].get("class_counts") or {}).get("train") or cell["counts"]
+
+    for (tested_on, _, size, _), cell in list(cells.items()):  # reference predictors, one pair per test set
+        if cell["counts"] is None or any(k[0] == tested_on and k[3] == "baseline" for k in cells):
+            continue
+        train_labels = np.repeat(np.arange(len(cell["counts"])), cell["counts"])
+        for kind in ("majority", "prior"):
+            probs = baseline_probs(train_labels, len(cell["counts"]), len(cell["labels"]), kind)
+            cells[(tested_on, kind, size, "baseline")] = {**cell, "probs": [probs]}
+
+    rows = []
+    for (tested_on, model, size, scheme), cell in sorted(cells.items()):
+        counts = resample_counts(len(cell["labels"]), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+        ones = np.ones((1, len(cell["labels"])))
+        point = [weighted_metrics(cell["labels"], p, cell["task"], ones) for p in cell["probs"]]
+        draws = [weighted_metrics(cell["labels"], p, cell["task"], counts) for p in cell["probs"]]
+        row = {"test_set": tested_on, "model": model, "size": size, "scheme": scheme, "n": len(cell["probs"]),
+               "n_test": len(cell["labels"]), "baseline": scheme == "baseline"}
+        for metric in TRUST_METRICS:
+            if metric not in point[0]:
+                continue
+            per_seed = [float(p[metric][0]) for p in point]
+            mean, t_low, t_high = mean_interval(per_seed)
+            low, high = np.nanpercentile(np.mean([d[metric] for d in draws], axis=0), [2.5, 97.5])
+            row.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high, f"{metric}_t_low": t_low,
+                        f"{metric}_t_high": t_high})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+
+    for metric in SIGNIFICANCE_METRICS:
+        frame[f"{metric}_mark"], frame[f"{metric}_p"] = "", np.nan
+        tests = []  # (row index of the best, raw p)
+        for _, part in frame[~frame["baseline"]].groupby("test_set"):
+            ranked = part.sort_values(metric, ascending=False)
+            if len(ranked) < 2 or ranked[metric].isna().any():
+                continue
+            best, runner_up = ranked.index[0], ranked.index[1]
+
+            def runs(index):
+                row = frame.loc[index]
+                return cells[(row["test_set"], row["model"], row["size"], row["scheme"])]
+
+            a, b = runs(best), runs(runner_up)
+            tests.append((best, paired_bootstrap_pvalue(a["labels"], a["probs"], b["probs"], a["task"], metric)))
+        if tests:
+            for (index, _), adjusted in zip(tests, holm([p for _, p in tests])):
+                frame.loc[index, f"{metric}_p"] = adjusted
+                frame.loc[index, f"{metric}_mark"] = "best" if adjusted < SIGNIFICANCE_LEVEL else "tie"
+    return frame

@@ -43,7 +43,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from benchmark.errors import UserError
-from benchmark.records import atomic_write_bytes, group_key, records_frame
+from benchmark.metrics import ECE_BINS, calibration_metrics
+from benchmark.records import atomic_write_bytes, group_key, records_frame, test_set
 from benchmark.report.aggregate import (
     HEADLINE_METRICS,
     METRIC_LABELS,
@@ -263,6 +264,63 @@ def plot_confidence(rec: dict) -> Figure:
     return fig
 
 
+def _reliability(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ECE bin (15 equal-width, top label): mean confidence, accuracy and image count (empty bins: NaN)."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.clip(np.ceil(conf * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    count = np.bincount(bins, minlength=ECE_BINS).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.bincount(bins, conf, ECE_BINS) / count, np.bincount(bins, correct, ECE_BINS) / count, count)
+
+
+def _reliability_axes(ax) -> None:
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Confidence (top label, 15 bins)", ylabel="Accuracy")
+
+
+def plot_reliability(rec: dict) -> Figure:
+    """Reliability diagram of one run: accuracy vs mean confidence per ECE bin (marker area = images)."""
+    labels, probs = _predictions(rec)
+    conf, acc, count = _reliability(labels, probs)
+    fig = _new_figure(SINGLE, 2.8)
+    ax = fig.subplots()
+    _reliability_axes(ax)
+    ax.bar((np.arange(ECE_BINS) + 0.5) / ECE_BINS, np.nan_to_num(acc), width=1 / ECE_BINS, color=_PALETTE[0],
+           alpha=0.35, edgecolor=_PALETTE[0], label="accuracy per bin")
+    ax.scatter(conf, acc, s=8 + 40 * count / max(count.max(), 1), color=_PALETTE[0], zorder=3)
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(f"{_run_title(rec, two_lines=True)}\nECE {calibration_metrics(labels, probs)['ece']:.3f}")
+    return fig
+
+
+def plot_reliability_suite(records: Sequence[dict], suite: str) -> Figure | None:
+    """Reliability diagrams of a suite: one panel per dataset, one line per model (its seeds' predictions pooled)."""
+    pooled: dict[str, dict[str, list]] = {}
+    for rec in records:
+        if rec["status"] == "completed" and isinstance(rec.get("test_predictions"), dict):
+            labels, probs = _predictions(rec)
+            model = f"{rec['model']['name']} ({rec['dataset']['size']})"
+            pooled.setdefault(test_set(rec), {}).setdefault(model, []).append((labels, probs))
+    if not pooled:
+        return None
+    fig = _new_figure(min(DOUBLE, SINGLE * len(pooled)), 2.8)
+    axes = np.atleast_1d(fig.subplots(1, len(pooled), sharey=True))
+    for ax, (dataset, models) in zip(axes, sorted(pooled.items())):
+        _reliability_axes(ax)
+        for colour, (model, runs) in zip(_palette(len(models)), sorted(models.items())):
+            labels = np.concatenate([r[0] for r in runs])
+            probs = np.concatenate([r[1] for r in runs])
+            conf, acc, _ = _reliability(labels, probs)
+            keep = ~np.isnan(acc)
+            ece = calibration_metrics(labels, probs)["ece"]
+            ax.plot(conf[keep], acc[keep], marker="o", ms=3, color=colour, label=f"{_short(model)} ECE {ece:.3f}")
+        ax.set_title(_short(dataset))
+        ax.legend(loc="upper left", fontsize="x-small")
+    fig.suptitle(f"Suite {suite}: reliability (seeds pooled)")
+    return fig
+
+
 def plot_curves(rec: dict) -> Figure:
     hist = [h for h in (rec.get("history") or []) if isinstance(h, dict) and "epoch" in h]
     if not hist:
@@ -356,7 +414,8 @@ def _heatmap(ax, data: np.ndarray, annot: list[list[str]], cmap: str, vmin: floa
     return cbar
 
 
-RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence, "curves": plot_curves}
+RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence,
+               "reliability": plot_reliability, "curves": plot_curves}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -705,12 +764,14 @@ def write_figures(runs: Path | str = "results", output: Path | str = "results/fi
         emit(partial(plot_resolution, recs, suite_name, "acc", plan), folder, "resolution_acc", index,
              "ACC vs resolution")
         emit(partial(plot_avg_rank, recs, suite_name, plan), folder, "avg_rank", index, "average rank")
+        emit(partial(plot_reliability_suite, recs, suite_name), folder, "reliability", index, "reliability")
         for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
             emit(partial(plot_samples, ds, _sample_size(recs, ds, size), names, imgs, suite_name),
                  folder, f"samples_{ds}-{size}", index, f"samples {ds} {size}px")
         for rec in recs:
             rid = str(rec["run_id"])
-            kinds = ("confusion", "roc", "confidence", "curves") if rec["status"] == "completed" else ("curves",)
+            kinds = (("confusion", "roc", "confidence", "reliability", "curves") if rec["status"] == "completed"
+                     else ("curves",))
             if rec["status"] == "completed" and not isinstance(rec.get("test_predictions"), dict):
                 warnings.warn(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped",
                               UserWarning, stacklevel=2)

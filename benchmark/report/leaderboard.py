@@ -43,6 +43,15 @@ HOW_TO_READ = f"""## How to read these tables
   Wilcoxon signed-rank p-values, two-sided, no correction for multiple comparisons. With a handful of seeds these
   tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "all datasets" = the tests
   over the per-dataset means (MedMNIST+ style).
+- *Intervals, calibration and significance* (`benchmark.metrics`, from the stored test predictions): a test set
+  is a dataset ("(random split)": an image folder cut at random, not by the default grouped split). ACC and AUC are the
+  seed mean with its 95 % percentile bootstrap interval over test images (1,000 seeded resamples, every seed
+  scored on the same resampled images). ✓ (bold): the best row is significantly better than the runner-up — a
+  one-sided paired bootstrap on the same images across seeds, Holm-corrected over the suite's test sets, p < 0.05;
+  ≈: best, but not significantly. The test conditions on the trained models (test-image noise only, not the
+  spread of retraining). MCC, QWK (ordinal sets), top-label ECE (15 bins), multi-class Brier and NLL are seed
+  means. *Italic* rows are the majority-class and class-prior predictors fitted on the training labels (records
+  that store `dataset.class_counts`), never marked.
 """
 
 
@@ -108,6 +117,7 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
              [render.incomplete_table(aggregate.incomplete_groups(data.frame, data.plan), suite, seeds, data.plan)]),
             ("Failed runs", [render.failed_table(aggregate.failed_runs(data.frame), suite)]),
             ("Per-class metrics", render.per_class_tables(per_class, suite)),
+            ("Intervals, calibration and significance", [render.trust_table(aggregate.trust(data.records), suite)]),
             ("Pairwise comparisons", [render.pairwise_table(aggregate.pairwise(data.frame, metric), suite, metric)
                                       for metric in aggregate.PAIRWISE_METRICS]),
         )

@@ -361,3 +361,41 @@ def csv_text(rows: list[dict]) -> str:
     cleaned = [{k: ("" if row.get(k) is None or (isinstance(row.get(k), float) and pd.isna(row.get(k))) else row[k])
                 for k in CSV_FIELDS} for row in rows]
     return pd.DataFrame(cleaned, columns=CSV_FIELDS).to_csv(index=False, lineterminator="\n")
+
+
+def _interval(row: pd.Series, metric: str) -> str:
+    if pd.isna(row.get(metric)):
+        return DASH
+    return f"{fmt(row[metric])} [{fmt(row[f'{metric}_low'], 2)}, {fmt(row[f'{metric}_high'], 2)}]"
+
+
+TRUST_MARKS = {"best": "✓", "tie": "≈"}
+
+
+def trust_table(trust: pd.DataFrame, suite: str) -> Table | None:
+    """Per test set and model: ACC and AUC with their 95 % bootstrap interval over test images (of the seed mean)
+    and the significance mark of the best cell, MCC, QWK (ordinal sets), calibration; baselines in italics."""
+    if trust.empty:
+        return None
+    has_qwk = "qwk" in trust and trust["qwk"].notna().any()
+    rows = []
+    for _, row in trust.iterrows():
+        baseline = bool(row["baseline"])
+        cells = [Cell(row["test_set"]), Cell(row["model"], italic=baseline), Cell(str(row["size"])),
+                 Cell(row["scheme"] or DASH), Cell(DASH if baseline else str(row["n"]))]
+        for metric in ("acc", "auc"):
+            mark = row.get(f"{metric}_mark") or ""
+            cells.append(Cell(_interval(row, metric), bold=mark == "best", italic=baseline,
+                              note=TRUST_MARKS.get(mark, "")))
+        for metric in ("mcc", *(("qwk",) if has_qwk else ()), "ece", "brier", "nll"):
+            cells.append(Cell(DASH if pd.isna(row.get(metric)) else fmt(row[metric]), italic=baseline))
+        rows.append(cells)
+    metrics = ["MCC", *(["QWK"] if has_qwk else []), "ECE", "Brier", "NLL"]
+    return Table(title=f"Suite {suite}: intervals, calibration, significance",
+                 columns=["Test set", "Model", "Size", "Scheme", "n", "ACC [95 % CI]", "AUC [95 % CI]", *metrics],
+                 align="llrlr" + "r" * (2 + len(metrics)), rows=rows, label=f"tab:{slug(suite)}-trust",
+                 caption="Mean over seeds; [95 % percentile bootstrap interval of the seed mean over the test "
+                         "images, 1,000 resamples]. ✓ (bold) = best, significantly better than the runner-up "
+                         "(one-sided paired bootstrap, Holm-corrected across the suite's test sets, p < 0.05); "
+                         "≈ = best but not significantly. Italic rows: majority-class and class-prior "
+                         "predictors fitted on the training labels, never ranked.")
