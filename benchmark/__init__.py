@@ -11,6 +11,7 @@ called):
     frame = benchmark.records_frame(records)            # pandas: one row per run, test metrics as columns
     benchmark.write_leaderboard("results", "results")   # leaderboard.md / .csv / .tex
     benchmark.write_figures("results", "results/figures", formats=("png",))
+    benchmark.write_site("results", "results/site")     # the static HTML site (links to results/figures)
 
 Messages go to the `benchmark` logger (`logging.getLogger("benchmark").setLevel(logging.WARNING)` silences them).
 """
@@ -34,6 +35,7 @@ _API = {
     "per_class_frame": "benchmark.records",
     "write_leaderboard": "benchmark.report.leaderboard",
     "write_figures": "benchmark.report.figures",
+    "write_site": "benchmark.report.site",
 }
 
 __all__ = ["__version__", *sorted(_API)]
