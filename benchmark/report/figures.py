@@ -708,8 +708,8 @@ def plot_predictions(rec: dict) -> Figure:
                     sp.set_linewidth(1.2)
         axes[i, 0].set_ylabel(_wrap(f"{i}: {names[i]}" if not short else names[i], 18, 3), rotation=0, ha="right",
                               va="center", fontsize=6, labelpad=4)
-    fig.suptitle(f"{_run_title(rec, two_lines=True)}\nrows: true class · above: predicted class, confidence · framed: wrong", fontsize=6.5,
-                 y=1 - 0.03 / h, va="top", x=(label_w + ncols * cell / 2) / w)
+    fig.suptitle(f"{_run_title(rec, two_lines=True)}\nrows: true class · above: predicted class, confidence · "
+                 "framed: wrong", fontsize=6.5, y=1 - 0.03 / h, va="top", x=(label_w + ncols * cell / 2) / w)
     return fig
 
 
