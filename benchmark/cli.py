@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -48,6 +48,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder with the data files ('bundled' = the shipped subsets)")
     parser.add_argument("--download", action="store_true", default=None, help="download missing MedMNIST files")
     parser.add_argument("--output", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+    parser.add_argument("--claim-timeout", type=float,
+                        help="seconds without a heartbeat before another worker takes a claimed run over "
+                             "[$BENCHMARK_CLAIM_TIMEOUT or 300]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,11 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what a finished run keeps of its checkpoints [best]")
     run.add_argument("--track", metavar="tensorboard", help="also log per-epoch metrics and learning rate with "
                      "this tracker, under OUTPUT/tensorboard/ (needs the `track` extra)")
+    run.add_argument("--shard", help="only shard i of n of the grid, 'i/n' with 0 <= i < n (every n-th run from "
+                                     "the i-th); workers without --shard share the grid through claims")
 
     verbs.add_parser("list", help="show datasets, models and suites")
 
-    status = verbs.add_parser("status", help="done / failed / pending runs of a suite (same options as run)")
+    status = verbs.add_parser("status", help="done / failed / running / pending runs of a suite (same options as run)")
     add_grid_arguments(status)
+
+    submit = verbs.add_parser("submit", help="submit a suite's unfinished runs as one job array (submitit: "
+                                             "Slurm, or local processes)")
+    add_grid_arguments(submit)
+    from benchmark.launch import add_submit_arguments
+
+    add_submit_arguments(submit)
 
     board = verbs.add_parser("leaderboard", help="tables from run records")
     board.add_argument("--suite", help="only this suite's records")
@@ -171,16 +183,23 @@ def load_grid(args):
 
 
 def cmd_run(args) -> int:
+    from benchmark.claims import parse_shard, select_shard
     from benchmark.runner import dry_run_table, run_suite
 
     suite = load_grid(args)
+    if args.shard:
+        suite = replace(suite, runs=select_shard(suite.runs, parse_shard(args.shard)))
     if args.dry_run:
         print(dry_run_table(suite))
         return 0
     summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
-                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track)
+                        quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track,
+                        claim_timeout=args.claim_timeout)
+    if not summary.main_process:
+        return 0
+    busy = f", {len(summary.busy)} left to other workers" if summary.busy else ""
     print(f"{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} skipped (done before), "
-          f"{len(summary.failed)} failed; records in {args.output / 'runs' / suite.name}")
+          f"{len(summary.failed)} failed{busy}; records in {args.output / 'runs' / suite.name}")
     if not summary.failed:
         return 0
     others = f" (and {len(summary.failed) - 1} more failed runs)" if len(summary.failed) > 1 else ""
@@ -206,20 +225,31 @@ def cmd_list(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from benchmark.claims import ClaimSettings, current_claims
     from benchmark.records import load_records, runs_dir
 
     suite = load_grid(args)
     folder = runs_dir(args.output, suite.name)
     records = load_records(folder, one_per_seed=False) if folder.is_dir() else []
     by_hash = {r["config_hash"]: r for r in records}
-    counts = {"completed": 0, "failed": 0, "pending": 0}
+    claims = current_claims(args.output, suite.name, ClaimSettings.from_env(args.claim_timeout).timeout)
+    counts = {"completed": 0, "failed": 0, "running": 0, "stale": 0, "pending": 0}
     for spec in suite.runs:
         record = by_hash.pop(spec.config_hash, None)
-        status = record["status"] if record else "pending"
+        claim = claims.get(spec.run_id)
+        status = record["status"] if record and record["status"] == "completed" else "pending"
+        detail = f"  {record['error']['message']}" if record and status == "pending" else ""
+        if status == "pending" and claim is not None:  # a failed run being redone counts as running
+            status = "stale" if claim.stale else "running"
+            detail = f"  {claim.worker}, last heartbeat {claim.age:.0f} s ago" + (
+                " (abandoned: the next worker takes it over)" if claim.stale else "")
+        elif record and status == "pending":
+            status = "failed"
         counts[status] += 1
-        detail = f"  {record['error']['message']}" if status == "failed" else ""
         print(f"{status:<10} {spec.run_id}{detail}")
-    print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {counts['pending']} pending")
+    claimed = "".join(f"{counts[key]} {word}, " for key, word in (("running", "running"), ("stale", "abandoned"))
+                      if counts[key])
+    print(f"{suite.name}: {counts['completed']} done, {counts['failed']} failed, {claimed}{counts['pending']} pending")
     if by_hash:
         print(f"({len(by_hash)} more record(s) in {args.output / 'runs' / suite.name} come from other settings; "
               f"pass the same --limit/--epochs/--seeds/--datasets/--models as the run)")
@@ -267,15 +297,25 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "perf": cmd_perf, "list": cmd_list, "status": cmd_status, "leaderboard": cmd_leaderboard,
-            "figures": cmd_figures, "report": cmd_report}
+def cmd_submit(args) -> int:
+    from benchmark.launch import submit_grid
+    from benchmark.runner import check_writable
+
+    suite = load_grid(args)
+    check_writable(args.output)  # the task logs go there
+    submit_grid(suite, args)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_list, "status": cmd_status,
+            "leaderboard": cmd_leaderboard, "figures": cmd_figures, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     try:
-        if args.verb in ("run", "list", "status"):
+        if args.verb in ("run", "list", "status", "submit"):
             from benchmark.environment import quiet_libraries
 
             quiet_libraries()

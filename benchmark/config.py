@@ -118,6 +118,7 @@ class Suite:
     name: str
     path: Path
     runs: list[RunSpec]
+    launcher: dict = field(default_factory=dict)  # `benchmark submit` defaults (suites.LAUNCHER_KEYS)
 
 
 def _check_choice(value, choices, where: str) -> None:
@@ -254,7 +255,7 @@ def load_suite(
     ]
     if not runs:
         raise UserError(f"{path.name}: the grid is empty; check the suite's datasets, models and seeds and the filters")
-    return Suite(suite_name, path, runs)
+    return Suite(suite_name, path, runs, dict(parsed.launcher))
 
 
 def _select(entries: list, wanted: list | None, key, what: str, where: str) -> list:

@@ -116,6 +116,7 @@ class ErrorBlock(TypedDict):
     message: str
     epoch: int
     traceback: str | None
+    # and "process": N when a multi-process run failed on process N (benchmark.distributed)
 
 
 class Record(TypedDict, total=False):

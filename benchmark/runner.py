@@ -3,11 +3,17 @@
 A run that fails (bad data, unreachable model, non-finite loss, out of memory) is recorded as failed with
 its error and epoch, and the grid goes on unless `fail_fast` (or `debug`, which re-raises the error with its
 traceback). An output folder that cannot be written (full disk) stops the grid: no later run could save.
-Data is loaded once per (dataset, size) and kept on the training device for every run that uses it.
+Data is loaded once per (dataset, size) and kept for every run that uses it: on the training device when it
+fits, else in host memory with each batch copied over one step ahead (`benchmark.placement`).
 Before the first run, `check_inputs` looks for every data file and model directory the pending runs need.
 
 Messages go to the `benchmark.runner` logger, from the main process only; `track="tensorboard"`
 logs each run's per-epoch metrics and learning rate under `<output>/tensorboard/<suite>/<run_id>/`.
+
+Any number of workers (processes, hosts sharing the results folder) can run the same grid at once: each run
+is claimed before it is trained (`benchmark.claims`), so none is trained twice and a dead worker's run is taken
+over and resumed. One worker may itself be several processes (`accelerate launch`, `torchrun`): the main one
+claims, decides and writes; `benchmark.distributed` keeps the processes in step and ends a failed run on all.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 
+from benchmark import distributed
+from benchmark.claims import Claim, ClaimSettings, try_claim
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
+from benchmark.placement import HostSplit, place_splits
 from benchmark.records import (
     OutputError,
     build_record,
@@ -60,6 +69,8 @@ logger = logging.getLogger(__name__)
 class GridSummary:
     completed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # claimed by another worker
+    main_process: bool = True  # False on the other processes of a multi-process run (they write nothing)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run_id, message)
     user_errors: list[str] = field(default_factory=list)
 
@@ -84,9 +95,11 @@ def check_writable(output: Path) -> None:
         raise UserError(f"output folder {output} is not writable; fix its permissions or choose another --output")
 
 
-def environment(accelerator: Accelerator, dtype_name: str, commit: str | None) -> dict:
+def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
+                data_placement: str | None = None) -> dict:
     device = accelerator.device
     return {
+        "data_placement": data_placement,  # "device" or "host" (benchmark.placement); None = not loaded
         "device": device.type,
         "device_name": device_name(device),
         "mixed_precision": dtype_name,
@@ -117,7 +130,8 @@ class GridRunner:
     """Runs the specs of one suite into `output`; holds the accelerator and the device-resident data."""
 
     def __init__(self, output: Path, *, resume: bool = True, force: bool = False, fail_fast: bool = False,
-                 quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False, track: str | None = None):
+                 quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False, track: str | None = None,
+                 claims: ClaimSettings | None = None):
         self.output = Path(output)
         self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
         self.quiet, self.keep_checkpoints, self.track = quiet, keep_checkpoints, track
@@ -126,32 +140,35 @@ class GridRunner:
                 raise UserError(f"unknown tracker {track!r}; use one of {', '.join(TRACKERS)}")
             if importlib.util.find_spec(track) is None:
                 raise UserError(f"--track {track} needs the {track} package: pip install 'medmnist-benchmark[track]'")
-        # Precision and accumulation come from each run's recipe, never from `accelerate config` defaults.
-        self.accelerator = Accelerator(mixed_precision="no", gradient_accumulation_steps=1, log_with=track,
-                                       project_dir=self.output / "tensorboard" if track else None)
+        self.claims = claims or ClaimSettings.from_env()
+        self.started_at = time.time()  # records written after this by other workers are not redone by this one
+        self.accelerator = distributed.make_accelerator(
+            log_with=track, project_dir=self.output / "tensorboard" if track else None)
         self.commit = git_commit()  # the code this process runs, even if the checkout moves on meanwhile
         self._data_key = None
-        self._data: tuple[DatasetSplits, dict[str, DeviceSplit]] | None = None
+        self._data: tuple[DatasetSplits, dict[str, DeviceSplit | HostSplit]] | None = None
+        self.data_placement: str | None = None
 
     def checkpoint_dir(self, spec: RunSpec) -> Path:
         return self.output / "checkpoints" / spec.suite / spec.run_id
 
-    def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit]]:
+    def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit | HostSplit]]:
         key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit)
         if key != self._data_key:
             self._data_key, self._data = None, None  # free the previous dataset first
             data = load_dataset(spec.dataset, size=spec.size, data_root=spec.data_root, download=spec.download,
                                 limit=spec.limit or None)
-            device = self.accelerator.device
-            splits = {name: DeviceSplit.from_split(getattr(data, name), device) for name in ("train", "val", "test")}
+            splits, self.data_placement = place_splits(data, self.accelerator.device)
             self._data_key, self._data = key, (data, splits)
         return self._data
 
     def run_grid(self, suite: Suite) -> GridSummary:
         """Check the inputs of the runs still to do, then run them; a missing input stops it before anything is
         written (a `UserError`, one line per missing thing)."""
-        summary = GridSummary()
-        done = completed_hashes(self.output, suite.name) if not self.force else set()
+        summary = GridSummary(main_process=self.accelerator.is_main_process)
+        main = self.accelerator.is_main_process
+        done = distributed.agree(self.accelerator, completed_hashes(self.output, suite.name) if main else None)
+        done = set() if self.force else done
         check_inputs([spec for spec in suite.runs if spec.config_hash not in done])
         check_writable(self.output)
         for index, spec in enumerate(suite.runs, start=1):
@@ -161,8 +178,26 @@ class GridRunner:
                 self.prune_checkpoints(spec)  # in case a process died between writing the record and pruning
                 self.say(f"{label}: done already, skipped")
                 continue
+            decision, claim = self.claim(spec)
+            if decision != "run":
+                (summary.busy if decision == "busy" else summary.skipped).append(spec.run_id)
+                self.say(f"{label}: " + ("claimed by another worker, skipped" if decision == "busy" else
+                                         "finished by another worker meanwhile, skipped"))
+                continue
             self.say(f"{label}: running")
-            error = self.run_one(spec)
+            try:
+                error = self.run_one(spec, claim)
+            except BaseException:
+                if claim is not None:
+                    claim.release("failed")
+                raise
+            if claim is not None:
+                claim.release("completed" if error is None else "lost" if error == "lost" else "failed")
+            if error == "lost":
+                summary.busy.append(spec.run_id)
+                self.say(f"{label}: taken over by another worker while it ran (this worker stalled for longer "
+                         f"than the claim timeout); its result is discarded", logging.WARNING)
+                continue
             if error is None:
                 summary.completed.append(spec.run_id)
                 continue
@@ -174,10 +209,38 @@ class GridRunner:
                 break
         return summary
 
-    def run_one(self, spec: RunSpec) -> tuple[bool, str] | None:
-        """Train one spec and write its record; returns (is_user_error, message) when it failed."""
+    def claim(self, spec: RunSpec) -> tuple[str, Claim | None]:
+        """The main process claims the run for this worker. The decision, the same on every process: "run"
+        (with the claim, on the main process), "busy" (another worker holds it) or "done" (its record appeared
+        since this worker looked)."""
+        decision, claim = None, None
+        if self.accelerator.is_main_process and self.finished_meanwhile(spec):
+            decision = "done"
+        elif self.accelerator.is_main_process:
+            claim = try_claim(self.output, spec.suite, spec.run_id, self.claims)
+            decision = "busy" if claim is None else "run"
+            if claim is not None and self.finished_meanwhile(spec):  # finished between the look and the claim
+                claim.release("skipped")
+                decision, claim = "done", None
+        return distributed.agree(self.accelerator, decision), claim
+
+    def finished_meanwhile(self, spec: RunSpec) -> bool:
+        """Another worker wrote this run's record after this one started (or a completed one, without --force)."""
         path = record_path(self.output, spec.suite, spec.run_id)
-        started = time.perf_counter()
+        try:
+            written = path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        record = read_record(path)
+        if record is None or record["config_hash"] != spec.config_hash:
+            return False
+        return (record["status"] == "completed" and not self.force) or written > self.started_at
+
+    def run_one(self, spec: RunSpec, claim: Claim | None = None) -> tuple[bool, str] | str | None:
+        """Train one spec and write its record; returns (is_user_error, message) when it failed, "lost" when
+        another worker took the run over meanwhile (nothing written)."""
+        path = record_path(self.output, spec.suite, spec.run_id)
+        started, started_wall = time.perf_counter(), time.time()
         self.remove_leftovers(spec, path)
         try:
             data, device_splits = self.data_for(spec)
@@ -199,8 +262,14 @@ class GridRunner:
             # anything else is a bug, whose traceback goes into the record. Either way the grid goes on.
             user_error = isinstance(err, UserError)
             message = str(err) if user_error else " ".join(f"{type(err).__name__}: {err}".split())
-            trace = None if user_error else traceback.format_exc()
-            self.write_failure(spec, path, err, message, started, trace)
+            error = {"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
+                     "traceback": None if user_error else traceback.format_exc()}
+            history = getattr(err, "history", [])
+            if self.accelerator.num_processes > 1:
+                raise self.end_multi_process_run(spec, path, error, history, started, started_wall, claim) from err
+            if claim is not None and not claim.held():
+                return "lost"
+            self.write_failure(spec, path, error, history, started)
             if self.debug:
                 raise
             return user_error, message
@@ -227,9 +296,11 @@ class GridRunner:
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
-            environment=environment(self.accelerator, dtype, self.commit),
+            environment=environment(self.accelerator, dtype, self.commit, self.data_placement),
             error=None,
         )
+        if claim is not None and not claim.held():
+            return "lost"
         if self.accelerator.is_main_process:
             set_aside(path)  # an earlier failed record (or a --force rerun's old one) is kept in superseded/
             write_record(path, record)
@@ -238,16 +309,39 @@ class GridRunner:
                      f"(best epoch {outcome.best_epoch}) → {path}")
         return None
 
-    def write_failure(self, spec: RunSpec, path: Path, err: Exception, message: str, started: float,
-                      trace: str | None = None) -> None:
+    def end_multi_process_run(self, spec: RunSpec, path: Path, error: dict, history: list, started: float,
+                              started_wall: float, claim) -> distributed.MultiProcessRunFailed:
+        """A run failed on this process of several: the main one records the failure (another process's error
+        first), every process leaves the group and stops the grid (see `benchmark.distributed`)."""
+        directory, rank = self.checkpoint_dir(spec), self.accelerator.process_index
+        world = self.accelerator.num_processes
+        if not self.accelerator.is_main_process:
+            distributed.write_failure_note(directory, rank, error, history)
+            distributed.leave_process_group()
+            distributed.wait_until_recorded(distributed.note_path(directory, rank), path, started_wall,
+                                            2 * distributed.collective_timeout())
+        else:
+            notes = distributed.read_failure_notes(directory, started_wall)
+            if notes:  # the process that failed first; this one then only lost its peers
+                error, history = dict(notes[0]["error"]), notes[0]["history"]
+                rank = notes[0]["rank"]
+            error["process"] = rank
+            if claim is None or claim.held():
+                self.write_failure(spec, path, error, history, started)
+            distributed.remove_failure_notes(directory)
+            distributed.leave_process_group()
+        return distributed.MultiProcessRunFailed(
+            f"run {spec.run_id} failed on process {rank} of {world}: {error['message']}; a multi-process grid stops "
+            f"at a failed run (its record holds the error): fix it and run the same command again")
+
+    def write_failure(self, spec: RunSpec, path: Path, error: dict, history: list, started: float) -> None:
         """The failed record: the error with the epoch it stopped in (0 = before training) and the history so far."""
         if not self.accelerator.is_main_process:
             return
         record = build_record(
             spec, "failed",
-            error={"type": type(err).__name__, "message": message, "epoch": getattr(err, "epoch", 0),
-                   "traceback": trace},
-            history=getattr(err, "history", []),
+            error=error,
+            history=history,
             timing={"wall_seconds": time.perf_counter() - started},
             environment=environment(self.accelerator, outcome_dtype_name(spec, self.accelerator), self.commit),
         )
@@ -288,7 +382,7 @@ class GridRunner:
 
 def run_suite(suite: Suite | str, output: Path | str = "results", *, resume: bool = True, force: bool = False,
               fail_fast: bool = False, quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False,
-              track: str | None = None, **overrides) -> GridSummary:
+              track: str | None = None, claim_timeout: float | None = None, **overrides) -> GridSummary:
     """Train every run of `suite` (a `Suite`, or a name or YAML path loaded with `load_suite(suite, **overrides)`)
     into `output`: finished runs are skipped, interrupted ones resumed, failed ones recorded (see `GridRunner`).
 
@@ -300,7 +394,8 @@ def run_suite(suite: Suite | str, output: Path | str = "results", *, resume: boo
     elif overrides:
         raise TypeError(f"run_suite: {', '.join(overrides)} apply to a suite name or path, not a loaded Suite")
     runner = GridRunner(Path(output), resume=resume, force=force, fail_fast=fail_fast, quiet=quiet,
-                        keep_checkpoints=keep_checkpoints, debug=debug, track=track)
+                        keep_checkpoints=keep_checkpoints, debug=debug, track=track,
+                        claims=ClaimSettings.from_env(claim_timeout))
     return runner.run_grid(suite)
 
 

@@ -36,7 +36,11 @@ SUITES_DIR = next((d for d in (_PACKAGE / "shipped_suites", _PACKAGE.parent / "s
 DEFAULT_SIZE = 28
 DEFAULT_SIZES: dict[str, int] = {"breast_ultrasound": 224}
 
-SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models"}
+SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models",
+              "launcher"}
+# `launcher:` — job settings for `benchmark submit` (its options of the same names override them)
+LAUNCHER_KEYS = {"executor", "partition", "time", "gpus_per_task", "cpus_per_task", "mem", "account", "qos",
+                 "array_parallelism", "tasks", "processes_per_task", "sbatch"}
 DATASET_ENTRY_KEYS = {"name", "size"}
 
 
@@ -115,6 +119,7 @@ class SuiteFile:
     data_root: str | None = None
     download: bool = False
     limit: int = 0
+    launcher: dict = field(default_factory=dict)  # LAUNCHER_KEYS; checked for values by benchmark.launch
 
     @property
     def dataset_sizes(self) -> tuple[tuple[str, int], ...]:
@@ -162,6 +167,9 @@ def read_suite(path: Path | str) -> SuiteFile:
     limit = raw.get("limit") or 0
     if type(limit) is not int or limit < 0:
         raise UserError(f"{path.name}: limit must be an integer >= 0 (got {limit!r}); fix the suite's `limit:`")
+    launcher = _section(raw, "launcher", dict, path.name)
+    check_keys(launcher, LAUNCHER_KEYS, f"{path.name}: launcher")
     return SuiteFile(path=path, name=str(raw.get("name", path.stem)), seeds=tuple(seeds), datasets=tuple(datasets),
                      models=models, recipes=dict(recipes), description=raw.get("description"),
-                     data_root=raw.get("data_root"), download=bool(raw.get("download", False)), limit=limit)
+                     data_root=raw.get("data_root"), download=bool(raw.get("download", False)), limit=limit,
+                     launcher=dict(launcher))

@@ -1,7 +1,8 @@
 """The training loop: one readable accelerate loop with device-resident data.
 
-Each split lives once on the training device as a uint8 tensor; batches are indexed from it and resized,
-augmented and normalised there by `BatchTransform` (no DataLoader, no per-sample PIL). Every epoch draws its
+Each split lives once on the training device as a uint8 tensor (or, too large for it, in host memory with
+each batch copied over one step ahead: `benchmark.placement`); batches are indexed from it and resized,
+augmented and normalised on the device by `BatchTransform` (no DataLoader, no per-sample PIL). Every epoch draws its
 sample order and augmentation from generators seeded by (seed, epoch), and a checkpoint is written at the end
 of each epoch, so an interrupted run resumed from its last checkpoint ends bit-identical on CPU.
 
@@ -95,6 +96,15 @@ class DeviceSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def index_device(self) -> torch.device:
+        return self.labels.device
+
+    def batches(self, index_batches):
+        """(indices, uint8 images on the device) per batch; `placement.HostSplit` does the same from host memory."""
+        for indices in index_batches:
+            yield indices, self.images[indices]
 
 
 @dataclass
@@ -210,14 +220,14 @@ def predict(
 
     `model` is the unwrapped module: every process runs its own share of the split, outside DDP."""
     model.eval()
-    indices = torch.arange(accelerator.process_index, len(split), accelerator.num_processes, device=split.labels.device)
+    indices = torch.arange(accelerator.process_index, len(split), accelerator.num_processes, device=split.index_device)
     logits = []
-    for batch in indices.split(batch_size):
-        pixels = prepare_pixels(transform(split.images[batch]), channels_last)
+    for _, images in split.batches(indices.split(batch_size)):
+        pixels = prepare_pixels(transform(images), channels_last)
         with autocast(accelerator.device, dtype):
             logits.append(model(pixels).float())
     local = torch.cat(logits) if logits else torch.empty(0, n_classes, device=split.labels.device)
-    all_logits = gather_in_order(accelerator, indices, local)
+    all_logits = gather_in_order(accelerator, indices.to(split.labels.device), local)
     loss = nn.functional.cross_entropy(all_logits, split.labels).item()
     return loss, torch.softmax(all_logits, dim=1).cpu().numpy()
 
@@ -417,17 +427,18 @@ def fit(
             model.train()
             batches = train_batches(
                 len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
-                accelerator.process_index, accelerator.num_processes, device,
+                accelerator.process_index, accelerator.num_processes, train_split.index_device,
             )
             augment_rng = epoch_generator(seed, epoch, 1)
             loss_sum = torch.zeros((), device=device)
             started = time.perf_counter()
-            bar = tqdm(batches, desc=f"{description} epoch {epoch}/{recipe.epochs}", disable=not show, leave=False)
-            for i, batch in enumerate(bar):
+            bar = tqdm(train_split.batches(batches), total=len(batches),
+                       desc=f"{description} epoch {epoch}/{recipe.epochs}", disable=not show, leave=False)
+            for i, (batch, images) in enumerate(bar):
                 window_start = i - i % recipe.grad_accum_steps
                 window = min(recipe.grad_accum_steps, len(batches) - window_start)
                 last_in_window = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
-                pixels = prepare_pixels(train_transform(train_split.images[batch], augment_rng), channels_last)
+                pixels = prepare_pixels(train_transform(images, augment_rng), channels_last)
                 loss_sum += step(pixels, train_split.labels[batch], window, last_in_window) * len(batch)
             seen = sum(len(b) for b in batches)
             train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)

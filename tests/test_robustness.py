@@ -45,7 +45,9 @@ def run(suite: Path | str, output: Path, *extra: str) -> int:
 
 
 def snapshot(folder: Path) -> dict[Path, bytes]:
-    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    """Every result file (not the claims log, which records each attempt by design)."""
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*")
+            if path.is_file() and path.relative_to(folder).parts[0] != "claims"}
 
 
 def records(output: Path) -> list[dict]:

@@ -1,0 +1,105 @@
+"""One run trained by two processes (torchrun, gloo on CPU): the same numbers as one process, each test image
+scored once and in order, one record and one checkpoint set; a failure on process 1 ends the run on both
+processes with a failed record (bounded: a short collective timeout), and the rerun resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmark import cli
+from benchmark.data import load_dataset
+
+PROJECT = Path(__file__).resolve().parents[1]
+SUITE = "multiprocess"
+LIMIT = 33  # odd: evaluation pads one process's share, the padding must not be scored
+# Per process 32 images, one batch: two processes see the halves of the one-process batch (same permutation),
+# so the averaged gradient is the same. No augmentation (its random draws are per process) and a model without
+# BatchNorm (statistics per process): then the runs differ only by float summation order.
+RECIPE = {"optimizer": "adamw", "lr": 1.0e-3, "schedule": "cosine", "epochs": 2, "batch_size": 32,
+          "augment": "none", "selection_metric": "loss"}
+TOLERANCE = 1e-5  # probabilities and metrics, 1 vs 2 processes (float summation order only)
+# `python -m benchmark` where process 1 raises in its Nth call of prepare_pixels (N = $FAIL_AT_CALL; 0 = never):
+# each epoch calls it once for training and once for validation per process here, so N = 3 is epoch 2.
+FAILING_CLI = textwrap.dedent("""
+    import os, sys
+    from benchmark import train
+    from benchmark.cli import main
+    pixels, calls = train.prepare_pixels, []
+    def failing(*args):
+        calls.append(1)
+        if os.environ["RANK"] == "1" and len(calls) == int(os.environ["FAIL_AT_CALL"]):
+            raise RuntimeError("planted failure on process 1")
+        return pixels(*args)
+    train.prepare_pixels = failing
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def write_suite(folder: Path) -> Path:
+    suite = {"name": SUITE, "data_root": "bundled", "seeds": [0], "datasets": ["breastmnist"],
+             "models": [{"name": "vit_tiny", "recipe": RECIPE}]}
+    path = folder / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def records(output: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((output / "runs" / SUITE).glob("*.json"))]
+
+
+def launch(tmp_path: Path, suite: Path, output: Path, fail_at: int) -> subprocess.CompletedProcess:
+    script = tmp_path / "failing_cli.py"
+    script.write_text(FAILING_CLI)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1", "FAIL_AT_CALL": str(fail_at),
+           "BENCHMARK_COLLECTIVE_TIMEOUT": "20"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               "run", "--suite", str(suite), "--output", str(output), "--limit", str(LIMIT), "--quiet"]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_fail_together_and_resume_to_the_one_process_numbers(tmp_path):
+    suite = write_suite(tmp_path)
+    assert cli.main(["run", "--suite", str(suite), "--output", str(tmp_path / "one"), "--limit", str(LIMIT),
+                     "--quiet"]) == 0
+    (single,) = records(tmp_path / "one")
+    assert single["environment"]["num_processes"] == 1
+
+    output = tmp_path / "two"
+    failed = launch(tmp_path, suite, output, fail_at=3)  # bounded by subprocess.run's timeout
+    assert failed.returncode != 0, failed.stdout + failed.stderr
+    (record,) = records(output)
+    assert record["status"] == "failed" and record["error"]["process"] == 1
+    assert "planted failure on process 1" in record["error"]["message"]
+    assert record["environment"]["num_processes"] == 2
+    run_dir = output / "checkpoints" / SUITE / record["run_id"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.pt"]  # epoch 1's, for the resume
+
+    resumed = launch(tmp_path, suite, output, fail_at=0)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    (record,) = records(output)  # the failed one moved to superseded/
+    assert record["status"] == "completed" and record["resumed_from_epoch"] == 1
+    assert record["environment"]["num_processes"] == 2
+    assert [p.name for p in run_dir.iterdir()] == ["best.pt"]
+    assert record["config_hash"] == single["config_hash"]
+
+    test_labels = load_dataset("breastmnist", size=28, data_root="bundled", limit=LIMIT).test.labels
+    assert record["test_predictions"]["labels"] == single["test_predictions"]["labels"] == test_labels.tolist()
+    probs, reference = np.array(record["test_predictions"]["probs"]), np.array(single["test_predictions"]["probs"])
+    assert probs.shape == (LIMIT, 2)  # each test image once, none padded in, in dataset order
+    np.testing.assert_allclose(probs, reference, atol=TOLERANCE, rtol=0)
+    for key in ("acc", "auc", "loss", "balanced_acc"):
+        assert record["test"][key] == pytest.approx(single["test"][key], abs=TOLERANCE)
+    for two, one in zip(record["history"], single["history"], strict=True):
+        assert two["train_loss"] == pytest.approx(one["train_loss"], abs=TOLERANCE)
+        assert two["val"]["loss"] == pytest.approx(one["val"]["loss"], abs=TOLERANCE)

@@ -1,0 +1,180 @@
+"""Many workers, one results folder: concurrent workers and submitit's local executor finish the smoke suite
+with each run trained exactly once (from the claims log) and the serial run's numbers; a killed worker's
+claim expires and another worker takes the run over and resumes it from its checkpoint; shards split a grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark import cli
+from benchmark.claims import ClaimSettings, claim_events, parse_shard, select_shard, try_claim
+from benchmark.config import load_suite
+from benchmark.errors import UserError
+
+PROJECT = Path(__file__).resolve().parents[1]
+GRID = ["--suite", "smoke", "--limit", "32", "--epochs", "1"]
+SMOKE = [*GRID, "--quiet"]
+ENV = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
+
+
+def outcomes(output: Path, suite: str = "smoke") -> dict[str, str]:
+    """run_id → what it learned and scored (not timings, hosts or resume counts), as exact JSON."""
+    found = {}
+    for path in sorted((output / "runs" / suite).glob("*.json")):
+        record = json.loads(path.read_text())
+        history = [{k: v for k, v in entry.items() if k != "seconds"} for entry in record["history"]]
+        kept = {k: record[k] for k in ("status", "best_epoch", "test", "test_predictions")}
+        found[record["run_id"]] = json.dumps({**kept, "history": history}, sort_keys=True)
+    return found
+
+
+def assert_each_trained_once(output: Path, run_ids) -> None:
+    """From the claims log: every run completed exactly once, and no run was started by two workers."""
+    events = claim_events(output, "smoke")
+    completed = Counter(e["run_id"] for e in events if e["event"] == "release" and e["outcome"] == "completed")
+    trained = Counter(e["run_id"] for e in events if e["event"] == "release" and e["outcome"] != "skipped")
+    assert completed == Counter(list(run_ids)) and trained == completed, events
+    assert not [e for e in events if e["event"] in ("takeover", "lost")]
+    assert not list((output / "claims" / "smoke").glob("*.claim"))  # every claim released
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory) -> dict[str, str]:
+    output = tmp_path_factory.mktemp("serial")
+    assert cli.main(["run", *SMOKE, "--output", str(output)]) == 0
+    found = outcomes(output)
+    assert len(found) == 6
+    return found
+
+
+@pytest.mark.slow
+def test_three_concurrent_workers_train_each_run_once_with_the_serial_numbers(serial, tmp_path):
+    command = [sys.executable, "-m", "benchmark", "run", *SMOKE, "--output", str(tmp_path)]
+    workers = [subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(3)]
+    logs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], logs
+    assert outcomes(tmp_path) == serial
+    assert_each_trained_once(tmp_path, serial)
+    completed = sum(int(log.rsplit("smoke: ", 1)[1].split(" completed")[0]) for log in logs)
+    assert completed == 6, logs
+
+
+@pytest.mark.slow
+def test_submit_local_executor_two_tasks_then_resubmit_submits_nothing(serial, tmp_path, capsys):
+    assert cli.main(["submit", *GRID, "--output", str(tmp_path), "--executor", "local", "--tasks", "2",
+                     "--wait"]) == 0
+    printed = capsys.readouterr().out
+    assert "submitted 6 runs as 2 local tasks" in printed and printed.count("completed") == 2
+    assert outcomes(tmp_path) == serial
+    assert_each_trained_once(tmp_path, serial)
+    assert len(list((tmp_path / "submitit" / "smoke").glob("*_log.out"))) == 2  # a log per task
+    assert cli.main(["submit", *GRID, "--output", str(tmp_path), "--executor", "local"]) == 0
+    assert "nothing to submit" in capsys.readouterr().out
+
+
+# `python -m benchmark` slowed down by 0.1 s per batch (numerics untouched), so it can be killed mid-run
+PACED_CLI = ("import sys, time; from benchmark import train; from benchmark.cli import main; "
+             "pixels = train.prepare_pixels; train.prepare_pixels = lambda *args: (time.sleep(0.1), pixels(*args))[1]; "
+             "sys.exit(main(sys.argv[1:]))")
+
+
+TIMEOUT = 10  # seconds: short for the test, long beside the commands it waits through on a loaded machine
+
+
+@pytest.mark.slow
+def test_a_hung_workers_run_is_taken_over_after_the_timeout_and_resumed(tmp_path, monkeypatch, capsys):
+    """A worker that stops (SIGSTOP: alive, no heartbeats) keeps its run until the claim times out; then another
+    worker takes it over and resumes it. (A killed worker of the same host is taken over at once: its pid is
+    gone; test_resume's SIGKILL test reruns right away.)"""
+    recipe = {"optimizer": "adamw", "lr": 1.0e-3, "epochs": 3, "batch_size": 8, "augment": "none"}
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump({"name": "smoke", "data_root": "bundled", "datasets": ["breastmnist"],
+                                          "models": [{"name": "vit_tiny", "recipe": recipe}]}))
+    arguments = ["run", "--suite", str(suite_file), "--limit", "32", "--quiet", "--output", str(tmp_path)]
+    run_id = load_suite(str(suite_file), limit=32).runs[0].run_id
+    env = {**ENV, "BENCHMARK_CLAIM_TIMEOUT": str(TIMEOUT), "BENCHMARK_CLAIM_HEARTBEAT": "0.5"}
+    monkeypatch.setenv("BENCHMARK_CLAIM_TIMEOUT", str(TIMEOUT))
+    monkeypatch.setenv("BENCHMARK_CLAIM_HEARTBEAT", "0.5")
+
+    first = subprocess.Popen([sys.executable, "-c", PACED_CLI, *arguments], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "checkpoints" / "smoke" / run_id / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert first.poll() is None, first.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        status = ["status", "--suite", str(suite_file), "--limit", "32", "--output", str(tmp_path)]
+        capsys.readouterr()
+        assert cli.main(status) == 0
+        assert f"running    {run_id}  {os.uname().nodename}:{first.pid}" in capsys.readouterr().out
+        assert cli.main(arguments) == 0  # the claim is fresh: this worker leaves the run alone
+        assert "1 left to other workers" in capsys.readouterr().out
+        time.sleep(TIMEOUT + 0.5)
+        assert cli.main(status) == 0
+        assert f"stale      {run_id}" in capsys.readouterr().out
+        assert cli.main(arguments) == 0  # takes the abandoned run over and resumes it
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate()
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "smoke").glob("*.json")]
+    assert record["status"] == "completed" and record["resumed_from_epoch"] >= 1
+    events = [(e["event"], e.get("outcome")) for e in claim_events(tmp_path, "smoke")]
+    assert events == [("claim", None), ("takeover", None), ("release", "completed")]
+    assert claim_events(tmp_path, "smoke")[1]["from"].endswith(f":{first.pid}")
+
+
+def test_of_two_workers_seeing_one_stale_claim_exactly_one_takes_it_over(tmp_path):
+    settings = ClaimSettings(timeout=2.0, heartbeat=0.2)
+    old = try_claim(tmp_path, "s", "run-a", settings)
+    assert old is not None and try_claim(tmp_path, "s", "run-a", settings) is None  # held: nobody else
+    old._stop.set()  # the worker hangs: no more heartbeats
+    os.utime(old.path, (time.time() - 10, time.time() - 10))
+    winner = try_claim(tmp_path, "s", "run-a", settings)
+    assert winner is not None and winner.generation == 1
+    assert try_claim(tmp_path, "s", "run-a", settings) is None  # the second worker sees the fresh takeover
+    assert not old.held() and winner.held()  # the stalled worker learns it lost the run (writes nothing)
+    winner.release("completed")
+    old.release("lost")
+    assert [e["event"] for e in claim_events(tmp_path, "s")] == ["claim", "takeover", "release", "lost"]
+    assert not list((tmp_path / "claims" / "s").glob("*.claim"))
+
+
+def test_shards_are_disjoint_deterministic_and_cover_the_grid():
+    runs = load_suite("medmnist").runs
+    shards = [select_shard(runs, parse_shard(f"{i}/4")) for i in range(4)]
+    assert sorted(spec.run_id for shard in shards for spec in shard) == sorted(spec.run_id for spec in runs)
+    assert shards == [select_shard(runs, (i, 4)) for i in range(4)]
+    for bad in ("4/4", "1", "-1/2", "a/b"):
+        with pytest.raises(UserError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
+    settings = ClaimSettings(timeout=300.0, heartbeat=30.0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    directory = tmp_path / "claims" / "s"
+    directory.mkdir(parents=True)
+    (directory / "run-a.0.claim").write_text(json.dumps({"worker": f"x:{dead.pid}", "host": os.uname().nodename,
+                                                         "pid": dead.pid}))
+    (directory / "run-b.0.claim").write_text(json.dumps({"worker": "elsewhere:1", "host": "another-host",
+                                                         "pid": dead.pid}))
+    taken = try_claim(tmp_path, "s", "run-a", settings)
+    assert taken is not None and taken.generation == 1
+    assert try_claim(tmp_path, "s", "run-b", settings) is None  # another host's pid says nothing: wait
+    taken.release("completed")
