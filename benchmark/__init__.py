@@ -14,6 +14,7 @@ called):
     run = benchmark.load_run("breastmnist-28-resnet18_28-s0-b64276d5")   # a finished run: model + best.pt
     report = benchmark.predict(run, ["image.png", "breastmnist:test"])  # .predictions, .errors, .write("x.csv")
     benchmark.export_model(run, "onnx", quantize="int8")  # also explain(run, files), serve(run) / create_app(run)
+    benchmark.write_site("results", "results/site")     # the static HTML site (links to results/figures)
 
 Messages go to the `benchmark` logger (`logging.getLogger("benchmark").setLevel(logging.WARNING)` silences them).
 """
@@ -43,6 +44,7 @@ _API = {
     "explain": "benchmark.use.explain",
     "create_app": "benchmark.use.serve",
     "serve": "benchmark.use.serve",
+    "write_site": "benchmark.report.site",
 }
 
 __all__ = ["__version__", *sorted(_API)]

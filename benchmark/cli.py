@@ -24,6 +24,7 @@ examples:
   python -m benchmark run --suite medmnist --dry-run       the grid of a suite, without training
   python -m benchmark status --suite medmnist              done / failed / pending runs
   python -m benchmark leaderboard && python -m benchmark figures
+  python -m benchmark report                               results/site/index.html: sortable tables, run pages
 suites are looked up as a path, then ./suites/NAME.yaml, then the shipped ones (`list` shows them)."""
 
 
@@ -113,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "(needs its best.pt; repeatable)")
 
     add_use_verbs(verbs)
+
+    report = verbs.add_parser("report", help="a static results site (HTML) from run records")
+    report.add_argument("--suite", help="only this suite's records")
+    report.add_argument("--runs", type=Path, default=DEFAULT_RESULTS,
+                        help="records: a results, runs or suite folder, or a record file [results]")
+    report.add_argument("--output", type=Path, default=DEFAULT_RESULTS / "site", help="the site's folder [results/site]")
+    report.add_argument("--figures", type=Path,
+                        help="the figures the pages link to; missing ones are drawn there [figures/ beside --output]")
+    report.add_argument("--dpi", type=int, default=150, help="resolution of figures drawn for the site [150]")
 
     perf = verbs.add_parser("perf", help="throughput: our pipeline vs its random-input bound vs the tutorial's")
     perf.add_argument("--model", help="model preset, HF id or local directory (not needed with --data-only)")
@@ -344,6 +354,14 @@ def cmd_figures(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from benchmark.report.site import write_site
+
+    paths = write_site(args.runs, args.output, suite=args.suite, figures=args.figures, dpi=args.dpi)
+    print(f"{len(paths)} files in {args.output}; open {args.output / 'index.html'}")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from benchmark.launch import submit_grid
     from benchmark.runner import check_writable
@@ -407,7 +425,8 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_list, "status": cmd_status,
             "leaderboard": cmd_leaderboard, "figures": cmd_figures, "predict": cmd_predict, "export": cmd_export,
-            "explain": cmd_explain, "serve": cmd_serve, "data-check": cmd_data_check}
+            "explain": cmd_explain, "serve": cmd_serve, "data-check": cmd_data_check,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

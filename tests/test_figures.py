@@ -43,7 +43,7 @@ def test_every_figure_produced_and_opens(grid_figures):
     records, out, paths = grid_figures
     expected = {f"{SUITE}/{k}.png" for k in SUITE_KINDS}
     for rec in records:
-        kinds = (["confusion", "roc", "confidence", "reliability", "curves"] if rec["status"] == "completed"
+        kinds = (["confusion", "roc", "confidence", "reliability", "curves", "predictions"] if rec["status"] == "completed"
                  else ["curves"])
         expected |= {f"{SUITE}/runs/{rec['run_id']}_{k}.png" for k in kinds}
     pngs = {p.relative_to(out).as_posix() for p in paths if p.suffix == ".png"}

@@ -67,6 +67,8 @@ def test_wheel_ships_the_suites_folder_as_package_data(wheel):
     shipped = {f"benchmark/shipped_suites/{p.name}" for p in (PROJECT / "suites").glob("*.yaml")}
     assert shipped and shipped <= names
     assert {"benchmark/bundled/breastmnist.npz", "benchmark/bundled/models/vit-tiny/config.json"} <= names
+    site = PROJECT / "benchmark" / "report" / "site_files"  # the results site's templates and assets
+    assert {p.relative_to(PROJECT).as_posix() for p in site.rglob("*") if p.is_file()} <= names
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
     from benchmark.report import write_leaderboard, write_figures
     write_leaderboard("results", "results")             # leaderboard.md / .csv / .tex
     write_figures("results", "results/figures")          # figures/<suite>/..., per-run figures in <suite>/runs/
+    # benchmark.report.site.write_site("results", "results/site")   # static HTML site linking to those figures
 
 `benchmark.report.aggregate` holds every number (a DataFrame per table), `benchmark.report.render` formats them.
 """

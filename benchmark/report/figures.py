@@ -28,7 +28,8 @@ import math
 import re
 import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from benchmark.report.aggregate import (
     expected_seeds,
     headline,
 )
-from benchmark.report.load import SuitePlan, load_suites
+from benchmark.report.load import SuiteData, SuitePlan, load_suites
 
 SINGLE = 3.5  # in, one paper column
 DOUBLE = 7.0  # in, two columns
@@ -414,9 +415,6 @@ def _heatmap(ax, data: np.ndarray, annot: list[list[str]], cmap: str, vmin: floa
     return cbar
 
 
-RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence,
-               "reliability": plot_reliability, "curves": plot_curves}
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Per-suite figures
@@ -709,6 +707,74 @@ def plot_samples(dataset: str, size: int, names: list[str], imgs: list[list[np.n
     return fig
 
 
+def sample_predictions(rec: dict) -> tuple[list[str], list[list[tuple[np.ndarray, int, float]]]]:
+    """(class names, per true class the stored test images with (image, predicted class, confidence)).
+
+    `record["samples"]` holds the first test images of each class in test-set order and `test_predictions`
+    holds every test image in that order, so the j-th sample of class c is the j-th test image labelled c."""
+    labels, probs = _predictions(rec)
+    s = rec.get("samples")
+    if not isinstance(s, dict) or not isinstance(s.get("per_class"), list) or not any(s["per_class"]):
+        raise ValueError("record has no samples")
+    names = _class_names(rec, probs.shape[1])
+    rows = []
+    for c, encoded in enumerate(s["per_class"][: len(names)]):
+        encoded = list(encoded or [])[:8]
+        index = np.flatnonzero(labels == c)[: len(encoded)]
+        if len(index) < len(encoded):
+            raise ValueError(f"{len(encoded)} samples of class {c} but {len(index)} test images with that label")
+        rows.append([(_decode_png(b64), int(probs[i].argmax()), float(probs[i].max())) for b64, i in zip(encoded, index)])
+    return names, rows
+
+
+def plot_predictions(rec: dict) -> Figure:
+    """The record's stored test images per true class (rows), each titled with its predicted class and
+    confidence; wrong predictions framed (in the palette's red)."""
+    names, rows = sample_predictions(rec)
+    k = len(rows)
+    ncols = max(1, max(len(r) for r in rows))
+    short = max(len(n) for n in names) <= 9
+    cell, label_w = 0.42, 0.95
+    w = label_w + ncols * cell + 0.1
+    h = 0.5 + k * (cell + 0.12)
+    fig = _new_figure(w, h, layout=None)
+    axes = np.atleast_2d(fig.subplots(k, ncols, squeeze=False))
+    fig.subplots_adjust(left=label_w / w, right=1 - 0.05 / w, top=1 - 0.42 / h, bottom=0.04 / h,
+                        wspace=0.08, hspace=0.35)
+    ok, bad = _PALETTE[2], _PALETTE[3]
+    for i in range(k):
+        for j in range(ncols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            if j >= len(rows[i]):
+                if j == 0:
+                    ax.text(0.0, 0.5, "(no test images)", fontsize=5.5, color="0.4", va="center")
+                continue
+            im, pred, conf = rows[i][j]
+            interp = "nearest" if im.shape[0] <= 64 else "antialiased"
+            ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=255, interpolation=interp)
+            color = ok if pred == i else bad
+            ax.set_title(f"{_short(names[pred], 9) if short else pred} {conf:.2f}", fontsize=5, color=color, pad=1.5)
+            if pred != i:
+                for sp in ax.spines.values():
+                    sp.set_visible(True)
+                    sp.set_color(bad)
+                    sp.set_linewidth(1.2)
+        axes[i, 0].set_ylabel(_wrap(f"{i}: {names[i]}" if not short else names[i], 18, 3), rotation=0, ha="right",
+                              va="center", fontsize=6, labelpad=4)
+    fig.suptitle(f"{_run_title(rec, two_lines=True)}\nrows: true class · above: predicted class, confidence · "
+                 "framed: wrong", fontsize=6.5, y=1 - 0.03 / h, va="top", x=(label_w + ncols * cell / 2) / w)
+    return fig
+
+
+RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence,
+               "reliability": plot_reliability, "curves": plot_curves, "predictions": plot_predictions}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------
@@ -724,6 +790,86 @@ def _check_args(formats: Sequence[str], dpi: int) -> tuple[str, ...]:
     return fmts
 
 
+@dataclass(frozen=True)
+class FigureJob:
+    """One figure of a suite: `stem` is its file name without extension, relative to the suite's folder
+    (`runs/<run_id>_<kind>` for a per-run figure); `draw()` returns the figure, or None when there is nothing to
+    draw."""
+
+    stem: str
+    label: str
+    kind: str
+    draw: Callable[[], Figure | None]
+    run_id: str | None = None
+
+
+def figure_jobs(data: SuiteData) -> list[FigureJob]:
+    """Every figure of one suite, per-suite figures first, then per run (sorted by run id)."""
+    recs, plan, suite_name = data.records, data.plan, data.suite
+    jobs = [FigureJob(f"heatmap_{m}", f"heatmap {m}", f"heatmap_{m}", partial(plot_heatmap, recs, m, suite_name, plan))
+            for m in HEADLINE_METRICS]
+    for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
+        jobs.append(FigureJob(f"per_class_recall_{_safe(ds)}", f"per-class recall {ds}", "per_class_recall",
+                              partial(plot_per_class_recall, recs, ds, suite_name, plan)))
+    jobs.append(FigureJob("resolution_acc", "ACC vs resolution", "resolution_acc",
+                          partial(plot_resolution, recs, suite_name, "acc", plan)))
+    jobs.append(FigureJob("avg_rank", "average rank", "avg_rank", partial(plot_avg_rank, recs, suite_name, plan)))
+    jobs.append(FigureJob("reliability", "reliability", "reliability", partial(plot_reliability_suite, recs, suite_name)))
+    for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
+        jobs.append(FigureJob(_safe(f"samples_{ds}-{size}"), f"samples {ds} {size}px", "samples",
+                              partial(plot_samples, ds, _sample_size(recs, ds, size), names, imgs, suite_name)))
+    for rec in recs:
+        rid = str(rec["run_id"])
+        has_predictions = isinstance(rec.get("test_predictions"), dict)
+        kinds = ["curves"] if rec.get("history") else []
+        if rec["status"] == "completed":
+            if not has_predictions:
+                warnings.warn(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped",
+                              UserWarning, stacklevel=2)
+            else:
+                kinds = ["confusion", "roc", "confidence", "reliability", *kinds]
+                if isinstance(rec.get("samples"), dict):
+                    kinds.append("predictions")
+        for kind in kinds:
+            jobs.append(FigureJob(f"runs/{_safe(f'{rid}_{kind}')}", f"{rid} {kind}", kind,
+                                  partial(RUN_FIGURES[kind], rec), rid))
+    return jobs
+
+
+def suite_figures(data: SuiteData, folder: Path | str, formats: Sequence[str] = ("png", "pdf"), dpi: int = 200,
+                  reuse: Sequence[str] = ()) -> list[tuple[FigureJob, list[Path]]]:
+    """Draw one suite's figures into `folder` (per-run ones into `folder/runs/`) and write `folder/index.md`.
+
+    `reuse`: formats that count as already drawn — a figure with a file in one of them is not drawn again (the
+    site draws only what is missing). Returns each figure with its files (every format present on disk); a
+    figure that could not be drawn (a warning says why) is left out."""
+    fmts = _check_args(formats, dpi)
+    folder = Path(folder)
+    out: list[tuple[FigureJob, list[Path]]] = []
+    for job in figure_jobs(data):
+        base = folder / job.stem
+        if not any(base.with_name(f"{base.name}.{f}").is_file() for f in reuse):
+            with mpl.rc_context(_RC):
+                try:
+                    fig = job.draw()
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
+                    warnings.warn(f"skipping figure {base.name}: {exc}", UserWarning, stacklevel=2)
+                    continue
+                if fig is None:
+                    continue
+                base.parent.mkdir(parents=True, exist_ok=True)
+                _save(fig, base.parent, base.name, fmts, int(dpi))
+        paths = [base.with_name(f"{base.name}.{f}") for f in FORMATS if base.with_name(f"{base.name}.{f}").is_file()]
+        out.append((job, paths))
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Figures for suite `{data.suite}`", ""]
+    for job, paths in out:
+        lines.append(f"- {job.label}: " + ", ".join(f"[{p.suffix[1:]}]({p.relative_to(folder).as_posix()})"
+                                                    for p in paths))
+    atomic_write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8"))
+    return out
+
+
 def write_figures(runs: Path | str = "results", output: Path | str = "results/figures", suite: str | None = None,
                   formats=("png", "pdf"), dpi: int = 200, suites_dir: Path | str | None = None) -> list[Path]:
     """Draw every per-suite figure into `output/<suite>/` and every per-run figure into `output/<suite>/runs/`,
@@ -734,58 +880,10 @@ def write_figures(runs: Path | str = "results", output: Path | str = "results/fi
 
     Returns the written paths (figures in each format, then one `index.md` per suite)."""
     fmts = _check_args(formats, dpi)
-    suites = load_suites(runs, suite, suites_dir)
     written: list[Path] = []
-
-    def emit(fig_fn, folder: Path, stem: str, index: list, label: str) -> None:
-        stem = _safe(stem)
-        with mpl.rc_context(_RC):
-            try:
-                fig = fig_fn()
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                warnings.warn(f"skipping figure {stem}: {exc}", UserWarning, stacklevel=3)
-                return
-            if fig is None:
-                return
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = _save(fig, folder, stem, fmts, int(dpi))
-        written.extend(paths)
-        index.append((label, paths))
-
-    for suite_name, data in suites.items():
-        recs, plan = data.records, data.plan
+    for suite_name, data in load_suites(runs, suite, suites_dir).items():
         folder = Path(output) / _safe(suite_name)
-        index: list = []
-        for m in HEADLINE_METRICS:
-            emit(partial(plot_heatmap, recs, m, suite_name, plan), folder, f"heatmap_{m}", index, f"heatmap {m}")
-        for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
-            emit(partial(plot_per_class_recall, recs, ds, suite_name, plan), folder, f"per_class_recall_{ds}",
-                 index, f"per-class recall {ds}")
-        emit(partial(plot_resolution, recs, suite_name, "acc", plan), folder, "resolution_acc", index,
-             "ACC vs resolution")
-        emit(partial(plot_avg_rank, recs, suite_name, plan), folder, "avg_rank", index, "average rank")
-        emit(partial(plot_reliability_suite, recs, suite_name), folder, "reliability", index, "reliability")
-        for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
-            emit(partial(plot_samples, ds, _sample_size(recs, ds, size), names, imgs, suite_name),
-                 folder, f"samples_{ds}-{size}", index, f"samples {ds} {size}px")
-        for rec in recs:
-            rid = str(rec["run_id"])
-            kinds = (("confusion", "roc", "confidence", "reliability", "curves") if rec["status"] == "completed"
-                     else ("curves",))
-            if rec["status"] == "completed" and not isinstance(rec.get("test_predictions"), dict):
-                warnings.warn(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped",
-                              UserWarning, stacklevel=2)
-            for kind in kinds:
-                if kind != "curves" and not isinstance(rec.get("test_predictions"), dict):
-                    continue
-                if kind == "curves" and not rec.get("history"):
-                    continue
-                emit(partial(RUN_FIGURES[kind], rec), folder / "runs", f"{rid}_{kind}", index, f"{rid} {kind}")
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"# Figures for suite `{suite_name}`", ""]
-        for label, paths in index:
-            lines.append(f"- {label}: " + ", ".join(f"[{p.suffix[1:]}]({p.relative_to(folder).as_posix()})"
-                                                    for p in paths))
-        atomic_write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8"))
+        for _, paths in suite_figures(data, folder, fmts, dpi):
+            written += [p for p in paths if p.suffix[1:] in fmts]
         written.append(folder / "index.md")
     return written
