@@ -42,15 +42,16 @@ class ClaimSettings:
     @classmethod
     def from_env(cls, timeout: float | None = None) -> "ClaimSettings":
         """`timeout` (the CLI's --claim-timeout) or $BENCHMARK_CLAIM_TIMEOUT; the heartbeat defaults to a tenth."""
-        timeout = timeout if timeout is not None else _env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
-        heartbeat = _env_seconds(HEARTBEAT_ENV, min(DEFAULT_HEARTBEAT, timeout / 10))
+        timeout = timeout if timeout is not None else env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
+        heartbeat = env_seconds(HEARTBEAT_ENV, min(DEFAULT_HEARTBEAT, timeout / 10))
         if not 0 < heartbeat < timeout:
             raise UserError(f"the claim heartbeat ({heartbeat} s) must be shorter than the claim timeout "
                             f"({timeout} s); raise --claim-timeout or lower ${HEARTBEAT_ENV}")
         return cls(timeout, heartbeat)
 
 
-def _env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float) -> float:
+    """Seconds from environment variable `name` (`default` when unset); anything but a positive number is an error."""
     text = os.environ.get(name)
     if not text:
         return default

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
 
+from benchmark.claims import env_seconds
 from benchmark.errors import UserError
 
 COLLECTIVE_TIMEOUT_ENV = "BENCHMARK_COLLECTIVE_TIMEOUT"
@@ -38,14 +39,7 @@ class MultiProcessRunFailed(UserError):
 
 
 def collective_timeout() -> float:
-    text = os.environ.get(COLLECTIVE_TIMEOUT_ENV)
-    try:
-        value = float(text) if text else DEFAULT_COLLECTIVE_TIMEOUT
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise UserError(f"${COLLECTIVE_TIMEOUT_ENV}={text!r} is not a positive number of seconds; fix or unset it")
-    return value
+    return env_seconds(COLLECTIVE_TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT)
 
 
 def launched_processes() -> int:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from checkpoint_spy import keep_checkpoints
 from record_factory import make_record
 from sklearn.metrics import confusion_matrix
 
@@ -44,20 +45,6 @@ def arguments(suite: Path, output: Path) -> list[str]:
 def only_record(output: Path) -> dict:
     (path,) = sorted((output / "runs" / SUITE).glob("*.json"))
     return json.loads(path.read_text())
-
-
-def keep_checkpoints(monkeypatch) -> dict[int, dict[str, bytes]]:
-    """Epoch -> the checkpoint files as they stood right after that epoch's last.pt was written."""
-    saved: dict[int, dict[str, bytes]] = {}
-    real_save = train.atomic_torch_save
-
-    def save_and_keep(obj, path):
-        real_save(obj, path)
-        if path.name == "last.pt":
-            saved[obj["loop"]["epoch"]] = {p.name: p.read_bytes() for p in path.parent.glob("*.pt")}
-
-    monkeypatch.setattr(train, "atomic_torch_save", save_and_keep)
-    return saved
 
 
 def test_the_test_split_is_scored_with_the_best_epochs_weights(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from checkpoint_spy import keep_checkpoints
 from scipy.stats import chisquare
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -268,15 +269,7 @@ def test_k_beyond_the_training_split_fails_that_run_only_and_exits_2(tmp_path, c
 @pytest.mark.parametrize("scheme", ["gradual_unfreeze", "lora", "linear_probe"])
 def test_an_interrupted_scheme_run_resumes_to_the_same_record(tmp_path, monkeypatch, scheme):
     suite = write_suite(tmp_path, [{"name": "vit_tiny", "recipe": {**SHORT, "epochs": 3}, "scheme": scheme}])
-    saved = {}
-    real_save = train.atomic_torch_save
-
-    def save_and_keep(obj, path):
-        real_save(obj, path)
-        if path.name == "last.pt":
-            saved[obj["loop"]["epoch"]] = {p.name: p.read_bytes() for p in path.parent.glob("*.pt")}
-
-    monkeypatch.setattr(train, "atomic_torch_save", save_and_keep)
+    saved = keep_checkpoints(monkeypatch)
     args = ["run", "--suite", str(suite), "--limit", "48", "--quiet"]
     assert cli.main(args + ["--output", str(tmp_path / "reference")]) == 0
     monkeypatch.undo()

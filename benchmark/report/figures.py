@@ -673,6 +673,16 @@ def _sample_size(records: Sequence[dict], dataset: str, size: int) -> int:
     return size
 
 
+
+def _image_cell(ax) -> None:
+    """An axis that shows only an image: no ticks, grid or frame."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def plot_samples(dataset: str, size: int, names: list[str], imgs: list[list[np.ndarray]], suite: str) -> Figure:
     k = len(imgs)
     ncols = max(1, max(len(r) for r in imgs))
@@ -687,11 +697,7 @@ def plot_samples(dataset: str, size: int, names: list[str], imgs: list[list[np.n
     for i in range(k):
         for j in range(ncols):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
-            for sp in ax.spines.values():
-                sp.set_visible(False)
+            _image_cell(ax)
             if j < len(imgs[i]):
                 im = imgs[i][j]
                 interp = "nearest" if im.shape[0] <= 64 else "antialiased"  # show small images' real pixels
@@ -745,11 +751,7 @@ def plot_predictions(rec: dict) -> Figure:
     for i in range(k):
         for j in range(ncols):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
-            for sp in ax.spines.values():
-                sp.set_visible(False)
+            _image_cell(ax)
             if j >= len(rows[i]):
                 if j == 0:
                     ax.text(0.0, 0.5, "(no test images)", fontsize=5.5, color="0.4", va="center")
