@@ -43,12 +43,12 @@ def test_every_figure_produced_and_opens(grid_figures):
     records, out, paths = grid_figures
     expected = {f"{SUITE}/{k}.png" for k in SUITE_KINDS}
     for rec in records:
-        kinds = (["confusion", "roc", "confidence", "reliability", "curves", "predictions"] if rec["status"] == "completed"
-                 else ["curves"])
+        kinds = (["confusion", "roc", "confidence", "reliability", "curves", "predictions"]
+                 if rec["status"] == "completed" else ["curves"])
         expected |= {f"{SUITE}/runs/{rec['run_id']}_{k}.png" for k in kinds}
     pngs = {p.relative_to(out).as_posix() for p in paths if p.suffix == ".png"}
     assert pngs == expected
-    assert len(pngs) == 10 * 5 + 1 + len(SUITE_KINDS)
+    assert len(pngs) == 10 * 6 + 1 + len(SUITE_KINDS)  # 10 completed runs × 6 kinds, 1 failed run's curves
     for name in sorted(pngs):
         _check_png(out / name)
     index = out / SUITE / "index.md"

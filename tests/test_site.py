@@ -141,7 +141,7 @@ def test_cell_opens_its_runs_and_run_pages_hold_everything(site):
     assert "0" * 40 in text and "Config hash" in text  # the git commit, the config hash
     alts = [img.attrs["alt"] for img in run.iter("img")]
     assert alts == ["Training curves", "Confusion matrix", "ROC curves", "Confidence histogram",
-                    "Test images with predictions"]
+                    "Reliability diagram", "Test images with predictions"]
     failed = parse(out / f"{SUITE}/runs/{_failed_run_id(site)}.html")
     assert "Failed" in [h.text for h in failed.iter("h2")] and "CUDA out of memory" in failed.text
     assert [img.attrs["alt"] for img in failed.iter("img")] == ["Training curves"]
