@@ -20,7 +20,7 @@ from scipy import stats
 
 from benchmark.errors import UserError
 from benchmark.records import load_records, records_frame
-from benchmark.report import aggregate, leaderboard
+from benchmark.report import aggregate, leaderboard, render
 from benchmark.report.load import SuitePlan, load_plan, load_published
 
 SUITE = "unit"
@@ -266,6 +266,8 @@ def test_tex_is_booktabs_and_marks_published(board):
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") >= 4
     assert tex.count("{") == tex.count("}")
     assert all(ord(ch) < 128 for ch in tex)
+    assert {ch for ch in board["md"] if ord(ch) > 127} <= set(render._TEX_UNICODE)  # none becomes "?" in LaTeX
+    assert render.tex_escape("✓ ≈ Δ") == r"$\checkmark$ $\approx$ $\Delta$"
 
 
 def test_byte_identical_regeneration(board):
