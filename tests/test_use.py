@@ -107,6 +107,85 @@ def test_predict_cli_reports_an_unreadable_file_and_predicts_the_rest(results, t
     assert "000.png" in captured.out and "confidence" in captured.out
 
 
+SCHEMES_SUITE = """
+name: use-schemes
+data_root: bundled
+seeds: [1]
+recipes:
+  vit: {lr: 1.0e-2, epochs: 2, batch_size: 16, augment: none}
+datasets: [breastmnist]
+models:
+  - {name: vit_tiny, recipe: vit, scheme: linear_probe}
+  - {name: vit_tiny, recipe: vit, scheme: {name: lora, rank: 4, alpha: 8, target_modules: [q_proj, v_proj]}}
+  - {name: vit_tiny, recipe: vit, scheme: {name: knn, k: 3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def scheme_results(tmp_path_factory):
+    """Tiny real runs of the schemes whose best.pt is not the whole model (seed 1: not the default RNG state)."""
+    root = tmp_path_factory.mktemp("use-schemes")
+    (root / "use-schemes.yaml").write_text(SCHEMES_SUITE)
+    assert main(["run", "--suite", str(root / "use-schemes.yaml"), "--limit", "32", "--output",
+                 str(root / "results"), "--quiet"]) == 0
+    return root / "results"
+
+
+@pytest.mark.parametrize("scheme", ["linear_probe", "lora"])
+def test_linear_probe_and_lora_runs_predict_their_records_test_probabilities(scheme_results, scheme):
+    loaded = load_run(f"breastmnist-28-vit_tiny-{scheme}", scheme_results)
+    report = predict(loaded, ["breastmnist:test"])
+    got = np.array([[p.probabilities[c] for c in loaded.class_names] for p in report.predictions])
+    expected = np.array(loaded.record["test_predictions"]["probs"])
+    assert report.errors == [] and got.shape == expected.shape == (32, 2)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert not any("lora" in name for name in loaded.model.state_dict())  # LoRA: merged, as the test split was
+
+
+def test_a_linear_probe_run_exports_to_onnx(scheme_results, tmp_path):
+    from benchmark.use.export import export_model
+
+    loaded = load_run("breastmnist-28-vit_tiny-linear_probe", scheme_results)
+    result = export_model(loaded, "onnx", output=tmp_path)
+    assert result.check["max_abs_dprob"] <= 1e-4
+    probs = _ort_probs(result.path, loaded.pixels(loaded.dataset_split("test").images))
+    np.testing.assert_allclose(probs, loaded.record["test_predictions"]["probs"], atol=1e-4, rtol=0)
+
+
+def _copied_run(results, run, tmp_path, **changes):
+    """A copy of `run`'s record (with `changes` to its top level and scheme_details) and best.pt under tmp_path."""
+    loaded = load_run(run, results)
+    record = json.loads(loaded.record_path.read_text())
+    for key, value in changes.items():
+        target = record if key in record else record["scheme_details"]
+        target.pop(key) if value is None else target.__setitem__(key, value)
+    suite = record["suite"]
+    (tmp_path / "runs" / suite).mkdir(parents=True)
+    (tmp_path / "runs" / suite / loaded.record_path.name).write_text(json.dumps(record))
+    (tmp_path / "checkpoints" / suite / record["run_id"]).mkdir(parents=True)
+    (tmp_path / "checkpoints" / suite / record["run_id"] / "best.pt").write_bytes(loaded.checkpoint.read_bytes())
+    return record["run_id"]
+
+
+def test_a_linear_probe_backbone_that_differs_from_the_runs_is_refused(scheme_results, tmp_path, capsys, caplog):
+    run = _copied_run(scheme_results, "breastmnist-28-vit_tiny-linear_probe", tmp_path, seed=0)
+    assert main(["predict", run, "breastmnist:test", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the backbone of 'vit_tiny' built again here differs from the run's") and "\n" not in err
+    # a record from before backbone_sha256 still loads (its seed is right), with a warning that it is unchecked
+    old = _copied_run(scheme_results, "breastmnist-28-vit_tiny-linear_probe", tmp_path / "old", backbone_sha256=None)
+    loaded = load_run(old, tmp_path / "old")
+    assert "cannot be checked" in caplog.text
+    np.testing.assert_allclose(loaded.probabilities(loaded.dataset_split("test").images),
+                               loaded.record["test_predictions"]["probs"], atol=1e-5, rtol=0)
+
+
+def test_a_knn_run_says_it_keeps_no_model(scheme_results, capsys):
+    assert main(["predict", "breastmnist-28-vit_tiny-knn", "breastmnist:test", "--results", str(scheme_results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: scheme knn keeps no model") and "linear_probe" in err and "\n" not in err
+
+
 def _ort_probs(path, pixels):
     import onnxruntime
 

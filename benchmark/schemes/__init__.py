@@ -6,7 +6,8 @@
 - `gradual_unfreeze`: head first, then blocks from the top, each group with its own learning rate.
 - `lora`: low-rank adapters (peft) on the attention projections of a Hugging Face ViT, the head in full.
 
-`spec` (which scheme, its options) is torch-free; `run_scheme` (in `benchmark.schemes.run`) trains one.
+`spec` (which scheme, its options) is torch-free; `run_scheme` (in `benchmark.schemes.run`) trains one, and
+`restore_scheme` rebuilds a completed one's model for use (`benchmark.use.load_run`).
 """
 
 from benchmark.schemes.spec import (

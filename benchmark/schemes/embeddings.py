@@ -122,7 +122,7 @@ def cached_embeddings(built: BuiltModel, data: DatasetSplits, device_splits: dic
                       splits: tuple[str, ...], limit: int, batch_size: int, accelerator: Accelerator,
                       dtype: torch.dtype | None, directory: Path | None) -> tuple[dict[str, torch.Tensor], dict]:
     """Embeddings of `splits` on the training device, from the cache where it has them; and what happened
-    (`{"cache": "hit" | "miss" | "partial" | "off", "seconds": …, "keys": {split: key}}`)."""
+    (`{"cache": "hit" | "miss" | "partial" | "off", "seconds": …, "keys": {split: key}, "backbone": digest}`)."""
     transform = BatchTransform.for_model(built)
     weights = backbone_digest(built)
     out, keys, hits = {}, {}, 0
@@ -140,4 +140,4 @@ def cached_embeddings(built: BuiltModel, data: DatasetSplits, device_splits: dic
             atomic_torch_save({"fields": fields, "embeddings": out[name].cpu()}, path)
     state = "off" if directory is None else "hit" if hits == len(splits) else "miss" if not hits else "partial"
     log.info("embeddings of %s: cache %s", ", ".join(splits), state)
-    return out, {"cache": state, "seconds": time.perf_counter() - started, "keys": keys}
+    return out, {"cache": state, "seconds": time.perf_counter() - started, "keys": keys, "backbone": weights}

@@ -19,7 +19,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics
-from benchmark.schemes.context import SchemeContext
+from benchmark.schemes.context import RestoreContext, SchemeContext
 from benchmark.schemes.embeddings import cached_embeddings
 from benchmark.train import TrainOutcome, autocast_dtype, peak_memory
 
@@ -58,4 +58,12 @@ def run_knn(ctx: SchemeContext) -> TrainOutcome:
                         peak_memory_mb=memory, peak_memory_kind=memory_kind,
                         details={"trainable_params": 0, "embedding_cache": cache["cache"],
                                  "embedding_seconds": cache["seconds"],
-                                 "embedding_dim": int(embeddings["train"].shape[1])})
+                                 "embedding_dim": int(embeddings["train"].shape[1]),
+                                 "backbone_sha256": cache["backbone"]})
+
+
+def restore_knn(ctx: RestoreContext):
+    """Nothing to rebuild: a kNN run is its training split's embeddings, which no checkpoint holds."""
+    raise UserError(f"scheme knn keeps no model: '{ctx.model_name}' votes among the training split's embeddings, "
+                    f"which the run does not store; use a finetune, linear_probe, gradual_unfreeze or lora run "
+                    f"of it for predict, export, explain and serve")

@@ -4,15 +4,22 @@ model's own linear classifier head is trained on the cached pre-logit embeddings
 same loop as fine-tuning; the head starts from its seed-dependent initialisation.
 
 Unlike MedMNIST+, whose probe calls `model.train()` (BatchNorm statistics move, dropout is on), the backbone here
-is in eval mode: cached embeddings cannot copy a train-mode backbone. `best.pt` holds the head's weights only.
+is in eval mode: cached embeddings cannot copy a train-mode backbone. `best.pt` holds the head's weights only;
+the backbone is what the runner built (seeded random init, or the pretrained weights), so for use it is built
+again the same way and checked against the SHA-256 of its weights the record keeps (`backbone_sha256`).
 """
 
 from __future__ import annotations
 
+import logging
+
+from benchmark.errors import UserError
 from benchmark.models import BuiltModel
-from benchmark.schemes.context import SchemeContext
-from benchmark.schemes.embeddings import cached_embeddings, head_linear
+from benchmark.schemes.context import RestoreContext, SchemeContext
+from benchmark.schemes.embeddings import backbone_digest, cached_embeddings, head_linear
 from benchmark.train import DeviceSplit, TrainOutcome, autocast_dtype, fit
+
+log = logging.getLogger(__name__)
 
 
 def run_linear_probe(ctx: SchemeContext) -> TrainOutcome:
@@ -28,5 +35,20 @@ def run_linear_probe(ctx: SchemeContext) -> TrainOutcome:
     outcome = fit(head_model, ctx.data, splits, recipe, ctx.spec.seed, ctx.accelerator, ctx.checkpoint_dir,
                   resume=ctx.resume, quiet=ctx.quiet, description=ctx.spec.run_id, inputs_ready=True)
     outcome.details.update(embedding_cache=cache["cache"], embedding_seconds=cache["seconds"],
-                           embedding_dim=head.in_features)
+                           embedding_dim=head.in_features, backbone_sha256=cache["backbone"])
     return outcome
+
+
+def restore_linear_probe(ctx: RestoreContext) -> BuiltModel:
+    """The backbone built again as the run built it, with the trained head from best.pt."""
+    built = ctx.build(True)
+    expected, got = ctx.details.get("backbone_sha256"), backbone_digest(built)
+    if expected is None:
+        log.warning("the record predates backbone_sha256: the rebuilt backbone of %s cannot be checked against "
+                    "the one the head was trained on", ctx.model_name)
+    elif got != expected:
+        raise UserError(f"the backbone of '{ctx.model_name}' built again here differs from the run's (weights "
+                        f"SHA-256 {got[:12]}… vs {expected[:12]}…: other torch/transformers versions or hub "
+                        f"weights); use the versions the record names, or rerun it with --force")
+    head_linear(built, ctx.model_name)[1].load_state_dict(ctx.read_weights())
+    return built

@@ -6,7 +6,8 @@ names matched as suffixes; default the query and value projections under both na
 the adapters and the classifier head (peft
 `modules_to_save`, trained in full) are the trainable parameters. Validation runs on the adapted model; the
 best epoch's adapters are merged into the weights (`merge_and_unload`) and the test split is scored on the
-merged model. `best.pt` holds the peft model's state dict (adapters and head beside the frozen weights).
+merged model. `best.pt` holds the peft model's state dict (adapters and head beside the frozen weights), so for
+use the model is built, wrapped with the record's adapters, loaded and merged the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel
+from benchmark.schemes.context import RestoreContext
 from benchmark.train import Adaptation
 
 
@@ -47,3 +49,11 @@ class MergedForTest(Adaptation):
     def for_test(self, model: nn.Module) -> nn.Module:
         model.model = model.model.merge_and_unload()
         return model
+
+
+def restore_lora(ctx: RestoreContext) -> BuiltModel:
+    """The model as it scored the test split: adapters of best.pt merged into its weights."""
+    built = add_lora(ctx.build(False), ctx.scheme.options, ctx.model_name)
+    built.module.load_state_dict(ctx.read_weights())
+    built.module = MergedForTest().for_test(built.module)
+    return built

@@ -1,13 +1,15 @@
-"""Train one run with its scheme: the dispatch from a `RunSpec`'s scheme to the code that trains it."""
+"""The dispatch from a scheme to its code: what trains a run (`run_scheme`), and what rebuilds a completed run's
+model for use from its record and best.pt (`restore_scheme`, called by `benchmark.use.load_run`)."""
 
 from __future__ import annotations
 
 from benchmark.errors import UserError
-from benchmark.schemes.context import SchemeContext
+from benchmark.models import BuiltModel
+from benchmark.schemes.context import RestoreContext, SchemeContext
 from benchmark.schemes.gradual_unfreeze import GradualUnfreeze
-from benchmark.schemes.knn import run_knn
-from benchmark.schemes.linear_probe import run_linear_probe
-from benchmark.schemes.lora import MergedForTest, add_lora
+from benchmark.schemes.knn import restore_knn, run_knn
+from benchmark.schemes.linear_probe import restore_linear_probe, run_linear_probe
+from benchmark.schemes.lora import MergedForTest, add_lora, restore_lora
 from benchmark.train import Adaptation, TrainOutcome, fit
 
 
@@ -41,3 +43,19 @@ def run_scheme(ctx: SchemeContext) -> TrainOutcome:
     outcome = RUNNERS[ctx.spec.scheme.name](ctx)
     outcome.details = {"scheme": ctx.spec.scheme.name, "options": dict(ctx.spec.scheme.options), **outcome.details}
     return outcome
+
+
+def restore_all(ctx: RestoreContext) -> BuiltModel:
+    """finetune, gradual_unfreeze: best.pt holds every weight of the model."""
+    built = ctx.build(False)
+    built.module.load_state_dict(ctx.read_weights())
+    return built
+
+
+RESTORERS = {"finetune": restore_all, "linear_probe": restore_linear_probe, "knn": restore_knn,
+             "gradual_unfreeze": restore_all, "lora": restore_lora}
+
+
+def restore_scheme(ctx: RestoreContext) -> BuiltModel:
+    """A completed run's model with its best weights, as it scored the test split (CPU; not yet in eval mode)."""
+    return RESTORERS[ctx.scheme.name](ctx)

@@ -7,7 +7,8 @@ model exactly as evaluation did: images are first brought to the dataset's store
 runs it (channels_last for CNNs, full precision, softmax over the logits).
 
 A run is named by its record path, or by its run id (optionally a unique prefix of it) under
-`<results>/runs/<suite>/`; its weights are `<results>/checkpoints/<suite>/<run_id>/best.pt`.
+`<results>/runs/<suite>/`; its weights are `<results>/checkpoints/<suite>/<run_id>/best.pt`, which the run's
+scheme turns back into the model (`benchmark.schemes.run.restore_scheme`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from benchmark.data.transforms import BatchTransform
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel, ModelSpec, build_model
 from benchmark.records import read_record
+from benchmark.schemes import parse_scheme
+from benchmark.schemes.context import RestoreContext
+from benchmark.schemes.run import restore_scheme
 from benchmark.train import prepare_pixels, uses_channels_last
 
 log = logging.getLogger(__name__)
@@ -167,7 +171,11 @@ def model_spec(config_model: dict) -> ModelSpec:
 
 
 def load_run(run: str | Path, results: str | Path = DEFAULT_RESULTS) -> LoadedRun:
-    """Rebuild a completed run's model exactly as it was built for training and load its best weights (CPU)."""
+    """Rebuild a completed run's model exactly as it scored the test split, with its best weights (CPU).
+
+    How depends on the run's scheme (`benchmark.schemes.run.restore_scheme`): best.pt holds the whole model
+    (finetune, gradual_unfreeze), the head of a backbone built again from the run's seed or pretrained weights
+    (linear_probe), or LoRA adapters to merge (lora); a knn run keeps no model."""
     path = find_record(run, results)
     record = read_record(path)
     if record is None:
@@ -176,16 +184,29 @@ def load_run(run: str | Path, results: str | Path = DEFAULT_RESULTS) -> LoadedRu
         raise UserError(f"run {record['run_id']} {record['status']} ({(record.get('error') or {}).get('message', '')}); "
                         f"only completed runs have weights to use")
     checkpoint = path.parents[2] / "checkpoints" / record["suite"] / record["run_id"] / "best.pt"
-    if not checkpoint.is_file():
-        raise UserError(f"{checkpoint} is missing (runs with --keep-checkpoints none keep no weights); "
-                        f"rerun {record['run_id']} with --force to get it back")
     spec = model_spec(record["config"]["model"])
-    channels = stored_channels(record)
-    # The weights come from best.pt: never download a pretrained checkpoint again, only its config.
-    built = build_model(replace(spec, pretrained=False), list(record["dataset"]["class_names"]), channels)
+    class_names, channels, seed = list(record["dataset"]["class_names"]), stored_channels(record), record["seed"]
+    state: dict = {}
+
+    def build(pretrained: bool) -> BuiltModel:
+        # As the runner builds it: seeded (without moving the caller's random state); a pretrained checkpoint is
+        # loaded again only when best.pt does not hold those weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(replace(spec, pretrained=spec.pretrained and pretrained), class_names, channels)
+
+    def read_weights() -> dict:
+        if not checkpoint.is_file():
+            raise UserError(f"{checkpoint} is missing (runs with --keep-checkpoints none keep no weights); "
+                            f"rerun {record['run_id']} with --force to get it back")
+        state.update(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        return state["weights"]
+
+    stored = record["config"].get("scheme") or {"name": "finetune", "options": {}}  # older records: finetune
+    scheme = parse_scheme({"name": stored["name"], **stored["options"]}, f"record {path}")
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        built.module.load_state_dict(state["weights"])
+        built = restore_scheme(RestoreContext(build=build, read_weights=read_weights, scheme=scheme,
+                                              details=record.get("scheme_details") or {}, model_name=spec.name))
     except (OSError, RuntimeError, KeyError, EOFError) as err:
         reason = " ".join(str(err).split())[:200]
         raise UserError(f"cannot load {checkpoint} into {spec.name} ({type(err).__name__}: {reason}); "
@@ -193,7 +214,7 @@ def load_run(run: str | Path, results: str | Path = DEFAULT_RESULTS) -> LoadedRu
     built.module.eval()
     if uses_channels_last(built):
         built.module.to(memory_format=torch.channels_last)
-    log.info("loaded %s (best epoch %s) from %s", record["run_id"], state.get("epoch"), checkpoint)
+    log.info("loaded %s (%s, best epoch %s) from %s", record["run_id"], scheme.name, state.get("epoch"), checkpoint)
     return LoadedRun(record=record, record_path=path, checkpoint=checkpoint, built=built,
                      transform=BatchTransform.for_model(built), channels=channels,
                      best_epoch=int(state.get("epoch", record.get("best_epoch", 0))))
