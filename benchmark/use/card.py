@@ -1,8 +1,8 @@
 """The model card of a run: a dict (served as JSON by `serve`) and its Hugging Face README.md rendering.
 
 Everything comes from the run's record and the records of the same configuration with other seeds beside it
-(test metrics per seed; their mean and sample std are the leaderboard's, `benchmark.report.aggregate.cell_stats`);
-nothing is measured here.
+(test metrics per seed; their mean and sample std computed as the leaderboard computes a cell,
+`benchmark.report.aggregate.cell_stats`); nothing is measured here.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def _same_config_other_seeds(loaded: LoadedRun) -> list[dict]:
 
 
 def seed_summary(records: list[dict], run_id: str) -> dict[str, dict]:
-    """Per headline metric, the mean, sample std and number of seeds with a value over `records` (the run's
-    configuration, one record per seed): the leaderboard cell of the run `run_id`, None where there is no value."""
+    """Per headline metric, the mean, sample std and number of seeds with a finite value over `records` (the
+    run's configuration, one record per seed) as `cell_stats` gives them for the cell of the run `run_id`; None
+    where there is no value (std: fewer than two)."""
     frame = records_frame(records)
     cell = tuple(frame.loc[frame["run_id"] == run_id, CELL].iloc[0])
 
