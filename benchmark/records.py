@@ -340,6 +340,28 @@ def test_set(record: Record) -> str:
     return test_set_name(str(record["dataset"]["name"]), (record["dataset"].get("split") or {}).get("kind"))
 
 
+def data_identity(record: Record) -> tuple | None:
+    """What fixes a run's train / val / test images: the dataset, its data file's md5, the split sizes and, for
+    splits the loader cut, the split's hash. Runs with equal identities saw the same images; None without an md5."""
+    dataset = record["dataset"]
+    if not dataset.get("md5"):
+        return None
+    return (dataset["name"], dataset["md5"], dataset.get("n_train"), dataset.get("n_val"), dataset.get("n_test"),
+            (dataset.get("split") or {}).get("sha256"))
+
+
+def training_class_counts(records: Iterable[Record]) -> dict[tuple, list[int]]:
+    """Training images per class by `data_identity`, from the records that store `dataset.class_counts` (written
+    since the baselines existed), so that an older record of the same data gets its baseline rows too."""
+    out: dict[tuple, list[int]] = {}
+    for record in records:
+        counts = (record["dataset"].get("class_counts") or {}).get("train")
+        identity = data_identity(record)
+        if counts and identity is not None:
+            out.setdefault(identity, list(counts))
+    return out
+
+
 def group_key(record: Record) -> tuple[str, int, str]:
     """(model, size, scheme): the row a record belongs to in the tables."""
     return (str(record["model"]["name"]), int(record["dataset"]["size"]), str(record.get("scheme") or ""))

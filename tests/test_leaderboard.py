@@ -21,7 +21,7 @@ from scipy import stats
 
 from benchmark.errors import UserError
 from benchmark.records import load_records, records_frame
-from benchmark.report import aggregate, leaderboard
+from benchmark.report import aggregate, leaderboard, render
 from benchmark.report.load import SuitePlan, load_plan, load_published
 
 SUITE = "unit"
@@ -109,7 +109,7 @@ def test_exact_mean_std_and_seed_count(board, grid):
     mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1))
     rows = _md_table(board["md"], f"Suite {SUITE}: test ACC")
     cell = _row(rows, "resnet18_28")["breastmnist"]
-    assert cell.replace("**", "") == f"{mean:.3f} ± {std:.3f} (n=3)"
+    assert cell.replace("**", "").replace("✓ ", "").replace("≈ ", "") == f"{mean:.3f} ± {std:.3f} (n=3)"
     csv = pd.read_csv(io.StringIO(board["csv"]), keep_default_na=False)
     hit = csv[(csv.table == "headline") & (csv.metric == "acc") & (csv.kind == "measured")
               & (csv.model == "resnet18_28") & (csv.dataset == "breastmnist")]
@@ -119,14 +119,18 @@ def test_exact_mean_std_and_seed_count(board, grid):
     assert int(hit["n_seeds"].iloc[0]) == 3 and int(hit["n_expected"].iloc[0]) == 3
 
 
-def test_bold_winner_per_dataset(board, grid):
+def test_only_the_highest_cell_is_marked_and_bold_only_when_significant(board, grid):
+    csv = pd.read_csv(io.StringIO(board["csv"]), keep_default_na=False)
     for metric, title in (("acc", "ACC"), ("auc", "AUC"), ("f1_macro", "Macro F1"), ("balanced_acc", "Balanced ACC")):
         rows = _md_table(board["md"], f"Suite {SUITE}: test {title}")
         means = {m: np.mean(_values(grid, "breastmnist", m, metric)) for m in ("resnet18_28", "vit_b16")}
-        winner = max(means, key=means.get)
-        loser = min(means, key=means.get)
-        assert _row(rows, winner)["breastmnist"].startswith("**")
-        assert not _row(rows, loser)["breastmnist"].startswith("**")
+        winner, loser = max(means, key=means.get), min(means, key=means.get)
+        won, lost = _row(rows, winner)["breastmnist"], _row(rows, loser)["breastmnist"]
+        assert ("✓" in won) != ("≈" in won) and "✓" not in lost and "≈" not in lost and not lost.startswith("**")
+        assert won.startswith("**") == ("✓" in won)
+        hit = csv[(csv.table == "headline") & (csv.metric == metric) & (csv.kind == "measured")
+                  & (csv.model == winner) & (csv.dataset == "breastmnist")]
+        assert hit["significance"].iloc[0] == ("best" if "✓" in won else "tie")
 
 
 def test_incomplete_groups_marked_and_failed_run_listed(board, grid):
@@ -175,7 +179,7 @@ def test_published_rows_present_marked_and_not_yet_run(board):
 
 
 def test_published_rows_never_bold_or_ranked(tmp_path):
-    # a weak model: the published 0.863 beats it, yet the measured cell is the (only) bold one
+    # a weak model: the published 0.863 beats it; the only measured row is compared with nothing, so unmarked
     recs = [make_record(suite="weak", dataset="breastmnist", model="resnet18_28", seed=s, skill=-0.5)
             for s in (0, 1)]
     write_records(recs, tmp_path / "runs")
@@ -184,8 +188,9 @@ def test_published_rows_never_bold_or_ranked(tmp_path):
     rows = _md_table(md, "Suite weak: test ACC")
     measured = _row(rows, "resnet18_28")
     assert float(measured["breastmnist"].strip("*").split()[0]) < 0.863
-    assert measured["breastmnist"].startswith("**") and measured["Avg. rank"] == "**1.00**"
-    assert all(not r["breastmnist"].startswith("**") for r in rows if "published" in r["Source"])
+    assert measured["breastmnist"] == "0.367 ± 0.071 (n=2)" and measured["Avg. rank"] == "1.00"
+    assert all("**" not in r["breastmnist"] and "✓" not in r["breastmnist"] and "≈" not in r["breastmnist"]
+               for r in rows if "published" in r["Source"])
 
 
 def test_average_and_rank_columns(board, grid):
@@ -262,6 +267,8 @@ def test_tex_is_booktabs_and_marks_published(board):
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") >= 4
     assert tex.count("{") == tex.count("}")
     assert all(ord(ch) < 128 for ch in tex)
+    assert {ch for ch in board["md"] if ord(ch) > 127} <= set(render._TEX_UNICODE)  # none becomes "?" in LaTeX
+    assert render.tex_escape("✓ ≈ Δ") == r"$\checkmark$ $\approx$ $\Delta$"
 
 
 def test_byte_identical_regeneration(board):
@@ -339,7 +346,7 @@ def test_unplanned_cells_read_dash(planned):
     assert _status(planned["csv"], "resnet18_28", 64, "breastmnist") == "not_planned"
     # a measured but unplanned dataset is still a column; only the row that has runs there shows numbers
     assert small["dermamnist"] == "—"
-    assert _row(rows, "vit_b16", size=28)["dermamnist"].startswith("**")
+    assert _row(rows, "vit_b16", size=28)["dermamnist"] == "0.800 (1/4 seeds)†"
 
 
 def test_planned_model_without_records_gets_rows(planned):

@@ -8,7 +8,9 @@ import numpy as np
 from record_factory import make_record
 
 from benchmark.metrics import bootstrap_intervals, calibration_metrics
+from benchmark.records import training_class_counts
 from benchmark.report import aggregate, render
+from benchmark.report.load import by_suite
 
 
 def runs(model: str, skill: float, n_test: int = 200) -> list[dict]:
@@ -67,3 +69,48 @@ def test_a_random_split_is_its_own_test_set_in_every_table() -> None:
     assert len(_one_record_per_seed(grouped + random)) == 6  # the two arms never replace each other
     assert sorted(set(aggregate.trust(grouped + random)["test_set"])) == ["breastmnist", "breastmnist (random split)"]
     assert sorted(set(records_frame(grouped + random)["dataset"])) == ["breastmnist", "breastmnist (random split)"]
+
+
+def test_older_records_get_baselines_from_a_record_of_the_same_data() -> None:
+    older = runs("resnet18_28", skill=0.5)  # written before `dataset.class_counts` existed
+    newer = runs("vit_b16", skill=0.6)[:1]
+    newer[0]["suite"] = "another"
+    newer[0]["dataset"]["class_counts"] = {"train": [400, 200], "val": [40, 20], "test": [130, 70]}
+    known = training_class_counts(older + newer)
+    assert list(known.values()) == [[400, 200]]
+    baselines = aggregate.trust(older, known).set_index("model")
+    labels = np.array(older[0]["test_predictions"]["labels"])
+    assert baselines.loc["majority", "acc"] == np.mean(labels == 0)  # class 0 is the larger training class
+    other_data = copy.deepcopy(older)
+    for record in other_data:
+        record["dataset"]["n_train"] += 1  # a different cut of the data: its counts are unknown
+    assert not aggregate.trust(other_data, known)["baseline"].any()
+
+
+def test_compact_headline_shows_intervals_marks_and_baselines() -> None:
+    records = runs("resnet18_28", skill=1.0) + runs("vit_b16", skill=4.0)
+    for record in records:
+        record["dataset"]["class_counts"] = {"train": [147, 399], "val": [21, 57], "test": [42, 114]}
+    data = by_suite(records)["unit"]
+    tables, trusted = aggregate.suite_tables(data)
+    text = render.markdown(render.compact_table("unit", tables, trusted))
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| breastmnist")}
+    strong = trusted.set_index("model").loc["vit_b16"]
+    assert rows["vit_b16"][4] == f"**{strong['acc']:.3f} [{strong['acc_low']:.2f}, {strong['acc_high']:.2f}]** ✓"
+    assert "✓" not in rows["resnet18_28"][4] and "≈" not in rows["resnet18_28"][4]
+    assert rows["*majority*"][3] == "*baseline*" and rows["*prior*"][-1] == "—"
+    cells = tables["acc"].cells
+    assert list(cells.loc[cells["model"] == "vit_b16", "mark"]) == ["best"]
+
+
+def test_compact_headline_marks_a_tie_without_bold() -> None:
+    base = runs("resnet18_28", skill=1.0)
+    twin = copy.deepcopy(base)
+    for record in twin:
+        record["model"]["name"] = "vit_b16"
+    tables, trusted = aggregate.suite_tables(by_suite(base + twin)["unit"])
+    text = render.markdown(render.compact_table("unit", tables, trusted))
+    body = [line for line in text.splitlines() if line.startswith("| breastmnist")]
+    assert len(body) == 2 and "**" not in "".join(body)
+    assert [line.count("≈") for line in body] == [4, 0]  # the first of two equal rows carries the tie mark

@@ -173,7 +173,7 @@ def test_overview_numbers_equal_leaderboard_csv(site):
                     assert td.text == render.NOT_RUN
                 else:
                     assert td.text.split()[0] == render.fmt(float(csv_row["mean"]))
-                    assert (td.find("strong") != []) == (csv_row["best"] == "1")
+                    assert (td.find("strong") != []) == (csv_row["significance"] == "best")
                 seen += 1
             cells = list(row.iter("td"))
             for name, td in (("AVERAGE", cells[-2]), ("AVG_RANK", cells[-1])):
@@ -184,23 +184,46 @@ def test_overview_numbers_equal_leaderboard_csv(site):
     assert seen == 4 * 2 * len(PLANNED)
 
 
-def test_compare_page_has_the_leaderboard_numbers(site):
+def _markdown_rows(site: Path) -> set[tuple]:
     markdown = (site / "leaderboard.md").read_text(encoding="utf-8")
-    md_rows = {tuple(c.strip() for c in line.strip().strip("|").split("|")) for line in markdown.splitlines()
-               if line.startswith("|")}
+    return {tuple(c.strip() for c in line.strip().strip("|").split("|")) for line in markdown.splitlines()
+            if line.startswith("|")}
+
+
+def _as_markdown(row: Node) -> tuple:
+    """A site table row's cells as leaderboard.md writes them: **bold** / *italic* text, then the note."""
+    out = []
+    for td in row.iter("td"):
+        styled = td.find("strong") or td.find("em")
+        notes = td.find("span", **{"class": "note"})
+        text = (styled[0].text if styled else td.text.removesuffix(notes[0].text if notes else "").strip())
+        text = text.replace("|", "\\|")
+        text = f"**{text}**" if td.find("strong") else f"*{text}*" if td.find("em") else text
+        out.append(f"{text} {notes[0].text}" if notes else text)
+    return tuple(out)
+
+
+def test_compare_page_has_the_leaderboard_numbers(site):
+    md_rows = _markdown_rows(site)
     compare = parse(site / "site" / "compare.html")
     tables = list(compare.iter("table"))
     assert len(tables) == 3  # measured vs published, paired ACC, paired AUC
     n = 0
     for table in tables:
         for row in table.iter("tr"):
-            cells = [td.text for td in row.iter("td")]
-            if cells:
-                markdown_cells = tuple(c.replace("|", "\\|") for c in cells)
-                assert tuple(f"**{c}**" if td.find("strong") else f"*{c}*" if td.find("em") else c
-                             for c, td in zip(markdown_cells, row.iter("td"))) in md_rows, cells
+            if list(row.iter("td")):
+                assert _as_markdown(row) in md_rows, row.text
                 n += 1
     assert n >= 5
+
+
+def test_overview_headline_is_the_leaderboard_headline(site):
+    md_rows = _markdown_rows(site)
+    (table,) = parse(site / "site" / "index.html").find("table", id=f"{SUITE}-headline")
+    rows = [row for row in table.iter("tr") if list(row.iter("td"))]
+    assert len(rows) == 2 * len(DATASETS)  # two models per measured dataset; the records store no class counts
+    assert all(_as_markdown(row) in md_rows for row in rows)
+    assert all("[" in td.text for row in rows for td in list(row.iter("td"))[4:8])  # intervals
 
 
 def test_byte_identical_and_updated_in_place(site, tmp_path):

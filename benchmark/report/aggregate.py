@@ -32,8 +32,8 @@ from benchmark.metrics import (
     resample_counts,
     weighted_metrics,
 )
-from benchmark.records import test_set
-from benchmark.report.load import PUBLISHED_COLUMNS, SuitePlan
+from benchmark.records import data_identity, test_set
+from benchmark.report.load import PUBLISHED_COLUMNS, SuiteData, SuitePlan
 
 HEADLINE_METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro", "balanced_acc")
 METRIC_LABELS: dict[str, str] = {"acc": "ACC", "auc": "AUC", "f1_macro": "Macro F1", "balanced_acc": "Balanced ACC"}
@@ -89,9 +89,11 @@ class MetricTable:
     """The numbers behind one headline-metric table of one suite (also drawn by the figures).
 
     `cells`: one row per group × column dataset (the whole grid) with mean, std, n, n_expected, seeds,
-    failed_seeds, status (ok / incomplete / failed / missing / not_run / not_planned), best (bool) and rank
-    (1 = best, ties share the average rank; NaN without a value). `rows`: one row per group with average (mean of
-    its per-dataset means over the measured datasets), n_average, avg_rank, n_rank, best_average, best_rank.
+    failed_seeds, status (ok / incomplete / failed / missing / not_run / not_planned), best (bool: the highest
+    mean, untested), rank (1 = best, ties share the average rank; NaN without a value) and, from `trust`, low /
+    high (95 % bootstrap interval over test images) and mark ("best": significantly better than the runner-up,
+    "tie": highest but not significantly, "" otherwise or without stored predictions). `rows`: one row per group
+    with average (mean of its per-dataset means over the measured datasets), n_average, avg_rank, n_rank.
     `published`: model, size, scheme, source, dataset, value of the published rows shown with the table."""
 
     metric: str
@@ -139,8 +141,9 @@ def _is_close(a: float, b: float) -> bool:
 
 
 def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
-             published: pd.DataFrame | None = None, suite: str = "") -> MetricTable:
-    """One headline table of ONE suite's frame on `metric` (a key of the records' `test` block)."""
+             published: pd.DataFrame | None = None, suite: str = "", trusted: pd.DataFrame | None = None) -> MetricTable:
+    """One headline table of ONE suite's frame on `metric` (a key of the records' `test` block); intervals and
+    significance marks come from `trusted` (`trust` of the same suite's records) where given."""
     stats_ = cell_stats(frame, metric, plan)
     n_expected = len(expected_seeds(frame, plan))
     recorded = groups_of(frame)
@@ -162,6 +165,8 @@ def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
     cells["rank"] = cells.groupby("dataset")["mean"].rank(method="average", ascending=False)
     column_best = cells.groupby("dataset")["mean"].transform("max")
     cells["best"] = [pd.notna(m) and _is_close(m, b) for m, b in zip(cells["mean"], column_best)]
+    cells = cells.merge(_intervals(trusted, metric), on=CELL, how="left")
+    cells["mark"] = cells["mark"].fillna("")
     measured = sorted(set(cells.loc[cells["mean"].notna(), "dataset"]))
 
     on_measured = cells[cells["dataset"].isin(measured)]
@@ -169,18 +174,32 @@ def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
     rows = rows.join(on_measured.groupby(GROUP)["mean"].agg(average="mean", n_average="count"))
     rows = rows.join(on_measured.groupby(GROUP)["rank"].agg(avg_rank="mean", n_rank="count"))
     rows[["n_average", "n_rank"]] = rows[["n_average", "n_rank"]].fillna(0).astype(int)
-    full = rows[(rows["n_average"] == len(measured)) & (len(measured) > 0)]
-    best_average, best_rank = full["average"].max(), full["avg_rank"].min()
-    rows["best_average"] = [bool(n == len(measured) and pd.notna(a) and _is_close(a, best_average))
-                            for a, n in zip(rows["average"], rows["n_average"])]
-    rows["best_rank"] = [bool(n == len(measured) and pd.notna(r) and math.isclose(r, best_rank))
-                         for r, n in zip(rows["avg_rank"], rows["n_rank"])]
 
     pub = pub[pub["metric"] == metric]
     pub = pub[["model", "size", "scheme", "source", "dataset", "value"]].astype({"size": int})
     pub = pub.sort_values(["model", "size", "scheme", "source", "dataset"]).reset_index(drop=True)
     return MetricTable(metric, suite, datasets, measured, groups, cells.set_index(CELL, drop=False), rows, pub,
                        n_expected, plan)
+
+
+def _intervals(trusted: pd.DataFrame | None, metric: str) -> pd.DataFrame:
+    """low / high / mark of `metric` per cell from a `trust` frame (empty without one)."""
+    columns = [f"{metric}_low", f"{metric}_high", f"{metric}_mark"]
+    if trusted is None or trusted.empty or columns[0] not in trusted:
+        return pd.DataFrame(columns=[*CELL, "low", "high", "mark"])
+    measured = trusted[~trusted["baseline"]].rename(columns={"test_set": "dataset"})
+    out = measured[[*CELL, *columns]].rename(columns=dict(zip(columns, ["low", "high", "mark"])))
+    return out.astype({"size": int, "mark": object})
+
+
+def suite_tables(data: SuiteData, published: pd.DataFrame | None = None,
+                 known_counts: dict[tuple, list[int]] | None = None) -> tuple[dict[str, MetricTable], pd.DataFrame]:
+    """A suite's headline tables (one per `HEADLINE_METRICS`, with intervals and marks) and its `trust` frame:
+    what the leaderboard and the site show, computed once."""
+    trusted = trust(data.records, known_counts)
+    tables = {metric: headline(data.frame, metric, data.plan, published, data.suite, trusted)
+              for metric in HEADLINE_METRICS}
+    return tables, trusted
 
 
 def per_class(per_class_runs: pd.DataFrame, frame: pd.DataFrame, plan: SuitePlan | None = None) -> pd.DataFrame:
@@ -343,15 +362,17 @@ def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan 
 # ----------------------------------------------------------------------------------------------------------
 # Trust: intervals over test images, calibration, baselines and whether the best cell is significantly best
 # ----------------------------------------------------------------------------------------------------------
-TRUST_METRICS: tuple[str, ...] = ("acc", "auc", "mcc", "qwk", "ece", "brier", "nll")
+TRUST_METRICS: tuple[str, ...] = (*HEADLINE_METRICS, "mcc", "qwk", "ece", "brier", "nll")
 #: metrics whose best cell gets a significance test against the runner-up (Holm across a suite's datasets)
-SIGNIFICANCE_METRICS: tuple[str, ...] = ("acc", "auc")
+SIGNIFICANCE_METRICS: tuple[str, ...] = HEADLINE_METRICS
 SIGNIFICANCE_LEVEL = 0.05
 
 
-def trust(records) -> pd.DataFrame:
+def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.DataFrame:
     """One row per (test set, model, size, scheme) with completed records holding predictions, plus majority /
-    prior baseline rows where a record stores its training class counts (`dataset.class_counts`).
+    prior baseline rows where the training class counts are known: stored in a record (`dataset.class_counts`)
+    or, for older records, in `known_counts` (`benchmark.records.training_class_counts` of any records of the
+    same data).
 
     For each metric of `TRUST_METRICS` (qwk on ordinal tasks only): `<m>` = mean over seeds, `<m>_low/_high` =
     the 95 % percentile bootstrap interval of that seed mean over the test images (1,000 seeded resamples;
@@ -374,7 +395,8 @@ def trust(records) -> pd.DataFrame:
             continue
         cell["labels"] = labels
         cell["probs"].append(np.asarray(predictions["probs"], dtype=np.float64))
-        cell["counts"] = (record["dataset"].get("class_counts") or {}).get("train") or cell["counts"]
+        known = (known_counts or {}).get(data_identity(record))
+        cell["counts"] = (record["dataset"].get("class_counts") or {}).get("train") or known or cell["counts"]
 
     for (tested_on, _, size, _), cell in list(cells.items()):  # reference predictors, one pair per test set
         if cell["counts"] is None or any(k[0] == tested_on and k[3] == "baseline" for k in cells):

@@ -14,27 +14,42 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.records import Record, atomic_write_bytes
+from benchmark.records import Record, atomic_write_bytes, training_class_counts
 from benchmark.report import aggregate, render
 from benchmark.report.load import SuiteData, by_suite, load_published, load_suites
 
 HOW_TO_READ = f"""## How to read these tables
 
-- **Cells** are the test metric's mean ± sample standard deviation (ddof=1) over the completed seeds, with
-  n = seeds. The expected seeds of a group are those the suite file (`suites/<suite>.yaml`) lists; a group with
-  fewer is marked `k/N seeds †` and its cell is the mean over the seeds that exist. `failed (0/N seeds)` = every
-  run of the group failed; `{render.NOT_RUN}` = planned but no run recorded; `{render.DASH}` = not planned.
-  Without a suite file the plan is unknown: the expected seeds are the distinct seeds among the suite's records
-  (completed or failed), the columns also include the datasets of the published rows shown, and every cell
-  without records reads `{render.NOT_RUN}` (each suite's section says which applies).
+- **The headline** (one compact table per suite) has a block of rows per test set: a test set is a dataset at
+  its split ("(random split)": an image folder cut at random, not by the default grouped split). Each metric
+  cell is the mean over the completed seeds with its 95 % percentile bootstrap interval over the test images,
+  `0.831 [0.80, 0.86]` (1,000 seeded resamples; every seed is scored on the same resampled images, so the
+  interval is that of the seed mean). The interval conditions on the trained models: it is test-image noise, not
+  the spread of retraining, which the detailed tables' ± std shows. ECE: top-label, 15 equal-width bins.
+  A cell whose records store no test predictions shows mean ± std instead.
+- **✓ (bold)** = the highest value of its column (test set) and significantly better than the runner-up: a
+  one-sided paired bootstrap on the same test images across all seeds of both rows, Holm-corrected over the
+  suite's test sets for that metric, p < 0.05. **≈** = highest, but not significantly better than the runner-up:
+  a tie within the noise. A column with one measured row gets no mark. The same marks appear in the detailed
+  tables; nothing else is bold.
+- **Baselines** (italic rows, scheme `baseline`): the majority-class predictor and the class-prior predictor,
+  fitted on the training labels of the same split. The counts come from a record's `dataset.class_counts`, or,
+  for records written before that key existed, from any record of the same data (same data file md5, split
+  sizes and split hash). Never marked; they say what a model that ignores the image scores.
+- **Detailed tables** (per suite, per metric): cells are the mean ± sample standard deviation (ddof=1) over the
+  completed seeds, with n = seeds. The expected seeds of a group are those the suite file
+  (`suites/<suite>.yaml`) lists; a group with fewer is marked `k/N seeds †` and its cell is the mean over the
+  seeds that exist. `failed (0/N seeds)` = every run of the group failed; `{render.NOT_RUN}` = planned but no run
+  recorded; `{render.DASH}` = not planned. Without a suite file the plan is unknown: the expected seeds are the
+  distinct seeds among the suite's records (completed or failed), the columns also include the datasets of the
+  published rows shown, and every cell without records reads `{render.NOT_RUN}` (each suite's section says which
+  applies).
 - **Rows** are model × image size × scheme; columns are the datasets measured or planned in the suite file; a
-  planned model × size without records still gets a row.
-- **Bold** = best measured value per dataset (exact ties are all bold). *Average* = mean of the row's
-  per-dataset means over the measured datasets; *Avg. rank* = mean of the row's per-dataset ranks (1 = best,
-  ties share the average rank). Rows missing datasets are annotated `(k/N datasets)` and not eligible for bold
-  there.
+  planned model × size without records still gets a row. *Average* = mean of the row's per-dataset means over
+  the measured datasets; *Avg. rank* = mean of the row's per-dataset ranks (1 = best, ties share the average
+  rank); neither is tested, so neither is marked. Rows missing datasets are annotated `(k/N datasets)`.
 - *Published* rows are copied from the literature (values as fractions), not measured here, and never take part
-  in bold, averages or ranks. *Measured vs published*: Δ = measured mean − published value; Δ / seed std is the
+  in marks, averages or ranks. *Measured vs published*: Δ = measured mean − published value; Δ / seed std is the
   gap in units of the seed standard deviation (|Δ / std| > 2: beyond seed noise).
 - *Per-class metrics*: test precision / recall / F1 per class, mean over the completed seeds (support = test
   images of the class).
@@ -43,15 +58,10 @@ HOW_TO_READ = f"""## How to read these tables
   Wilcoxon signed-rank p-values, two-sided, no correction for multiple comparisons. With a handful of seeds these
   tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "all datasets" = the tests
   over the per-dataset means (MedMNIST+ style).
-- *Intervals, calibration and significance* (`benchmark.metrics`, from the stored test predictions): a test set
-  is a dataset ("(random split)": an image folder cut at random, not by the default grouped split). ACC and AUC are the
-  seed mean with its 95 % percentile bootstrap interval over test images (1,000 seeded resamples, every seed
-  scored on the same resampled images). ✓ (bold): the best row is significantly better than the runner-up — a
-  one-sided paired bootstrap on the same images across seeds, Holm-corrected over the suite's test sets, p < 0.05;
-  ≈: best, but not significantly. The test conditions on the trained models (test-image noise only, not the
-  spread of retraining). MCC, QWK (ordinal sets), top-label ECE (15 bins), multi-class Brier and NLL are seed
-  means. *Italic* rows are the majority-class and class-prior predictors fitted on the training labels (records
-  that store `dataset.class_counts`), never marked.
+- *Intervals, calibration and significance*: per test set and row, ACC and AUC as in the headline, then MCC, QWK
+  (ordinal sets), top-label ECE (15 bins), multi-class Brier and NLL (seed means), baselines in italics.
+  `leaderboard.csv` carries every headline cell's interval (`ci_low`, `ci_high`), its mark (`significance`) and
+  `best` (the highest mean, untested), and the baseline rows (`kind` = baseline).
 """
 
 
@@ -86,20 +96,21 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
     if published is None:
         published = load_published()
     suites = records if isinstance(records, dict) else by_suite(records, suites_dir)
+    known_counts = training_class_counts(r for data in suites.values() for r in data.records)
     n_runs = sum(len(d.records) for d in suites.values())
     n_done = sum(int((d.frame["status"] == "completed").sum()) for d in suites.values())
     md = ["# Leaderboard", "",
           f"{n_runs} run records ({n_done} completed, {n_runs - n_done} failed) in {len(suites)} suite(s): "
-          f"{', '.join(suites)}. Test metrics, mean ± std over seeds (n = completed / expected seeds); how to read "
-          f"every table: [at the end](#how-to-read-these-tables).", "", "## Headline", ""]
-    tex = ["% Generated by benchmark.report from run records. Requires \\usepackage{booktabs}.",
+          f"{', '.join(suites)}. Headline: test metrics, seed mean [95 % bootstrap interval], ✓ = significantly best, "
+          f"≈ = best within the noise, italic = baselines; how to read every table: "
+          f"[at the end](#how-to-read-these-tables).", "", "## Headline", ""]
+    tex = ["% Generated by benchmark.report from run records. Requires \\usepackage{booktabs} and amssymb (\\checkmark).",
            "% Wide tables: wrap a tabular in \\resizebox{\\textwidth}{!}{...} (graphicx) or use table*.", ""]
     details: list[str] = []
     csv_rows: list[dict] = []
     for suite, data in suites.items():
-        tables = {metric: aggregate.headline(data.frame, metric, data.plan, published, suite)
-                  for metric in aggregate.HEADLINE_METRICS}
-        compact = render.compact_table(suite, tables)
+        tables, trusted = aggregate.suite_tables(data, published, known_counts)
+        compact = render.compact_table(suite, tables, trusted)
         md.append(render.markdown(compact))
         tex += [f"% ---- suite {suite} ----", render.latex(compact)]
         details += [f"## Suite `{suite}`", "", *_plan_note(data), "### Headline metrics", ""]
@@ -107,7 +118,7 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
             table = render.headline_table(mt)
             details.append(render.markdown(table))
             tex.append(render.latex(table))
-            csv_rows += render.headline_csv_rows(mt)
+            csv_rows += render.headline_csv_rows(mt, trusted)
         per_class = aggregate.per_class(data.per_class, data.frame, data.plan)
         seeds = aggregate.expected_seeds(data.frame, data.plan)
         sections = (
@@ -117,7 +128,7 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
              [render.incomplete_table(aggregate.incomplete_groups(data.frame, data.plan), suite, seeds, data.plan)]),
             ("Failed runs", [render.failed_table(aggregate.failed_runs(data.frame), suite)]),
             ("Per-class metrics", render.per_class_tables(per_class, suite)),
-            ("Intervals, calibration and significance", [render.trust_table(aggregate.trust(data.records), suite)]),
+            ("Intervals, calibration and significance", [render.trust_table(trusted, suite)]),
             ("Pairwise comparisons", [render.pairwise_table(aggregate.pairwise(data.frame, metric), suite, metric)
                                       for metric in aggregate.PAIRWISE_METRICS]),
         )

@@ -15,6 +15,7 @@ import pandas as pd
 
 from benchmark.report.aggregate import (
     ALL_DATASETS,
+    GROUP,
     HEADLINE_METRICS,
     METRIC_LABELS,
     MetricTable,
@@ -89,7 +90,8 @@ def md_escape(s: str) -> str:
 _TEX_MAP = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"±": r"$\pm$", "†": r"$^\dagger$", "—": "---", "·": r"$\cdot$", "≥": r"$\geq$", "<": r"$<$",
-                ">": r"$>$", "×": r"$\times$", "–": "--", "−": r"$-$", "…": r"\ldots{}"}
+                ">": r"$>$", "×": r"$\times$", "–": "--", "−": r"$-$", "…": r"\ldots{}", "✓": r"$\checkmark$",
+                "≈": r"$\approx$", "Δ": r"$\Delta$"}
 
 
 def tex_escape(s: str) -> str:
@@ -135,6 +137,14 @@ def latex(t: Table) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Table builders
 # ----------------------------------------------------------------------------------------------------------
+TRUST_MARKS = {"best": "✓", "tie": "≈"}
+
+
+def interval(mean: float, low: float, high: float) -> str:
+    """The compact form of a value and its 95 % interval: `0.831 [0.80, 0.86]`."""
+    return DASH if pd.isna(mean) else f"{fmt(mean)} [{fmt(low, 2)}, {fmt(high, 2)}]"
+
+
 def cell_display(row: pd.Series) -> tuple[str, str]:
     """(value text, note) of one cell of a headline table."""
     status = row["status"]
@@ -145,9 +155,10 @@ def cell_display(row: pd.Series) -> tuple[str, str]:
     if status in ("failed", "missing"):
         return "", f"{'failed' if status == 'failed' else 'no value'} (0/{row['n_expected']} seeds)"
     text = mean_std(row["mean"], row["std"])
+    mark = TRUST_MARKS.get(row["mark"], "")
     if status == "ok":
-        return text, f"(n={row['n']})"
-    return text, f"({row['n']}/{row['n_expected']} seeds)†"
+        return text, f"{mark} (n={row['n']})".lstrip()
+    return text, f"{mark} ({row['n']}/{row['n_expected']} seeds)†".lstrip()
 
 
 def seed_rule(plan: SuitePlan | None) -> str:
@@ -165,12 +176,12 @@ def headline_table(mt: MetricTable) -> Table:
         for dataset in mt.datasets:
             cell = mt.cell(group, dataset)
             text, note = cell_display(cell)
-            row.append(Cell(text, bold=bool(cell["best"]), note=note))
+            row.append(Cell(text, bold=cell["mark"] == "best", note=note))
         summary = mt.row(group)
-        for value, n, best, digits in ((summary["average"], summary["n_average"], summary["best_average"], 3),
-                                       (summary["avg_rank"], summary["n_rank"], summary["best_rank"], 2)):
+        for value, n, digits in ((summary["average"], summary["n_average"], 3),
+                                 (summary["avg_rank"], summary["n_rank"], 2)):
             coverage = "" if n == n_measured or pd.isna(value) else f"({n}/{n_measured} datasets)"
-            row.append(Cell(fmt(value, digits), bold=bool(best), note=coverage))
+            row.append(Cell(fmt(value, digits), note=coverage))
         rows.append(row)
     rule = {len(rows)} if not mt.published.empty else set()
     for (model, size, scheme, source), values in mt.published.groupby(["model", "size", "scheme", "source"],
@@ -183,36 +194,58 @@ def headline_table(mt: MetricTable) -> Table:
     missing = (f"'{NOT_RUN}' = no record (the suite file is unknown, so every cell counts as planned)."
                if mt.plan is None else f"'{NOT_RUN}' = planned in {mt.plan.file} but no record yet; '{DASH}' = not planned.")
     caption = (f"Mean ± sample std over completed seeds (n = seeds; {mt.n_expected} expected = {seed_rule(mt.plan)}). "
-               f"† = incomplete group, averaged over the seeds that exist. {missing} Bold = best measured value per "
-               f"column. Published rows are copied from their source, not measured here, and excluded from bold, "
-               f"Average and Avg. rank.")
+               f"† = incomplete group, averaged over the seeds that exist. {missing} {SIGNIFICANCE_CAPTION} Published "
+               f"rows are copied from their source, not measured here, and excluded from marks, Average and "
+               f"Avg. rank.")
     return Table(title=f"Suite {mt.suite}: test {METRIC_LABELS.get(mt.metric, mt.metric)}",
                  columns=["Model", "Size", "Scheme", "Source", *mt.datasets, "Average", "Avg. rank"],
                  align="lrll" + "c" * len(mt.datasets) + "cc", rows=rows, rule_before=rule, caption=caption,
                  label=f"tab:{slug(mt.suite)}-{slug(mt.metric)}")
 
 
-def compact_table(suite: str, tables: dict[str, MetricTable]) -> Table:
-    """The suite's one compact headline table: a row per measured group × dataset, a column per headline metric
-    (mean ± std), and n = completed / expected seeds."""
+SIGNIFICANCE_CAPTION = ("✓ (bold) = highest in its column and significantly better than the runner-up (one-sided "
+                        "paired bootstrap over the test images, all seeds, Holm-corrected across the suite's test "
+                        "sets, p < 0.05); ≈ = highest, but not significantly.")
+
+
+def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFrame) -> Table:
+    """The suite's one compact headline table, per test set: a row per measured group, then the majority and
+    prior baselines (italic); a column per headline metric (seed mean [95 % bootstrap interval], significance
+    mark), ECE, and n = completed / expected seeds. A cell without stored predictions shows mean ± std."""
     first = tables[HEADLINE_METRICS[0]]
-    rows = []
-    for (model, size, scheme, dataset), cell in first.cells.iterrows():
-        if not cell["recorded"]:
-            continue
-        row = [Cell(model), Cell(str(size)), Cell(scheme or DASH), Cell(dataset)]
-        for metric in HEADLINE_METRICS:
-            c = tables[metric].cell((model, size, scheme), dataset)
-            text = DASH if pd.isna(c["mean"]) else mean_std(c["mean"], c["std"])
-            row.append(Cell(text, bold=bool(c["best"])))
-        flag = "" if cell["n"] >= cell["n_expected"] else "†"
-        row.append(Cell(f"{cell['n']}/{cell['n_expected']}{flag}"))
-        rows.append(row)
-    return Table(title=f"Suite {suite}", columns=["Model", "Size", "Scheme", "Dataset",
-                                                  *(METRIC_LABELS[m] for m in HEADLINE_METRICS), "n"],
-                 align="lrll" + "r" * len(HEADLINE_METRICS) + "r", rows=rows, label=f"tab:{slug(suite)}-headline",
-                 caption="Test metrics, mean ± sample std over completed seeds; n = completed / expected seeds "
-                         "(† = incomplete); bold = best per dataset.")
+    recorded = first.cells[first.cells["recorded"]].reset_index(drop=True).sort_values(["dataset", *GROUP])
+    by_key = trusted.set_index(["test_set", *GROUP]) if not trusted.empty else None
+    rows, rule = [], set()
+    for dataset, cells in recorded.groupby("dataset", sort=True):
+        if rows:
+            rule.add(len(rows))
+        for (model, size, scheme), cell in zip(cells[GROUP].itertuples(index=False, name=None), cells.itertuples()):
+            row = [Cell(dataset), Cell(model), Cell(str(size)), Cell(scheme or DASH)]
+            for metric in HEADLINE_METRICS:
+                c = tables[metric].cell((model, size, scheme), dataset)
+                text = interval(c["mean"], c["low"], c["high"]) if pd.notna(c["low"]) else (
+                    DASH if pd.isna(c["mean"]) else mean_std(c["mean"], c["std"]))
+                row.append(Cell(text, bold=c["mark"] == "best", note=TRUST_MARKS.get(c["mark"], "")))
+            key = (dataset, model, size, scheme)
+            ece = by_key.loc[key, "ece"] if by_key is not None and key in by_key.index else None
+            flag = "" if cell.n >= cell.n_expected else "†"
+            rows.append(row + [Cell(fmt(ece)), Cell(f"{cell.n}/{cell.n_expected}{flag}")])
+        baselines = trusted[trusted["baseline"] & (trusted["test_set"] == dataset)] if not trusted.empty else trusted
+        for b in baselines.itertuples(index=False):
+            rows.append([Cell(dataset), Cell(b.model, italic=True), Cell(str(b.size)), Cell("baseline", italic=True),
+                         *(Cell(interval(getattr(b, m), getattr(b, f"{m}_low"), getattr(b, f"{m}_high")), italic=True)
+                           for m in HEADLINE_METRICS),
+                         Cell(fmt(b.ece), italic=True), Cell(DASH)])
+    return Table(title=f"Suite {suite}", columns=["Test set", "Model", "Size", "Scheme",
+                                                  *(f"{METRIC_LABELS[m]} [95 % CI]" for m in HEADLINE_METRICS),
+                                                  "ECE", "n"],
+                 align="llrl" + "r" * len(HEADLINE_METRICS) + "rr", rows=rows, rule_before=rule,
+                 label=f"tab:{slug(suite)}-headline",
+                 caption="Test metrics: mean over completed seeds [95 % percentile bootstrap interval of that mean "
+                         "over the test images]; cells without stored predictions: mean ± sample std. "
+                         f"{SIGNIFICANCE_CAPTION} ECE: top-label, 15 bins. n = completed / expected seeds († = "
+                         "incomplete). Italic: majority-class and class-prior predictors fitted on the training "
+                         "labels, never marked.")
 
 
 def per_class_tables(summary: pd.DataFrame, suite: str) -> list[Table]:
@@ -319,10 +352,12 @@ def published_gap_table(gap: pd.DataFrame, suite: str) -> Table | None:
 # CSV
 # ----------------------------------------------------------------------------------------------------------
 CSV_FIELDS = ["suite", "table", "metric", "kind", "model", "size", "scheme", "source", "dataset", "class", "mean",
-              "std", "n_seeds", "n_expected", "status", "best", "rank"]
+              "std", "ci_low", "ci_high", "n_seeds", "n_expected", "status", "best", "significance", "rank"]
 
 
-def headline_csv_rows(mt: MetricTable) -> list[dict]:
+def headline_csv_rows(mt: MetricTable, trusted: pd.DataFrame) -> list[dict]:
+    """The metric's measured cells (mean, std, 95 % interval, `best` = highest mean, `significance` = best / tie
+    mark), row summaries, baselines (kind "baseline") and published rows."""
     out = []
     n_measured = len(mt.measured_datasets)
     for group in mt.groups:
@@ -332,13 +367,20 @@ def headline_csv_rows(mt: MetricTable) -> list[dict]:
         for dataset in mt.datasets:
             c = mt.cell(group, dataset)
             out.append({**base, "dataset": dataset, "mean": fmt_csv(c["mean"]), "std": fmt_csv(c["std"]),
-                        "n_seeds": c["n"], "n_expected": mt.n_expected, "status": c["status"],
-                        "best": int(c["best"]), "rank": fmt_csv(c["rank"], 2)})
+                        "ci_low": fmt_csv(c["low"]), "ci_high": fmt_csv(c["high"]), "n_seeds": c["n"],
+                        "n_expected": mt.n_expected, "status": c["status"], "best": int(c["best"]),
+                        "significance": c["mark"], "rank": fmt_csv(c["rank"], 2)})
         summary = mt.row(group)
         for name, value, n in (("AVERAGE", summary["average"], summary["n_average"]),
                                ("AVG_RANK", summary["avg_rank"], summary["n_rank"])):
             out.append({**base, "dataset": name, "mean": fmt_csv(value), "n_seeds": n, "n_expected": n_measured,
                         "status": "ok" if n == n_measured else "incomplete"})
+    baselines = trusted[trusted["baseline"]] if not trusted.empty else trusted
+    for r in baselines.itertuples(index=False):
+        out.append(dict(suite=mt.suite, table="headline", metric=mt.metric, kind="baseline", model=r.model,
+                        size=r.size, scheme=r.scheme, source="baseline", dataset=r.test_set,
+                        mean=fmt_csv(getattr(r, mt.metric)), ci_low=fmt_csv(getattr(r, f"{mt.metric}_low")),
+                        ci_high=fmt_csv(getattr(r, f"{mt.metric}_high")), status="baseline"))
     for r in mt.published.itertuples(index=False):
         out.append(dict(suite=mt.suite, table="headline", metric=mt.metric, kind="published", model=r.model,
                         size=r.size, scheme=r.scheme, source=r.source, dataset=r.dataset, mean=fmt_csv(r.value),
@@ -363,15 +405,6 @@ def csv_text(rows: list[dict]) -> str:
     return pd.DataFrame(cleaned, columns=CSV_FIELDS).to_csv(index=False, lineterminator="\n")
 
 
-def _interval(row: pd.Series, metric: str) -> str:
-    if pd.isna(row.get(metric)):
-        return DASH
-    return f"{fmt(row[metric])} [{fmt(row[f'{metric}_low'], 2)}, {fmt(row[f'{metric}_high'], 2)}]"
-
-
-TRUST_MARKS = {"best": "✓", "tie": "≈"}
-
-
 def trust_table(trust: pd.DataFrame, suite: str) -> Table | None:
     """Per test set and model: ACC and AUC with their 95 % bootstrap interval over test images (of the seed mean)
     and the significance mark of the best cell, MCC, QWK (ordinal sets), calibration; baselines in italics."""
@@ -385,7 +418,8 @@ def trust_table(trust: pd.DataFrame, suite: str) -> Table | None:
                  Cell(row["scheme"] or DASH), Cell(DASH if baseline else str(row["n"]))]
         for metric in ("acc", "auc"):
             mark = row.get(f"{metric}_mark") or ""
-            cells.append(Cell(_interval(row, metric), bold=mark == "best", italic=baseline,
+            cells.append(Cell(interval(row[metric], row[f"{metric}_low"], row[f"{metric}_high"]),
+                              bold=mark == "best", italic=baseline,
                               note=TRUST_MARKS.get(mark, "")))
         for metric in ("mcc", *(("qwk",) if has_qwk else ()), "ece", "brier", "nll"):
             cells.append(Cell(DASH if pd.isna(row.get(metric)) else fmt(row[metric]), italic=baseline))

@@ -30,7 +30,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from benchmark.errors import UserError
-from benchmark.records import FRAME_COLUMNS, Record, atomic_write_bytes
+from benchmark.records import FRAME_COLUMNS, Record, atomic_write_bytes, training_class_counts
 from benchmark.report import aggregate, render
 from benchmark.report.load import SuiteData, load_published, load_suites
 
@@ -198,6 +198,7 @@ class SiteBuilder:
                                keep_trailing_newline=True)
         self.pages: dict[str, str] = {}
         self.n_records = sum(len(d.records) for d in suites.values())
+        self.known_counts = training_class_counts(r for d in suites.values() for r in d.records)
 
     # figures -------------------------------------------------------------------------------------------
     def suite_figures(self, data: SuiteData) -> list[tuple]:
@@ -228,9 +229,8 @@ class SiteBuilder:
         compare = []
         for suite, data in self.suites.items():
             figures = self.suite_figures(data)
-            tables = {m: aggregate.headline(data.frame, m, data.plan, self.published, suite)
-                      for m in aggregate.HEADLINE_METRICS}
-            overview.append(self.overview_section(suite, data, tables, figures))
+            tables, trusted = aggregate.suite_tables(data, self.published, self.known_counts)
+            overview.append(self.overview_section(suite, data, tables, trusted, figures))
             compare.append(self.compare_section(suite, data))
             for group, dataset in sorted(set(zip(map(tuple, data.frame[aggregate.GROUP].itertuples(index=False,
                                                                                                    name=None)),
@@ -247,7 +247,8 @@ class SiteBuilder:
                     sections=compare)
         return dict(sorted(self.pages.items()))
 
-    def overview_section(self, suite: str, data: SuiteData, tables: dict, figures: list) -> dict:
+    def overview_section(self, suite: str, data: SuiteData, tables: dict, trusted: pd.DataFrame,
+                         figures: list) -> dict:
         page = "index.html"
         metrics = [headline_html(mt, lambda g, d: link(page, cell_page(suite, g, d))) for mt in tables.values()]
         first = tables[aggregate.HEADLINE_METRICS[0]]
@@ -271,7 +272,8 @@ class SiteBuilder:
             extra_tables.append(html)
         suite_figs = [Figure(job.label, self.figure_src(page, path)) for job, path in figures if job.run_id is None]
         n_done = int((data.frame["status"] == "completed").sum())
-        return {"suite": suite, "id": render.slug(suite), "metrics": metrics, "filters": filters,
+        headline = html_table(render.compact_table(suite, tables, trusted), id=f"{render.slug(suite)}-headline")
+        return {"suite": suite, "id": render.slug(suite), "headline": headline, "metrics": metrics, "filters": filters,
                 "labels": {m: _label(m) for m in tables}, "extra": extra_tables, "figures": suite_figs,
                 "plan": data.plan.file if data.plan else "", "n_runs": len(data.records), "n_done": n_done,
                 "seeds": ", ".join(map(str, seeds))}
