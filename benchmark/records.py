@@ -371,7 +371,7 @@ def load_records(paths: Path | str | Iterable[Path | str], suite: str | None = N
                  one_per_seed: bool = True) -> list[Record]:
     """Every valid record under `paths` (see `record_files`), de-duplicated, sorted by (suite, run_id).
 
-    * A file that does not parse or is not a record is skipped with a `UserWarning`; a record without a
+    * A file that does not parse or is not a record is skipped with a logged warning; a record without a
       `suite` gets its folder's name.
     * Records that share a `config_hash` within a suite (reruns of one config) collapse to one: a completed
       record beats a failed one, then the newest `created_at`, then the file name.

@@ -219,6 +219,25 @@ def test_export_matches_pytorch(results, tmp_path, model, fmt):
     assert "not a medical device" in card and "## Limitations" in card and "## Training recipe" in card
 
 
+def test_card_summary_is_the_leaderboard_cell_of_the_runs_seeds():
+    from record_factory import make_record
+
+    from benchmark.use.card import seed_summary
+
+    seeds = [make_record(seed=s) for s in (0, 1, 2)]
+    seeds[1]["test"]["auc"] = None  # a seed without that value: left out of the auc cell only
+    summary = seed_summary(seeds, seeds[0]["run_id"])
+    acc = [r["test"]["acc"] for r in seeds]
+    assert summary["acc"]["n_seeds"] == 3 and len(set(acc)) > 1
+    assert summary["acc"]["mean"] == pytest.approx(np.mean(acc), rel=1e-12, abs=0)
+    assert summary["acc"]["std"] == pytest.approx(np.std(acc, ddof=1), rel=1e-12, abs=0)
+    auc = [seeds[0]["test"]["auc"], seeds[2]["test"]["auc"]]
+    assert summary["auc"] == {"mean": pytest.approx(np.mean(auc), rel=1e-12, abs=0),
+                              "std": pytest.approx(np.std(auc, ddof=1), rel=1e-12, abs=0), "n_seeds": 2}
+    one = seed_summary(seeds[:1], seeds[0]["run_id"])["f1_macro"]
+    assert one == {"mean": seeds[0]["test"]["f1_macro"], "std": None, "n_seeds": 1}  # no std from one seed
+
+
 def test_an_export_that_differs_from_pytorch_fails_loudly(results, tmp_path, monkeypatch):
     from benchmark.use import export
 

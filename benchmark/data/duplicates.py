@@ -1,7 +1,7 @@
 """Near-duplicate images in any dataset: a perceptual hash proposes pairs, pixel correlation confirms them.
 
 How two images are compared:
-1. Both are converted to grayscale (ITU-R 601 luma) and resized with PIL's bilinear filter to
+1. Both are converted to grayscale (ITU-R 601 luma) once, and that is resized with PIL's bilinear filter to
    `COMPARE_SIZE` × `COMPARE_SIZE` (64 px) and to 32 × 32 for the hash.
 2. **Candidates**: a DCT perceptual hash (pHash: the 8 × 8 lowest frequencies of the 32-px image's 2-D DCT,
    one bit per coefficient, set when it is above their median). Pairs whose hashes differ in at most
@@ -58,10 +58,15 @@ def _grayscale(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image).convert("L")
 
 
-def resized(images, size: int) -> np.ndarray:
-    """Grayscale float32 copies of `images` (a sequence of uint8 arrays), each resized to size × size."""
-    return np.stack([np.asarray(_grayscale(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-                     for image in images])
+def resized(images, *sizes: int) -> tuple[np.ndarray, ...]:
+    """Grayscale float32 copies of `images` (a sequence of uint8 arrays) at each of `sizes` (size × size): one
+    (N, size, size) array per size, every image converted to grayscale once and resized from that."""
+    out: list[list[np.ndarray]] = [[] for _ in sizes]
+    for image in images:
+        gray = _grayscale(image)
+        for stack, size in zip(out, sizes):
+            stack.append(np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32))
+    return tuple(np.stack(stack) for stack in out)
 
 
 def perceptual_hashes(images32: np.ndarray) -> np.ndarray:
@@ -126,8 +131,9 @@ def find_near_duplicates(images, *, threshold: float = NEAR_DUPLICATE, compare_s
     """Near-duplicate pairs among `images` (a sequence of uint8 (H, W[, C]) arrays of any sizes)."""
     if not 0 < threshold <= 1:
         raise UserError(f"duplicate threshold must be in (0, 1] (got {threshold}); e.g. {NEAR_DUPLICATE}")
-    hashes = perceptual_hashes(resized(images, HASH_SIZE))
-    rows, cols, corr = similar_pairs(hashes, resized(images, compare_size), threshold, max_hash_distance)
+    for_hash, for_compare = resized(images, HASH_SIZE, compare_size)
+    hashes = perceptual_hashes(for_hash)
+    rows, cols, corr = similar_pairs(hashes, for_compare, threshold, max_hash_distance)
     logger.info("%d images: %d pairs at correlation >= %.2f", len(hashes), len(rows), threshold)
     return DuplicatePairs(len(hashes), rows, cols, corr, threshold)
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import math
 import re
 import textwrap
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -53,6 +55,8 @@ from benchmark.report.aggregate import (
     headline,
 )
 from benchmark.report.load import SuiteData, SuitePlan, load_suites
+
+logger = logging.getLogger(__name__)
 
 SINGLE = 3.5  # in, one paper column
 DOUBLE = 7.0  # in, two columns
@@ -442,8 +446,10 @@ def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: SuitePl
                 continue
             data[i, j] = c["mean"]
             annot[i, j] = f"{c['mean']:.3f}" + ("" if c["status"] == "ok" else f"\n{c['n']}/{c['n_expected']}†")
+    rot = 0 if len(ds) <= 3 and max(len(d) for d in ds) <= 14 else 30
     w = min(DOUBLE, max(SINGLE, 1.7 + 0.75 * len(ds)))
-    fig = _new_figure(w, 1.0 + 0.36 * len(groups))
+    # rotated dataset names hang below the axes (~0.05 in per character at 6.5 pt, times sin 30°)
+    fig = _new_figure(w, 1.0 + 0.36 * len(groups) + (0.025 * max(len(d) for d in ds) if rot else 0.0))
     ax = fig.subplots()
     finite = data[np.isfinite(data)]
     lo, hi = float(finite.min()), float(finite.max())
@@ -455,7 +461,6 @@ def plot_heatmap(records: Sequence[dict], metric: str, suite: str, plan: SuitePl
         if np.isfinite(col).any():
             for i in np.flatnonzero(np.isclose(col, np.nanmax(col), rtol=1e-12, atol=1e-15)):
                 ax.add_patch(Rectangle((j + 0.04, i + 0.04), 0.92, 0.92, fill=False, lw=1.4, ec="black"))
-    rot = 0 if len(ds) <= 3 and max(len(d) for d in ds) <= 14 else 30
     ax.set_xticks(np.arange(len(ds)) + 0.5, ds, rotation=rot, ha="right" if rot else "center",
                   rotation_mode="anchor")
     ax.set_yticks(np.arange(len(groups)) + 0.5, [_group_tick(g) for g in groups], rotation=0, va="center")
@@ -652,7 +657,7 @@ def sample_sets(records: Sequence[dict]) -> dict[tuple[str, int], tuple[list[str
                     bad += 1
             imgs.append(row)
         if bad:
-            warnings.warn(f"{rec['run_id']}: skipped {bad} undecodable sample image(s)", UserWarning, stacklevel=2)
+            logger.warning(f"{rec['run_id']}: skipped {bad} undecodable sample image(s)")
         if not any(imgs):
             continue
         names = [str(n) for n in (s.get("class_names") or rec["dataset"].get("class_names") or [])]
@@ -826,8 +831,7 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
         kinds = ["curves"] if rec.get("history") else []
         if rec["status"] == "completed":
             if not has_predictions:
-                warnings.warn(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped",
-                              UserWarning, stacklevel=2)
+                logger.warning(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped")
             else:
                 kinds = ["confusion", "roc", "confidence", "reliability", *kinds]
                 if isinstance(rec.get("samples"), dict):
@@ -836,6 +840,22 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
             jobs.append(FigureJob(f"runs/{_safe(f'{rid}_{kind}')}", f"{rid} {kind}", kind,
                                   partial(RUN_FIGURES[kind], rec), rid))
     return jobs
+
+
+@contextmanager
+def _warnings_logged(figure: str) -> Iterator[None]:
+    """Library warnings raised while one figure is drawn and saved (matplotlib's `UserWarning`s, e.g. a layout
+    that did not fit the canvas) as log warnings naming the figure, each once; deprecations stay warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    logged = set()
+    for warning in caught:
+        if not issubclass(warning.category, UserWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in logged:
+            logged.add(str(warning.message))
+            logger.warning(f"figure {figure}: {warning.message}")
 
 
 def suite_figures(data: SuiteData, folder: Path | str, formats: Sequence[str] = ("png", "pdf"), dpi: int = 200,
@@ -851,11 +871,11 @@ def suite_figures(data: SuiteData, folder: Path | str, formats: Sequence[str] = 
     for job in figure_jobs(data):
         base = folder / job.stem
         if not any(base.with_name(f"{base.name}.{f}").is_file() for f in reuse):
-            with mpl.rc_context(_RC):
+            with mpl.rc_context(_RC), _warnings_logged(base.name):
                 try:
                     fig = job.draw()
                 except (ValueError, KeyError, TypeError, IndexError) as exc:
-                    warnings.warn(f"skipping figure {base.name}: {exc}", UserWarning, stacklevel=2)
+                    logger.warning(f"skipping figure {base.name}: {exc}")
                     continue
                 if fig is None:
                     continue

@@ -6,7 +6,7 @@ Records only, never torch, data or models: `benchmark.records` loads them, `benc
 from __future__ import annotations
 
 import csv
-import warnings
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,8 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.records import Record, load_records, per_class_frame, records_frame
 from benchmark.suites import read_suite, suite_file
+
+logger = logging.getLogger(__name__)
 
 PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "published.csv"
 PUBLISHED_COLUMNS = ["model", "dataset", "size", "scheme", "metric", "value", "source", "reference"]
@@ -47,7 +49,7 @@ class SuitePlan:
 
 def load_plan(suite: str, suites_dir: Path | str | None = None) -> SuitePlan | None:
     """The planned grid of `suite` from `<suite>.yaml` in `suites_dir` (None: ./suites/, then the shipped suites);
-    None when there is no usable file (an unusable one gets a `UserWarning`: the tables fall back to the records)."""
+    None when there is no usable file (an unusable one is logged as a warning: the tables fall back to the records)."""
     path = suite_file(suite, suites_dir)
     if path is None:
         return None
@@ -56,8 +58,8 @@ def load_plan(suite: str, suites_dir: Path | str | None = None) -> SuitePlan | N
         if not (parsed.models and parsed.datasets and parsed.seeds):
             raise UserError("it plans no runs")
     except UserError as err:
-        warnings.warn(f"ignoring suite file {path}: {err}; the leaderboard of suite {suite!r} falls back to the "
-                      f"records alone", UserWarning, stacklevel=2)
+        logger.warning(f"ignoring suite file {path}: {err}; the leaderboard of suite {suite!r} falls back to the "
+                       f"records alone")
         return None
     return SuitePlan(path.name, parsed.model_names, parsed.dataset_sizes, tuple(sorted(set(parsed.seeds))),
                      parsed.published_as)

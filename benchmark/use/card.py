@@ -1,18 +1,20 @@
 """The model card of a run: a dict (served as JSON by `serve`) and its Hugging Face README.md rendering.
 
 Everything comes from the run's record and the records of the same configuration with other seeds beside it
-(test metrics per seed, mean and sample std); nothing is measured here.
+(test metrics per seed; their mean and sample std computed as the leaderboard computes a cell,
+`benchmark.report.aggregate.cell_stats`); nothing is measured here.
 """
 
 from __future__ import annotations
 
-import statistics
+import math
 from pathlib import Path
 
 import yaml
 
 from benchmark.metrics import HEADLINE_METRICS
-from benchmark.records import load_records
+from benchmark.records import load_records, records_frame
+from benchmark.report.aggregate import CELL, cell_stats
 from benchmark.use.loaded import LoadedRun
 
 INTENDED_USE = ("Research on medical image classification: benchmarking, reproducing published results, "
@@ -36,6 +38,23 @@ def _same_config_other_seeds(loaded: LoadedRun) -> list[dict]:
     found = [r for r in load_records(loaded.record_path.parent)
              if r["status"] == "completed" and without_seed(r) == own]
     return sorted(found, key=lambda r: r["seed"])
+
+
+def seed_summary(records: list[dict], run_id: str) -> dict[str, dict]:
+    """Per headline metric, the mean, sample std and number of seeds with a finite value over `records` (the
+    run's configuration, one record per seed) as `cell_stats` gives them for the cell of the run `run_id`; None
+    where there is no value (std: fewer than two)."""
+    frame = records_frame(records)
+    cell = tuple(frame.loc[frame["run_id"] == run_id, CELL].iloc[0])
+
+    def number(value) -> float | None:
+        return None if value is None or not math.isfinite(value) else float(value)
+
+    summary = {}
+    for metric in HEADLINE_METRICS:
+        stats = cell_stats(frame, metric).set_index(CELL).loc[cell]
+        summary[metric] = {"mean": number(stats["mean"]), "std": number(stats["std"]), "n_seeds": int(stats["n"])}
+    return summary
 
 
 def preprocessing(loaded: LoadedRun) -> dict:
@@ -69,11 +88,7 @@ def model_card(loaded: LoadedRun) -> dict:
     seeds = _same_config_other_seeds(loaded)
     per_seed = [{"seed": r["seed"], "run_id": r["run_id"],
                  **{m: r["test"].get(m) for m in HEADLINE_METRICS}} for r in seeds]
-    summary = {}
-    for metric in HEADLINE_METRICS:
-        values = [row[metric] for row in per_seed if row[metric] is not None]
-        summary[metric] = {"mean": statistics.fmean(values) if values else None,
-                           "std": statistics.stdev(values) if len(values) > 1 else None, "n_seeds": len(values)}
+    summary = seed_summary(seeds, record["run_id"])
     dataset = dict(record["dataset"])
     dataset["source"] = Path(str(dataset.get("source", ""))).name  # a file name, not this machine's path
     return {
