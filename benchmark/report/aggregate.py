@@ -12,6 +12,7 @@ the suite file's (`SuitePlan.seeds`), else the distinct seeds among the suite's 
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from benchmark.errors import UserError
 from benchmark.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    HEADLINE_METRICS,
     baseline_probs,
     holm,
     mean_interval,
@@ -35,7 +37,8 @@ from benchmark.metrics import (
 from benchmark.records import data_identity, test_set
 from benchmark.report.load import PUBLISHED_COLUMNS, SuiteData, SuitePlan
 
-HEADLINE_METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro", "balanced_acc")
+logger = logging.getLogger(__name__)
+
 METRIC_LABELS: dict[str, str] = {"acc": "ACC", "auc": "AUC", "f1_macro": "Macro F1", "balanced_acc": "Balanced ACC"}
 #: metrics that get a pairwise-comparison table
 PAIRWISE_METRICS: tuple[str, ...] = ("acc", "auc")
@@ -390,8 +393,7 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
                                       "probs": [], "counts": None})
         labels = np.asarray(predictions["labels"], dtype=np.int64)
         if cell["labels"] is not None and not np.array_equal(cell["labels"], labels):
-            warnings.warn(f"{record['run_id']}: test labels differ from the other seeds' of {key}; left out",
-                          UserWarning, stacklevel=2)
+            logger.warning("%s: test labels differ from the other seeds' of %s; left out", record["run_id"], key)
             continue
         cell["labels"] = labels
         cell["probs"].append(np.asarray(predictions["probs"], dtype=np.float64))
