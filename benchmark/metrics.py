@@ -227,13 +227,18 @@ def paired_bootstrap_pvalue(labels: np.ndarray, probs_a: list, probs_b: list, ta
     the difference of the seed means. p = (1 + #resamples with difference <= 0) / (1 + n_resamples).
     For a loss-like metric (ece, brier, nll) lower is better and the sign is flipped."""
     counts = resample_counts(len(labels), n_resamples, seed)
-    sign = -1.0 if metric in CALIBRATION_METRICS else 1.0
 
     def seed_mean(runs: list) -> np.ndarray:
         return np.mean([weighted_metrics(labels, probs, task, counts)[metric] for probs in runs], axis=0)
 
-    difference = sign * (seed_mean(probs_a) - seed_mean(probs_b))
-    return float((1 + np.sum(~(difference > 0))) / (1 + n_resamples))
+    return paired_pvalue_from_draws(seed_mean(probs_a), seed_mean(probs_b), metric)
+
+
+def paired_pvalue_from_draws(draws_a: np.ndarray, draws_b: np.ndarray, metric: str) -> float:
+    """`paired_bootstrap_pvalue` from the two models' seed-mean `metric` on the same resamples (one value each)."""
+    sign = -1.0 if metric in CALIBRATION_METRICS else 1.0
+    difference = sign * (np.asarray(draws_a) - np.asarray(draws_b))
+    return float((1 + np.sum(~(difference > 0))) / (1 + len(difference)))
 
 
 def holm(pvalues) -> np.ndarray:

@@ -30,7 +30,7 @@ from benchmark.metrics import (
     baseline_probs,
     holm,
     mean_interval,
-    paired_bootstrap_pvalue,
+    paired_pvalue_from_draws,
     resample_counts,
     weighted_metrics,
 )
@@ -416,12 +416,14 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
         draws = [weighted_metrics(cell["labels"], p, cell["task"], counts) for p in cell["probs"]]
         row = {"test_set": tested_on, "model": model, "size": size, "scheme": scheme, "n": len(cell["probs"]),
                "n_test": len(cell["labels"]), "baseline": scheme == "baseline"}
+        cell["draws"] = {}  # per metric, the seed mean on each resample: the intervals and the paired tests
         for metric in TRUST_METRICS:
             if metric not in point[0]:
                 continue
             per_seed = [float(p[metric][0]) for p in point]
             mean, t_low, t_high = mean_interval(per_seed)
-            low, high = np.nanpercentile(np.mean([d[metric] for d in draws], axis=0), [2.5, 97.5])
+            cell["draws"][metric] = np.mean([d[metric] for d in draws], axis=0)
+            low, high = np.nanpercentile(cell["draws"][metric], [2.5, 97.5])
             row.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high, f"{metric}_t_low": t_low,
                         f"{metric}_t_high": t_high})
         rows.append(row)
@@ -442,8 +444,8 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
                 row = frame.loc[index]
                 return cells[(row["test_set"], row["model"], row["size"], row["scheme"])]
 
-            a, b = runs(best), runs(runner_up)
-            tests.append((best, paired_bootstrap_pvalue(a["labels"], a["probs"], b["probs"], a["task"], metric)))
+            tests.append((best, paired_pvalue_from_draws(runs(best)["draws"][metric], runs(runner_up)["draws"][metric],
+                                                         metric)))
         if tests:
             for (index, _), adjusted in zip(tests, holm([p for _, p in tests])):
                 frame.loc[index, f"{metric}_p"] = adjusted
