@@ -188,7 +188,7 @@ def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
 def _intervals(trusted: pd.DataFrame | None, metric: str) -> pd.DataFrame:
     """low / high / mark of `metric` per cell from a `trust` frame (empty without one)."""
     columns = [f"{metric}_low", f"{metric}_high", f"{metric}_mark"]
-    if trusted is None or trusted.empty or columns[0] not in trusted:
+    if trusted is None or columns[0] not in trusted:
         return pd.DataFrame(columns=[*CELL, "low", "high", "mark"])
     measured = trusted[~trusted["baseline"]].rename(columns={"test_set": "dataset"})
     out = measured[[*CELL, *columns]].rename(columns=dict(zip(columns, ["low", "high", "mark"])))
@@ -427,9 +427,9 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
             row.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high, f"{metric}_t_low": t_low,
                         f"{metric}_t_high": t_high})
         rows.append(row)
+    if not rows:  # no predictions: an empty frame that still has the columns every reader selects on
+        return pd.DataFrame(columns=["test_set", *GROUP, "n", "n_test", "baseline"]).astype({"baseline": bool})
     frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
 
     for metric in SIGNIFICANCE_METRICS:
         frame[f"{metric}_mark"], frame[f"{metric}_p"] = "", np.nan

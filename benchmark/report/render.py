@@ -214,7 +214,7 @@ def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFr
     mark), ECE, and n = completed / expected seeds. A cell without stored predictions shows mean ± std."""
     first = tables[HEADLINE_METRICS[0]]
     recorded = first.cells[first.cells["recorded"]].reset_index(drop=True).sort_values(["dataset", *GROUP])
-    by_key = trusted.set_index(["test_set", *GROUP]) if not trusted.empty else None
+    by_key = trusted.set_index(["test_set", *GROUP])
     rows, rule = [], set()
     for dataset, cells in recorded.groupby("dataset", sort=True):
         if rows:
@@ -227,10 +227,10 @@ def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFr
                     DASH if pd.isna(c["mean"]) else mean_std(c["mean"], c["std"]))
                 row.append(Cell(text, bold=c["mark"] == "best", note=TRUST_MARKS.get(c["mark"], "")))
             key = (dataset, model, size, scheme)
-            ece = by_key.loc[key, "ece"] if by_key is not None and key in by_key.index else None
+            ece = by_key.loc[key, "ece"] if key in by_key.index else None
             flag = "" if cell.n >= cell.n_expected else "†"
             rows.append(row + [Cell(fmt(ece)), Cell(f"{cell.n}/{cell.n_expected}{flag}")])
-        baselines = trusted[trusted["baseline"] & (trusted["test_set"] == dataset)] if not trusted.empty else trusted
+        baselines = trusted[trusted["baseline"] & (trusted["test_set"] == dataset)]
         for b in baselines.itertuples(index=False):
             rows.append([Cell(dataset), Cell(b.model, italic=True), Cell(str(b.size)), Cell("baseline", italic=True),
                          *(Cell(interval(getattr(b, m), getattr(b, f"{m}_low"), getattr(b, f"{m}_high")), italic=True)
@@ -375,8 +375,7 @@ def headline_csv_rows(mt: MetricTable, trusted: pd.DataFrame) -> list[dict]:
                                ("AVG_RANK", summary["avg_rank"], summary["n_rank"])):
             out.append({**base, "dataset": name, "mean": fmt_csv(value), "n_seeds": n, "n_expected": n_measured,
                         "status": "ok" if n == n_measured else "incomplete"})
-    baselines = trusted[trusted["baseline"]] if not trusted.empty else trusted
-    for r in baselines.itertuples(index=False):
+    for r in trusted[trusted["baseline"]].itertuples(index=False):
         out.append(dict(suite=mt.suite, table="headline", metric=mt.metric, kind="baseline", model=r.model,
                         size=r.size, scheme=r.scheme, source="baseline", dataset=r.test_set,
                         mean=fmt_csv(getattr(r, mt.metric)), ci_low=fmt_csv(getattr(r, f"{mt.metric}_low")),
