@@ -205,7 +205,7 @@ class SiteBuilder:
         """(job, web file) of each figure of the suite; missing ones are drawn by `benchmark figures`' code."""
         from benchmark.report import figures
 
-        folder = self.figures / figures._safe(data.suite)  # where `benchmark figures` puts the suite's figures
+        folder = self.figures / figures.safe_stem(data.suite)  # where `benchmark figures` puts the suite's figures
         out = []
         for job, paths in figures.suite_figures(data, folder, ("png",), self.dpi, reuse=WEB_FORMATS):
             web = [p for p in paths if p.suffix[1:] in WEB_FORMATS]

@@ -1,0 +1,159 @@
+"""The list of figure jobs of a suite, and the entry points that draw them into files."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.figure import Figure
+
+from benchmark.errors import UserError
+from benchmark.records import atomic_write_bytes
+from benchmark.report.aggregate import HEADLINE_METRICS
+from benchmark.report.figures.calibration import plot_reliability, plot_reliability_suite
+from benchmark.report.figures.comparison import plot_avg_rank, plot_heatmap, plot_per_class_recall, plot_resolution
+from benchmark.report.figures.runs import plot_confidence, plot_confusion, plot_curves, plot_roc
+from benchmark.report.figures.samples import plot_predictions, plot_samples, sample_sets, sample_size
+from benchmark.report.figures.style import FORMATS, RC, safe_stem, save_figure
+from benchmark.report.load import SuiteData, load_suites
+
+logger = logging.getLogger(__name__)
+
+RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence,
+               "reliability": plot_reliability, "curves": plot_curves, "predictions": plot_predictions}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------------
+def _check_args(formats: Sequence[str], dpi: int) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = ("png", "pdf") if formats == "both" else (formats,)
+    fmts = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats))
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise UserError(f"unsupported figure format(s) {bad or list(formats)}; use png, pdf or both")
+    if not isinstance(dpi, (int, np.integer)) or isinstance(dpi, bool) or not 20 <= int(dpi) <= 1200:
+        raise UserError(f"--dpi must be an integer between 20 and 1200, got {dpi!r}")
+    return fmts
+
+
+@dataclass(frozen=True)
+class FigureJob:
+    """One figure of a suite: `stem` is its file name without extension, relative to the suite's folder
+    (`runs/<run_id>_<kind>` for a per-run figure); `draw()` returns the figure, or None when there is nothing to
+    draw."""
+
+    stem: str
+    label: str
+    kind: str
+    draw: Callable[[], Figure | None]
+    run_id: str | None = None
+
+
+def figure_jobs(data: SuiteData) -> list[FigureJob]:
+    """Every figure of one suite, per-suite figures first, then per run (sorted by run id)."""
+    recs, plan, suite_name = data.records, data.plan, data.suite
+    jobs = [FigureJob(f"heatmap_{m}", f"heatmap {m}", f"heatmap_{m}", partial(plot_heatmap, recs, m, suite_name, plan))
+            for m in HEADLINE_METRICS]
+    for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
+        jobs.append(FigureJob(f"per_class_recall_{safe_stem(ds)}", f"per-class recall {ds}", "per_class_recall",
+                              partial(plot_per_class_recall, recs, ds, suite_name, plan)))
+    jobs.append(FigureJob("resolution_acc", "ACC vs resolution", "resolution_acc",
+                          partial(plot_resolution, recs, suite_name, "acc", plan)))
+    jobs.append(FigureJob("avg_rank", "average rank", "avg_rank", partial(plot_avg_rank, recs, suite_name, plan)))
+    jobs.append(FigureJob("reliability", "reliability", "reliability", partial(plot_reliability_suite, recs, suite_name)))
+    for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
+        jobs.append(FigureJob(safe_stem(f"samples_{ds}-{size}"), f"samples {ds} {size}px", "samples",
+                              partial(plot_samples, ds, sample_size(recs, ds, size), names, imgs, suite_name)))
+    for rec in recs:
+        rid = str(rec["run_id"])
+        has_predictions = isinstance(rec.get("test_predictions"), dict)
+        kinds = ["curves"] if rec.get("history") else []
+        if rec["status"] == "completed":
+            if not has_predictions:
+                logger.warning(f"{rid}: no test_predictions in the record; confusion/ROC/confidence figures skipped")
+            else:
+                kinds = ["confusion", "roc", "confidence", "reliability", *kinds]
+                if isinstance(rec.get("samples"), dict):
+                    kinds.append("predictions")
+        for kind in kinds:
+            jobs.append(FigureJob(f"runs/{safe_stem(f'{rid}_{kind}')}", f"{rid} {kind}", kind,
+                                  partial(RUN_FIGURES[kind], rec), rid))
+    return jobs
+
+
+@contextmanager
+def _warnings_logged(figure: str) -> Iterator[None]:
+    """Library warnings raised while one figure is drawn and saved (matplotlib's `UserWarning`s, e.g. a layout
+    that did not fit the canvas) as log warnings naming the figure, each once; deprecations stay warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    logged = set()
+    for warning in caught:
+        if not issubclass(warning.category, UserWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in logged:
+            logged.add(str(warning.message))
+            logger.warning(f"figure {figure}: {warning.message}")
+
+
+def suite_figures(data: SuiteData, folder: Path | str, formats: Sequence[str] = ("png", "pdf"), dpi: int = 200,
+                  reuse: Sequence[str] = ()) -> list[tuple[FigureJob, list[Path]]]:
+    """Draw one suite's figures into `folder` (per-run ones into `folder/runs/`) and write `folder/index.md`.
+
+    `reuse`: formats that count as already drawn — a figure with a file in one of them is not drawn again (the
+    site draws only what is missing). Returns each figure with its files (every format present on disk); a
+    figure that could not be drawn (a warning says why) is left out."""
+    fmts = _check_args(formats, dpi)
+    folder = Path(folder)
+    out: list[tuple[FigureJob, list[Path]]] = []
+    for job in figure_jobs(data):
+        base = folder / job.stem
+        if not any(base.with_name(f"{base.name}.{f}").is_file() for f in reuse):
+            with mpl.rc_context(RC), _warnings_logged(base.name):
+                try:
+                    fig = job.draw()
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
+                    logger.warning(f"skipping figure {base.name}: {exc}")
+                    continue
+                if fig is None:
+                    continue
+                base.parent.mkdir(parents=True, exist_ok=True)
+                save_figure(fig, base.parent, base.name, fmts, int(dpi))
+        paths = [base.with_name(f"{base.name}.{f}") for f in FORMATS if base.with_name(f"{base.name}.{f}").is_file()]
+        out.append((job, paths))
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Figures for suite `{data.suite}`", ""]
+    for job, paths in out:
+        lines.append(f"- {job.label}: " + ", ".join(f"[{p.suffix[1:]}]({p.relative_to(folder).as_posix()})"
+                                                    for p in paths))
+    atomic_write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8"))
+    return out
+
+
+def write_figures(runs: Path | str = "results", output: Path | str = "results/figures", suite: str | None = None,
+                  formats=("png", "pdf"), dpi: int = 200, suites_dir: Path | str | None = None) -> list[Path]:
+    """Draw every per-suite figure into `output/<suite>/` and every per-run figure into `output/<suite>/runs/`,
+    from the records under `runs` (a results folder, a runs folder, a suite folder or record files).
+
+    Seeds expected per group come from `<suite>.yaml` (in `suites_dir`, else ./suites/ or the shipped suites), as
+    in the leaderboard, so a group short of the suite's seeds is marked even when every record has fewer.
+
+    Returns the written paths (figures in each format, then one `index.md` per suite)."""
+    fmts = _check_args(formats, dpi)
+    written: list[Path] = []
+    for suite_name, data in load_suites(runs, suite, suites_dir).items():
+        folder = Path(output) / safe_stem(suite_name)
+        for _, paths in suite_figures(data, folder, fmts, dpi):
+            written += [p for p in paths if p.suffix[1:] in fmts]
+        written.append(folder / "index.md")
+    return written
