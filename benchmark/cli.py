@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=_csv(str), help="only these models, comma-separated")
     parser.add_argument("--seeds", type=_csv(int), help="these seeds instead of the suite's, comma-separated")
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs")
+    parser.add_argument("--batch-size", type=int, help="override every recipe's batch_size (tiny runs: at most --limit)")
     parser.add_argument("--limit", type=int, help="keep the first N images of each split (tiny runs)")
     parser.add_argument("--data-root", help="folder with the data files ('bundled' = the shipped subsets)")
     parser.add_argument("--download", action="store_true", default=None, help="download missing MedMNIST files")
@@ -222,11 +224,24 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
+LIBRARY_NOISE = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def quiet_warnings() -> None:
+    """--quiet: Python warnings are dropped but those our own code raises (a RuntimeWarning of a computation);
+    our messages go through logging, and a library's warnings (or the deprecations it pins on our calls to it)
+    are nothing a user can act on."""
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"benchmark(\.|$)")
+    for category in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", category=category)
+
+
 def load_grid(args):
     from benchmark.config import load_suite
 
     return load_suite(args.suite, datasets=args.datasets, models=args.models, seeds=args.seeds, epochs=args.epochs,
-                      limit=args.limit, data_root=args.data_root, download=args.download)
+                      batch_size=args.batch_size, limit=args.limit, data_root=args.data_root, download=args.download)
 
 
 def cmd_run(args) -> int:
@@ -272,12 +287,19 @@ def cmd_list(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from benchmark.data.duplicates import check_dataset, format_summary
+    from benchmark.data.duplicates import OUTPUT_SUFFIXES, check_dataset, check_threshold, format_summary
+    from benchmark.records import check_output_file, check_writable
 
+    check_threshold(args.threshold)
+    default_folder = DEFAULT_RESULTS / "data-check"
+    if args.output:
+        check_output_file(args.output, OUTPUT_SUFFIXES)
+    else:
+        check_writable(default_folder)
     report = check_dataset(args.dataset, size=args.size, data_root=args.data_root, split=args.split,
                            threshold=args.threshold)
     suffix = f"-{report.split_kind}" if report.split_kind not in (None, "given") else ""
-    output = args.output or DEFAULT_RESULTS / "data-check" / f"{args.dataset}-{report.size}{suffix}.json"
+    output = args.output or default_folder / f"{args.dataset}-{report.size}{suffix}.json"
     print(format_summary(report.summary()))
     print(f"groups written to {report.write(output)}")
     return 0
@@ -364,7 +386,7 @@ def cmd_report(args) -> int:
 
 def cmd_submit(args) -> int:
     from benchmark.launch import submit_grid
-    from benchmark.runner import check_writable
+    from benchmark.records import check_writable
 
     suite = load_grid(args)
     check_writable(args.output)  # the task logs go there
@@ -373,8 +395,12 @@ def cmd_submit(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from benchmark.use.predict import predict
+    from benchmark.records import check_output_file
+    from benchmark.use.predict import OUTPUT_SUFFIXES, check_batch_size, predict
 
+    check_batch_size(args.batch)
+    if args.output:
+        check_output_file(args.output, OUTPUT_SUFFIXES)
     report = predict(args.run, args.images, results=args.results, data_root=args.data_root, batch_size=args.batch)
     if report.predictions:
         print(report.table())
@@ -398,6 +424,7 @@ def cmd_export(args) -> int:
           f"on {check['images']} test images")
     if "test" in check:
         change = check["test"]["change"]
+        print(f"int8 quantised: {check['quantized']}")
         print(f"int8: {check['size_ratio']:.2f} × the fp32 size; test ACC {change['acc']:+.4f}, AUC {change['auc']:+.4f} "
               f"vs PyTorch fp32 on {check['test']['n_test']} test images")
     print(f"preprocessing.json and README.md (model card) in {result.folder}")
@@ -437,7 +464,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmark.environment import quiet_libraries
 
             quiet_libraries()
-        return COMMANDS[args.verb](args)
+        with warnings.catch_warnings():  # main() may run many times in one process (tests): filters end with it
+            if args.quiet:
+                quiet_warnings()
+            return COMMANDS[args.verb](args)
     except UserError as err:
         if args.debug:
             raise

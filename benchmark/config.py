@@ -16,7 +16,8 @@ from benchmark.errors import UserError
 from benchmark.metrics import CALIBRATIONS
 from benchmark.models import ModelSpec, list_models, resolve_model
 from benchmark.schemes import SchemeSpec, check_scheme_fits, parse_scheme
-from benchmark.suites import check_keys, find_suite, read_suite
+from benchmark.schemes.spec import check_batch_fits
+from benchmark.suites import SEED_RANGE, check_keys, find_suite, read_suite
 
 RESNET_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -205,19 +206,21 @@ def load_suite(
     models: list[str] | None = None,
     seeds: list[int] | None = None,
     epochs: int | None = None,
+    batch_size: int | None = None,
     limit: int | None = None,
     data_root: str | None = None,
     download: bool | None = None,
 ) -> Suite:
-    """Parse, validate and expand a suite; the keyword arguments are the CLI's filters and overrides."""
+    """Parse, validate and expand a suite; the keyword arguments are the CLI's filters and overrides (None: the
+    suite's own value). `epochs` and `batch_size` replace every recipe's, so they change the run hash."""
+    check_overrides(seeds=seeds, epochs=epochs, batch_size=batch_size, limit=limit)
     parsed = read_suite(find_suite(name_or_path))
     path = parsed.path
+    overrides = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size)) if value is not None}
 
     recipes = {}
     for recipe_name, values in parsed.recipes.items():
-        recipe = _typed(Recipe, values or {}, f"{path.name}: recipes.{recipe_name}")
-        if epochs is not None:
-            recipe = replace(recipe, epochs=epochs)
+        recipe = replace(_typed(Recipe, values or {}, f"{path.name}: recipes.{recipe_name}"), **overrides)
         recipe.validate(f"{path.name}: recipes.{recipe_name}")
         recipes[recipe_name] = recipe
 
@@ -250,8 +253,7 @@ def load_suite(
         scheme = parse_scheme(entry.pop("scheme", None), f"{where}.scheme")
         entry.pop("published_as", None)  # read by the reporting layer only: which published rows it reproduces
         if isinstance(recipe_ref, dict):
-            recipe = _typed(Recipe, recipe_ref, f"{where}.recipe")
-            recipe = replace(recipe, epochs=epochs) if epochs is not None else recipe
+            recipe = replace(_typed(Recipe, recipe_ref, f"{where}.recipe"), **overrides)
             recipe.validate(f"{where}.recipe")
         elif recipe_ref is None or recipe_ref in recipes:
             recipe = recipes.get(recipe_ref, Recipe()) if recipe_ref else Recipe()
@@ -281,6 +283,9 @@ def load_suite(
     selected_datasets = _select(dataset_entries, datasets, lambda e: e[0], "dataset", path.name)
     selected_models = _select(model_entries, models, lambda e: e[0].name, "model", path.name)
     selected_seeds = list(seeds) if seeds is not None else list(parsed.seeds)
+    for spec, recipe, scheme in selected_models if run_limit else ():  # the limit bounds every train split
+        check_batch_fits(scheme, recipe.batch_size, run_limit, f"{path.name}: models.{spec.name} (limit {run_limit})",
+                         " or a larger --limit")
 
     root = data_root if data_root is not None else parsed.data_root
     fetch = download if download is not None else parsed.download
@@ -293,6 +298,20 @@ def load_suite(
     if not runs:
         raise UserError(f"{path.name}: the grid is empty; check the suite's datasets, models and seeds and the filters")
     return Suite(suite_name, path, runs, dict(parsed.launcher))
+
+
+def check_overrides(*, seeds: list[int] | None, epochs: int | None, batch_size: int | None,
+                    limit: int | None) -> None:
+    """The CLI's overrides, each refused in one line naming its flag: seeds in SEED_RANGE, the rest >= 1 (leave
+    one out, None, for the suite's own value)."""
+    low, high = SEED_RANGE
+    for seed in seeds or ():
+        if not low <= seed <= high:
+            raise UserError(f"--seeds: {seed} is not a seed; use integers from {low} to {high}")
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--limit", limit)):
+        if value is not None and value < 1:
+            hint = "; leave --limit out for the full splits" if flag == "--limit" else ""
+            raise UserError(f"{flag} must be >= 1 (got {value}){hint}")
 
 
 def _select(entries: list, wanted: list | None, key, what: str, where: str) -> list:

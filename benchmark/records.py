@@ -21,6 +21,7 @@ import errno
 import glob
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -190,6 +191,32 @@ def output_error(path: Path, err: OSError) -> OutputError:
                        f"or choose another --output")
 
 
+def check_writable(output: Path) -> None:
+    """Create the output folder `output` (with its parents) and make sure it can be written, before any work;
+    a `UserError` naming --output otherwise."""
+    output = Path(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {output}: {err.strerror}; choose another --output") from None
+    if not os.access(output, os.W_OK):
+        raise UserError(f"output folder {output} is not writable; fix its permissions or choose another --output")
+
+
+def check_output_file(path: Path | str, suffixes: tuple[str, ...]) -> Path:
+    """An output file named by --output, checked before any work: one of `suffixes`, in a writable folder, not a
+    folder itself nor a read-only file."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"--output {path}: use a {' or '.join(suffixes)} file name")
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    check_writable(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"--output {path} is not writable; fix its permissions or choose another --output")
+    return path
+
+
 def runs_dir(results_dir: Path, suite: str) -> Path:
     return Path(results_dir) / "runs" / suite
 
@@ -288,16 +315,52 @@ def record_problem(rec: object) -> str | None:
     return None
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None (with a warning) when it is unreadable or not a run record."""
+NONFINITE = "NonFiniteResult"  # error type of a completed record whose test result is not finite
+FINITE_TEST_METRICS = ("acc", "auc", "f1_macro", "balanced_acc")  # the headline metrics; loss is NaN for knn
+
+
+def nonfinite_result(rec: dict) -> str | None:
+    """What of a completed record's test result is not finite (NaN, infinite, missing numbers): its probabilities
+    and/or headline metrics, as words; None when all is finite. An AUC is undefined (NaN) by design on a test
+    split holding one class, and is not counted then."""
+    if rec["status"] != "completed":
+        return None
+    test, predictions = rec.get("test") or {}, rec.get("test_predictions") or {}
+
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    labels = predictions.get("labels")
+    one_class = labels is not None and len(set(labels)) < 2
+    metrics = [name for name in FINITE_TEST_METRICS
+               if name in test and not finite(test[name]) and not (name == "auc" and one_class)]
+    parts = [f"test metrics ({', '.join(metrics)})"] if metrics else []
+    rows = predictions.get("probs") or []
+    if not all(isinstance(row, list) and all(map(finite, row)) for row in rows):
+        parts.append("test probabilities")
+    return " and ".join(parts) or None
+
+
+def as_nonfinite_failure(rec: dict, nonfinite: str) -> dict:
+    """A completed record whose test result is not finite (`nonfinite_result`), as the failed run it is (a copy):
+    no score of it counts."""
+    message = f"{nonfinite} not finite (NaN or infinite); rerun it"
+    return {**rec, "status": "failed", "error": {"type": NONFINITE, "message": message, "epoch": rec.get("best_epoch"),
+                                                 "traceback": None}}
+
+
+def read_record(path: Path, quiet: bool = False) -> dict | None:
+    """The record at `path`, or None (with a warning; `quiet`: a debug message) when it is unreadable or not a run
+    record."""
+    level = logging.DEBUG if quiet else logging.WARNING
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        logger.warning(f"skipping unreadable record {path}: {err}")
+        logger.log(level, f"skipping unreadable record {path}: {err}")
         return None
     problem = record_problem(record)
     if problem:
-        logger.warning(f"skipping {path}: {problem}")
+        logger.log(level, f"skipping {path}: {problem}")
         return None
     return record
 
@@ -373,6 +436,8 @@ def load_records(paths: Path | str | Iterable[Path | str], suite: str | None = N
 
     * A file that does not parse or is not a record is skipped with a logged warning; a record without a
       `suite` gets its folder's name.
+    * A completed record whose test probabilities or headline metrics are not finite (`nonfinite_result`) is
+      read as a failed run (error type `NONFINITE`), with a warning naming its file: it has no score.
     * Records that share a `config_hash` within a suite (reruns of one config) collapse to one: a completed
       record beats a failed one, then the newest `created_at`, then the file name.
     * `one_per_seed` (what the tables count): records of one group, dataset and seed with different configs (a
@@ -389,6 +454,11 @@ def load_records(paths: Path | str | Iterable[Path | str], suite: str | None = N
             continue
         if not record.get("suite"):
             record["suite"] = path.parent.name
+        nonfinite = nonfinite_result(record)
+        if nonfinite:
+            logger.warning(f"{path}: its {nonfinite} are not finite (NaN or infinite); counted as a failed run, not "
+                           f"scored — rerun it")
+            record = as_nonfinite_failure(record, nonfinite)
         if suite is not None and record["suite"] != suite:
             continue
         key = (str(record["suite"]), str(record["config_hash"]))

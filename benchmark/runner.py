@@ -22,7 +22,6 @@ import base64
 import importlib.util
 import io
 import logging
-import os
 import shutil
 import socket
 import time
@@ -46,7 +45,9 @@ from benchmark.placement import HostSplit, place_splits
 from benchmark.records import (
     OutputError,
     build_record,
+    check_writable,
     completed_hashes,
+    nonfinite_result,
     read_record,
     record_path,
     remove_temp_files,
@@ -57,6 +58,7 @@ from benchmark.records import (
 from benchmark.schemes.context import SchemeContext
 from benchmark.schemes.embeddings import cache_dir
 from benchmark.schemes.run import run_scheme
+from benchmark.schemes.spec import check_batch_fits
 from benchmark.train import DeviceSplit, autocast_dtype, pending_best_path
 
 SAMPLES_PER_CLASS = 8
@@ -87,15 +89,6 @@ def check_inputs(specs: list[RunSpec]) -> None:
     problems = list(dict.fromkeys(p for p in problems if p))
     if problems:
         raise UserError("\n".join(problems))
-
-
-def check_writable(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {output}: {err.strerror}; choose another --output") from None
-    if not os.access(output, os.W_OK):
-        raise UserError(f"output folder {output} is not writable; fix its permissions or choose another --output")
 
 
 def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
@@ -237,7 +230,8 @@ class GridRunner:
         record = read_record(path)
         if record is None or record["config_hash"] != spec.config_hash:
             return False
-        return (record["status"] == "completed" and not self.force) or written > self.started_at
+        usable = record["status"] == "completed" and not nonfinite_result(record)
+        return (usable and not self.force) or written > self.started_at
 
     def run_one(self, spec: RunSpec, claim: Claim | None = None) -> tuple[bool, str] | str | None:
         """Train one spec and write its record; returns (is_user_error, message) when it failed, "lost" when
@@ -247,11 +241,7 @@ class GridRunner:
         self.remove_leftovers(spec, path)
         try:
             data, device_splits = self.data_for(spec)
-            if spec.recipe.batch_size > len(data.train.labels):
-                raise UserError(
-                    f"batch_size {spec.recipe.batch_size} is larger than the {len(data.train.labels)}-image train split "
-                    f"of {spec.dataset}; lower batch_size in the suite's recipe"
-                )
+            check_batch_fits(spec.scheme, spec.recipe.batch_size, len(data.train), spec.dataset)
             set_seed(spec.seed)
             built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
             if self.track:

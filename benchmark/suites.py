@@ -36,6 +36,7 @@ SUITES_DIR = next((d for d in (_PACKAGE / "shipped_suites", _PACKAGE.parent / "s
 DEFAULT_SIZE = 28
 DEFAULT_SIZES: dict[str, int] = {"breast_ultrasound": 224}
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's seeding accept
 SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models",
               "launcher"}
 # `launcher:` — job settings for `benchmark submit` (its options of the same names override them)
@@ -171,8 +172,9 @@ def read_suite(path: Path | str) -> SuiteFile:
     recipes = _section(raw, "recipes", dict, path.name)
 
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(type(s) is int for s in seeds):
-        raise UserError(f"{path.name}: seeds must be a list of integers, e.g. [0, 1, 2]")
+    if not isinstance(seeds, list) or not all(type(s) is int and SEED_RANGE[0] <= s <= SEED_RANGE[1] for s in seeds):
+        raise UserError(f"{path.name}: seeds must be a list of integers from {SEED_RANGE[0]} to {SEED_RANGE[1]}, "
+                        f"e.g. [0, 1, 2]")
     limit = raw.get("limit") or 0
     if type(limit) is not int or limit < 0:
         raise UserError(f"{path.name}: limit must be an integer >= 0 (got {limit!r}); fix the suite's `limit:`")

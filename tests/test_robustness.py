@@ -170,8 +170,9 @@ BAD_INPUT = {
     "zero epochs": (suite_case(recipe={"epochs": 0}),
                     r"recipe\.epochs must be > 0 and finite \(got 0\); fix it in the suite file"),
     "batch larger than the split": (suite_case(recipe={"batch_size": 64}),
-                                    r"batch_size 64 is larger than the 32-image train split of breastmnist; "
-                                    r"lower batch_size in the suite's recipe"),
+                                    r"suite\.yaml: models\.vit_tiny \(limit 32\): batch_size 64 is larger than the "
+                                    r"32-image train split; pass --batch-size 32 or a larger --limit \(or lower "
+                                    r"batch_size in the suite's recipe\)"),
     "unknown key": (suite_case(recipe={"epoch": 2}),
                     r"models\.vit_tiny\.recipe: unknown key 'epoch'; did you mean 'epochs'\?"),
     "not a list": (yaml_case("datasets: breastmnist\nmodels: [vit_tiny]\n"),
@@ -329,10 +330,11 @@ def test_a_bug_is_recorded_with_its_traceback_and_exits_1(results, tmp_path, mon
 
 
 def test_debug_raises_the_original_error_after_recording_it(results, tmp_path):
-    with pytest.raises(UserError, match="batch_size 64 is larger than the 32-image train split"):
-        run(write_suite(tmp_path, recipe={"batch_size": 64}), results, "--seeds", "1", "--debug")
+    data = breastmnist_root(tmp_path)  # the subset's arrays under the full file's name: found, then refused
+    with pytest.raises(UserError, match="MD5 mismatch"):
+        run(write_suite(tmp_path), results, "--seeds", "1", "--data-root", str(data), "--debug")
     (record,) = [r for r in records(results) if r["status"] == "failed"]
-    assert "batch_size 64 is larger" in record["error"]["message"]
+    assert "MD5 mismatch" in record["error"]["message"]
 
 
 def test_cli_prints_one_line_without_traceback(tmp_path):

@@ -17,35 +17,13 @@ from benchmark.cli import main
 from benchmark.metrics import classification_metrics
 from benchmark.use import load_run, predict
 
-SUITE = """
-name: use
-data_root: bundled
-seeds: [0]
-recipes:
-  v2: {optimizer: adam, lr: 1.0e-3, schedule: multistep, epochs: 1, batch_size: 16, augment: none}
-  vit: {lr: 1.0e-3, epochs: 1, batch_size: 16, augment: none}
-datasets: [breastmnist]
-models:
-  - {name: resnet18_28, recipe: v2}
-  - {name: vit_tiny, recipe: vit}
-"""
 MODELS = ("resnet18_28", "vit_tiny")
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """One tiny real run per model (BreastMNIST subset, 32 images per split, one epoch), PNGs of its test images."""
-    root = tmp_path_factory.mktemp("use")
-    (root / "use.yaml").write_text(SUITE)
-    assert main(["run", "--suite", str(root / "use.yaml"), "--limit", "32", "--output", str(root / "results"),
-                 "--quiet"]) == 0
-    loaded = load_run("breastmnist-28-resnet18_28", root / "results")
-    test = loaded.dataset_split("test")
-    pngs = root / "pngs"
-    pngs.mkdir()
-    for i, image in enumerate(test.images):
-        Image.fromarray(image[..., 0]).save(pngs / f"{i:03d}.png")
-    return root / "results", pngs
+def results(finished_runs):
+    """One tiny real run per model and PNGs of its test images (conftest's `finished_runs`, shared)."""
+    return finished_runs
 
 
 def run_id(results, model):

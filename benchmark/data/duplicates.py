@@ -38,6 +38,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from benchmark.errors import UserError
+from benchmark.records import atomic_write_bytes, check_output_file
 
 COMPARE_SIZE = 64
 HASH_SIZE = 32
@@ -45,6 +46,7 @@ HASH_FREQUENCIES = 8
 MAX_HASH_DISTANCE = 20
 NEAR_DUPLICATE = 0.95
 ALMOST_IDENTICAL = 0.99
+OUTPUT_SUFFIXES = (".json", ".csv")
 BLOCK_ROWS = 1024
 
 logger = logging.getLogger(__name__)
@@ -126,11 +128,15 @@ class DuplicatePairs:
         return labels
 
 
+def check_threshold(threshold: float) -> None:
+    if not 0 < threshold <= 1:
+        raise UserError(f"duplicate threshold must be in (0, 1] (got {threshold}); e.g. {NEAR_DUPLICATE}")
+
+
 def find_near_duplicates(images, *, threshold: float = NEAR_DUPLICATE, compare_size: int = COMPARE_SIZE,
                          max_hash_distance: int = MAX_HASH_DISTANCE) -> DuplicatePairs:
     """Near-duplicate pairs among `images` (a sequence of uint8 (H, W[, C]) arrays of any sizes)."""
-    if not 0 < threshold <= 1:
-        raise UserError(f"duplicate threshold must be in (0, 1] (got {threshold}); e.g. {NEAR_DUPLICATE}")
+    check_threshold(threshold)
     for_hash, for_compare = resized(images, HASH_SIZE, compare_size)
     hashes = perceptual_hashes(for_hash)
     rows, cols, corr = similar_pairs(hashes, for_compare, threshold, max_hash_distance)
@@ -209,19 +215,19 @@ class DuplicateReport:
 
     def write(self, path: Path) -> Path:
         """The groups as JSON (`.json`) or one CSV row per group member (`.csv`)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = check_output_file(path, OUTPUT_SUFFIXES)
         content = self.to_dict()
-        if path.suffix == ".csv":
+        if path.suffix.lower() == ".csv":
             import pandas as pd
 
             rows = [{"group": number, **member, "group_splits": "+".join(group["splits"]),
                      "group_classes": "+".join(group["classes"]), "min_correlation": group["min_correlation"]}
                     for number, group in enumerate(content["groups"]) for member in group["members"]]
-            pd.DataFrame(rows, columns=["group", "id", "split", "label", "group_splits", "group_classes",
-                                        "min_correlation"]).to_csv(path, index=False)
+            text = pd.DataFrame(rows, columns=["group", "id", "split", "label", "group_splits", "group_classes",
+                                               "min_correlation"]).to_csv(index=False)
         else:
-            path.write_text(json.dumps(content, indent=1) + "\n")
+            text = json.dumps(content, indent=1) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
         return path
 
 
@@ -234,6 +240,7 @@ def check_dataset(name: str, *, size: int | None = None, data_root: str | None =
     """
     from benchmark.data import dataset_split_kinds, load_dataset
 
+    check_threshold(threshold)
     if size is None and dataset_split_kinds(name):
         size = COMPARE_SIZE
     data = load_dataset(name, size=size, data_root=data_root, split=split, split_seed=split_seed)

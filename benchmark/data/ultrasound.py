@@ -159,6 +159,9 @@ def _class_names(split_dir: Path) -> list[str]:
     if not names:
         raise UserError(f"{split_dir}: no class folders; expected <class>/ subfolders of images "
                         f"(benign/, malignant/, normal/ for BUSI)")
+    if len(names) < 2:
+        raise UserError(f"{split_dir}: one class folder ({names[0]}/); a classifier needs at least 2 classes, "
+                        f"one <class>/ subfolder of images each")
     return names
 
 

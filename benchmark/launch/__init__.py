@@ -116,7 +116,7 @@ def submit_grid(suite: Suite, args) -> list:
     count = min(settings.get("tasks") or len(pending), len(pending))
     slices = [[spec.run_id for spec in pending[index::count]] for index in range(count)]
     overrides = {"datasets": args.datasets, "models": args.models, "seeds": args.seeds, "epochs": args.epochs,
-                 "limit": args.limit, "data_root": args.data_root, "download": args.download}
+                 "batch_size": args.batch_size, "limit": args.limit, "data_root": args.data_root, "download": args.download}
     folder = Path(args.output) / "submitit" / suite.name
     executor = make_executor(settings, folder)
     with executor.batch():  # one job array

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.records import Record, atomic_write_bytes, training_class_counts
+from benchmark.records import NONFINITE, Record, atomic_write_bytes, training_class_counts
 from benchmark.report import aggregate, render
 from benchmark.report.load import SuiteData, by_suite, load_published, load_suites
 
@@ -99,8 +99,11 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
     known_counts = training_class_counts(r for data in suites.values() for r in data.records)
     n_runs = sum(len(d.records) for d in suites.values())
     n_done = sum(int((d.frame["status"] == "completed").sum()) for d in suites.values())
+    n_nonfinite = sum(int((d.frame["error_type"] == NONFINITE).sum()) for d in suites.values())
+    counts = f"{n_done} completed, {n_runs - n_done - n_nonfinite} failed" + (
+        f", {n_nonfinite} with non-finite test results, not scored" if n_nonfinite else "")
     md = ["# Leaderboard", "",
-          f"{n_runs} run records ({n_done} completed, {n_runs - n_done} failed) in {len(suites)} suite(s): "
+          f"{n_runs} run records ({counts}) in {len(suites)} suite(s): "
           f"{', '.join(suites)}. Headline: test metrics, seed mean [95 % bootstrap interval], ✓ = significantly best, "
           f"≈ = best within the noise, italic = baselines; how to read every table: "
           f"[at the end](#how-to-read-these-tables).", "", "## Headline", ""]

@@ -31,6 +31,7 @@ SCHEME_DEFAULTS: dict[str, dict] = {
 }
 SCHEMES = tuple(SCHEME_DEFAULTS)
 FROZEN_BACKBONE = ("linear_probe", "knn")  # fitted on cached embeddings of a frozen backbone
+NO_GRADIENT_STEPS = ("knn",)  # nothing trains: the recipe's batch_size only sets how many images are embedded at once
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,19 @@ def _check_values(name: str, options: dict, where: str) -> None:
         raise UserError(f"{where}.lr_decay must be in (0, 1] (got {options['lr_decay']}); fix it in the suite file")
     if name == "lora" and (options["alpha"] <= 0 or not 0 <= options["dropout"] < 1):
         raise UserError(f"{where}: lora alpha must be > 0 and dropout in [0, 1); fix it in the suite file")
+
+
+def takes_gradient_steps(scheme: SchemeSpec) -> bool:
+    """Whether the scheme trains in batches of the recipe's batch_size (so a batch must fit the train split)."""
+    return scheme.name not in NO_GRADIENT_STEPS
+
+
+def check_batch_fits(scheme: SchemeSpec, batch_size: int, n_train: int, where: str, fix: str = "") -> None:
+    """A training batch larger than the train split (`where` names the split's dataset or suite entry; `fix`: a
+    further remedy) is refused in one line naming --batch-size; schemes without gradient steps never are."""
+    if takes_gradient_steps(scheme) and batch_size > n_train:
+        raise UserError(f"{where}: batch_size {batch_size} is larger than the {n_train}-image train split; pass "
+                        f"--batch-size {n_train}{fix} (or lower batch_size in the suite's recipe)")
 
 
 def check_scheme_fits(scheme: SchemeSpec, family: str, *, limit: int, imbalance: bool, where: str) -> None:

@@ -7,13 +7,14 @@ Everything comes from the run's record and the records of the same configuration
 
 from __future__ import annotations
 
+import glob
 import math
 from pathlib import Path
 
 import yaml
 
 from benchmark.metrics import HEADLINE_METRICS
-from benchmark.records import load_records, records_frame
+from benchmark.records import read_record, records_frame
 from benchmark.report.aggregate import CELL, cell_stats
 from benchmark.use.loaded import LoadedRun
 
@@ -30,14 +31,21 @@ LIMITATIONS = [
 
 
 def _same_config_other_seeds(loaded: LoadedRun) -> list[dict]:
-    """Completed records of the run's suite whose config equals the run's except for the seed (the run included)."""
+    """Completed records of the run's suite whose config equals the run's except for the seed (the run included).
+
+    Only the files named as the run's other seeds would be (`<dataset>-<size>-<model>[-<scheme>]-s<seed>-<hash>`)
+    are read, and quietly: the other records of the folder are no concern of this run's card."""
     def without_seed(record: dict) -> dict:
         return {k: v for k, v in record["config"].items() if k != "seed"}
 
-    own = without_seed(loaded.record)
-    found = [r for r in load_records(loaded.record_path.parent)
-             if r["status"] == "completed" and without_seed(r) == own]
-    return sorted(found, key=lambda r: r["seed"])
+    own, run_id = without_seed(loaded.record), loaded.run_id
+    cut = run_id.rfind(f"-s{loaded.record['seed']}-")
+    siblings = sorted(loaded.record_path.parent.glob(f"{glob.escape(run_id[:cut])}-s*.json")) if cut > 0 else []
+    found = {loaded.run_id: loaded.record}
+    for record in (read_record(path, quiet=True) for path in siblings):
+        if record and record["status"] == "completed" and without_seed(record) == own:
+            found.setdefault(record["run_id"], record)
+    return sorted(found.values(), key=lambda r: r["seed"])
 
 
 def seed_summary(records: list[dict], run_id: str) -> dict[str, dict]:

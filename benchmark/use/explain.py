@@ -2,9 +2,10 @@
 
 - CNNs (the ResNet family): Grad-CAM (Selvaraju et al. 2017) from the `grad-cam` package on the last residual
   block, for a chosen class (default: the predicted one) — class-specific.
-- Hugging Face ViTs: attention rollout (Abnar & Zuidema 2020) over the attentions of every layer (heads
-  averaged, identity added for the residual, rows renormalised, layers multiplied), read from the CLS token
-  to the patches. Rollout does not depend on the class: the same map for every target.
+- Hugging Face ViTs: gradient-weighted attention rollout (Chefer, Gur & Wolf 2021, "Generic Attention-model
+  Explainability"): each layer's attention map times its gradient with respect to the target class's logit,
+  positive part, averaged over heads, rolled out from the identity layer by layer (R <- R + A R), read from the
+  CLS token to the patches — class-specific, unlike plain rollout (Abnar & Zuidema 2020).
 
 Maps are computed at the model's input size from the image in the dataset's stored format (exactly what
 `predict` feeds), scaled to [0, 1], and returned at the original image's size.
@@ -13,7 +14,9 @@ Maps are computed at the model's input size from the image in the dataset's stor
 from __future__ import annotations
 
 import copy
+import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 
 from benchmark.data.images import open_image
 from benchmark.errors import UserError
+from benchmark.records import atomic_write_bytes, check_writable
 from benchmark.use.loaded import DEFAULT_RESULTS, LoadedRun, load_run, require_extra
 
 METHODS = {"resnet": "grad-cam", "hf": "attention-rollout"}
@@ -33,7 +37,7 @@ class Explanation:
     image: str
     label: str  # predicted class
     confidence: float
-    target: str  # the class the map explains (rollout: the predicted one, the map is class-agnostic)
+    target: str  # the class the map explains
     method: str
     heatmap: np.ndarray  # float32 (H, W) in [0, 1], the original image's size
     overlay: np.ndarray  # uint8 (H, W, 3)
@@ -60,19 +64,22 @@ def grad_cam(loaded: LoadedRun, pixels: torch.Tensor, targets: list[int]) -> tor
     return torch.from_numpy(np.asarray(maps, dtype=np.float32))
 
 
-@torch.no_grad()
-def attention_rollout(loaded: LoadedRun, pixels: torch.Tensor) -> torch.Tensor:
+def attention_rollout(loaded: LoadedRun, pixels: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    """Gradient-weighted attention rollout of each image for its target class, (N, size, size) in [0, 1]."""
     wrapper = loaded.model
     hf = copy.deepcopy(wrapper.model)  # eager attention returns the weights; the loaded model keeps SDPA
     hf.set_attn_implementation("eager")
-    out = hf(pixel_values=pixels, output_attentions=True, **wrapper.forward_kwargs)
-    if not out.attentions:
-        raise UserError(f"{loaded.run_id}: the model returns no attentions; rollout needs a ViT")
+    with torch.enable_grad():
+        out = hf(pixel_values=pixels.detach().requires_grad_(True), output_attentions=True, **wrapper.forward_kwargs)
+        if not out.attentions:
+            raise UserError(f"{loaded.run_id}: the model returns no attentions; rollout needs a ViT")
+        target_logits = out.logits[torch.arange(len(pixels)), torch.as_tensor(targets)]
+        gradients = torch.autograd.grad(target_logits.sum(), out.attentions)  # images are independent: per image
     tokens = out.attentions[0].shape[-1]
     rollout = torch.eye(tokens).expand(len(pixels), tokens, tokens)
-    for attention in out.attentions:
-        mixed = attention.mean(1) + torch.eye(tokens)
-        rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
+    for attention, gradient in zip(out.attentions, gradients):
+        weighted = (gradient * attention).detach().clamp_min(0).mean(1)
+        rollout = rollout + weighted @ rollout
     side = math.isqrt(tokens - 1)
     if side * side != tokens - 1:
         raise UserError(f"{loaded.run_id}: {tokens - 1} patch tokens are not a square grid; rollout needs a plain ViT")
@@ -90,7 +97,7 @@ def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = 
     if loaded.built.family == "resnet":
         maps = grad_cam(loaded, pixels, targets)
     elif loaded.built.family == "hf":
-        maps = attention_rollout(loaded, pixels)
+        maps = attention_rollout(loaded, pixels, targets)
     else:
         raise UserError(f"{loaded.run_id}: no explanation method for model family '{loaded.built.family}'")
     return maps.numpy(), probs
@@ -120,7 +127,22 @@ def _target_index(loaded: LoadedRun, target: str | int | None) -> int | None:
         return names.index(str(target))
     if str(target).isdigit() and int(target) < len(names):
         return int(target)
-    raise UserError(f"unknown target class {target!r}; use a class name ({', '.join(names)}) or index")
+    choices = ", ".join(f"{index} '{name}'" for index, name in enumerate(names))
+    raise UserError(f"unknown target class {target!r}; use a class name or index ({choices})")
+
+
+def overlay_tag(index: int, name: str) -> str:
+    """The explained class in an overlay's file name: its index and its name with anything but letters, digits,
+    `-` and `_` replaced (`1-normal_benign`), so each target of an image gets its own file."""
+    return f"{index}-" + re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+
+
+def write_png(picture: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def explain(run: str | Path | LoadedRun, images: list[str | Path], results: str | Path = DEFAULT_RESULTS,
@@ -131,6 +153,7 @@ def explain(run: str | Path | LoadedRun, images: list[str | Path], results: str 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, results)
     folder = Path(output) if output else loaded.record_path.parents[2] / "explanations" / loaded.run_id
     index = _target_index(loaded, target)
+    check_writable(folder)
     opened, errors = [], []
     for item in map(Path, images):
         try:
@@ -141,19 +164,17 @@ def explain(run: str | Path | LoadedRun, images: list[str | Path], results: str 
         return [], errors
     stored = np.stack([loaded.stored(image) for _, image in opened])
     maps, probs = saliency(loaded, stored, None if index is None else [index] * len(stored))
-    folder.mkdir(parents=True, exist_ok=True)
     method, names = METHODS[loaded.built.family], loaded.class_names
     explanations = []
     for (path, image), heat, row in zip(opened, maps, probs):
         heatmap = resize_map(heat, image.height, image.width)
         picture = overlay(image, heatmap)
         predicted = int(row.argmax())
-        out = folder / f"{path.stem}.{method}.png"
-        from PIL import Image
-
-        Image.fromarray(picture).save(out)
-        explanations.append(Explanation(str(path), names[predicted], float(row[predicted]),
-                                        names[predicted if index is None else index], method, heatmap, picture, out))
+        explained = predicted if index is None else index
+        out = folder / f"{path.stem}.{method}.{overlay_tag(explained, names[explained])}.png"
+        write_png(picture, out)
+        explanations.append(Explanation(str(path), names[predicted], float(row[predicted]), names[explained], method,
+                                        heatmap, picture, out))
     return explanations, errors
 
 

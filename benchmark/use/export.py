@@ -16,6 +16,7 @@ ONNX, `torch.ao.quantization.quantize_dynamic` (Linear layers only) for TorchScr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -28,6 +29,7 @@ import torch
 
 from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics
+from benchmark.records import check_writable
 from benchmark.use.card import model_card, preprocessing, render_card
 from benchmark.use.loaded import DEFAULT_RESULTS, LoadedRun, load_run, require_extra
 
@@ -103,16 +105,50 @@ def write_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path
         torch.jit.trace(module, example, check_trace=False).save(str(path))
 
 
-def quantize_onnx(source: Path, target: Path) -> None:
+@contextlib.contextmanager
+def root_logging_silenced():
+    """onnxruntime's quantizer warns through the root logger (`logging.warning`, which would also install a
+    handler printing `WARNING:root:...`); its advice (pre-process first) is not for our users."""
+    root = logging.getLogger()
+    handler, level = logging.NullHandler(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+ONNX_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+ONNX_INT8_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul")
+
+
+def quantize_onnx(source: Path, target: Path) -> str:
+    """Dynamic int8 of the ONNX file; returns which nodes were quantised, counted in both graphs."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    with root_logging_silenced():
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+
+    def count(path: Path, ops: tuple[str, ...]) -> int:
+        return sum(node.op_type in ops for node in onnx.load(str(path), load_external_data=False).graph.node)
+
+    return (f"{count(target, ONNX_INT8_OPS)} of {count(source, ONNX_WEIGHT_OPS)} MatMul/Gemm/Conv nodes "
+            f"(onnxruntime dynamic; a MatMul of two activations keeps float)")
 
 
-def quantize_torch(module: torch.nn.Module) -> torch.nn.Module:
+def quantize_torch(module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """Dynamic int8 of the Linear layers (all torch.ao quantises dynamically); returns the module and which layers
+    were quantised, with the weight layers that stay fp32 (a ResNet's convolutions: most of its size)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # quantized tensor creation is deprecated upstream
-        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+        quantized = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+    done = sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized.modules())
+    convolutions = sum(isinstance(m, torch.nn.modules.conv._ConvNd) for m in quantized.modules())
+    kept = f"; its {convolutions} convolution layers stay fp32" if convolutions else ""
+    return quantized, f"{done} Linear layer{'' if done == 1 else 's'} (torch.ao dynamic, Linear only){kept}"
 
 
 def check_against_pytorch(loaded: LoadedRun, path: Path, fmt: str, tolerance: float | None) -> dict:
@@ -160,7 +196,7 @@ def export_model(run: str | Path | LoadedRun, fmt: str = "onnx", quantize: str |
         require_extra("export")
     loaded = run if isinstance(run, LoadedRun) else load_run(run, results)
     folder = Path(output) if output else loaded.record_path.parents[2] / "exports" / loaded.run_id
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable(folder)
     example, fp32_module = _example(loaded), _fp32_module(loaded)
     fp32_path = folder / f"model{SUFFIX[fmt]}"  # int8 also writes (and checks) the fp32 file it is compared with
     (write_onnx if fmt == "onnx" else write_torchscript)(fp32_module, example, fp32_path)
@@ -171,14 +207,14 @@ def export_model(run: str | Path | LoadedRun, fmt: str = "onnx", quantize: str |
         return _finish(loaded, folder, fp32_path, fp32_check, [fmt])
     path = folder / f"model.int8{SUFFIX[fmt]}"
     if fmt == "onnx":
-        quantize_onnx(fp32_path, path)
+        quantized = quantize_onnx(fp32_path, path)
     else:
-        write_torchscript(quantize_torch(fp32_module), example, path)
+        module, quantized = quantize_torch(fp32_module)
+        write_torchscript(module, example, path)
     check = check_against_pytorch(loaded, path, fmt, tolerance=None)
     check.update(format=fmt, quantize="int8", file=path.name, bytes=path.stat().st_size,
                  fp32_bytes=fp32_check["bytes"], size_ratio=path.stat().st_size / fp32_check["bytes"],
-                 quantized=("MatMul, Gemm and Conv weights (onnxruntime dynamic)" if fmt == "onnx"
-                            else "Linear layers (torch.ao dynamic)"),
+                 quantized=quantized,
                  test=test_metrics_change(loaded, path, fmt, data_root))
     _write_json(path, check)
     return _finish(loaded, folder, path, check, [fmt, "int8"])

@@ -17,7 +17,10 @@ import pandas as pd
 from benchmark.data.images import IMAGE_SUFFIXES, open_image
 from benchmark.errors import UserError
 from benchmark.metrics import predicted_labels
+from benchmark.records import atomic_write_bytes, check_output_file
 from benchmark.use.loaded import DEFAULT_RESULTS, PREDICT_BATCH, LoadedRun, load_run
+
+OUTPUT_SUFFIXES = (".csv", ".json")
 
 
 @dataclass
@@ -48,15 +51,15 @@ class PredictionReport:
 
     def write(self, path: Path) -> Path:
         """`.csv` (one row per image, a column per class) or `.json` (run id, class names, predictions, errors)."""
-        path = Path(path)
-        if path.suffix not in (".csv", ".json"):
-            raise UserError(f"--output {path}: use a .csv or .json file name")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".csv":
-            self.frame().to_csv(path, index=False)
-        else:
-            path.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        path = check_output_file(path, OUTPUT_SUFFIXES)
+        text = self.frame().to_csv(index=False) if path.suffix.lower() == ".csv" else json.dumps(asdict(self), indent=1) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
         return path
+
+
+def check_batch_size(batch_size: int) -> None:
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise UserError(f"--batch must be >= 1 (got {batch_size}): images per forward pass")
 
 
 def score(loaded: LoadedRun, names: list[str], images: np.ndarray, true_labels: list[int | None] | None = None,
@@ -130,6 +133,7 @@ def open_image_array(pixels: np.ndarray):
 def predict(run: str | Path | LoadedRun, images: list[str | Path], results: str | Path = DEFAULT_RESULTS,
             data_root: str | None = None, batch_size: int = PREDICT_BATCH) -> PredictionReport:
     """Predict `images` (files, folders, `<dataset>:<split>`) with run `run` (id, record path or a LoadedRun)."""
+    check_batch_size(batch_size)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, results)
     names, pixels, truths, errors = gather_images(loaded, images, data_root)
     report = PredictionReport(loaded.run_id, loaded.class_names, errors=errors)
