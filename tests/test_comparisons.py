@@ -5,14 +5,17 @@ are pinned, and the "seeds needed" numbers are those of the t-test they name."""
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from record_factory import make_record
 
 from benchmark import metrics
+from benchmark.records import load_records, parse_protocol, protocol_of, protocol_text, records_frame
 from benchmark.report import aggregate, render
-from benchmark.report.load import by_suite
+from benchmark.report.load import by_suite, load_published
 
 N_TEST = 400
 LABELS = np.random.default_rng(7).permutation(np.r_[np.zeros(120, int), np.ones(280, int)])  # 70 % class 1
@@ -163,3 +166,42 @@ def test_twins_are_never_best() -> None:
     for rec in twin:
         rec["model"]["name"] = "vit_b16"
     assert "best" not in set(aggregate.trust(base + twin)["acc_mark"])
+
+
+# --- protocols ----------------------------------------------------------------------------------------------
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "runs"
+
+
+def committed_record(suite: str, model: str) -> dict:
+    (path, *_) = sorted((COMMITTED / suite).glob(f"breastmnist-28-{model}-s0-*.json"))
+    return json.loads(path.read_text())
+
+
+def test_a_record_without_a_stored_protocol_gets_it_from_its_config() -> None:
+    old = committed_record("imbalance-cpu", "resnet18_28")
+    assert "protocol" not in old  # written before the key existed
+    protocol = protocol_of(old)
+    assert protocol["epochs"] == "3" and protocol["schedule"] == "cosine" and protocol["init"] == "scratch"
+    assert protocol["split"] == "official" and protocol["scheme"] == "from_scratch"
+    balanced = protocol_of(committed_record("imbalance-cpu", "resnet18_28_balanced_loss"))
+    assert balanced["imbalance"] == "class_weights balanced" and protocol["imbalance"] == "none"
+    knn = protocol_of(committed_record("schemes-cpu", "resnet18_28-knn"))
+    assert knn["k"] == "11" and "epochs" not in knn  # nothing trains: the recipe is not kNN's protocol
+    assert parse_protocol(protocol_text(protocol)) == protocol
+    assert protocol_of({**old, "protocol": {"scheme": "stored"}}) == {"scheme": "stored"}
+
+
+def test_delta_in_seed_stds_only_between_rows_of_one_protocol() -> None:
+    """The committed 3-epoch imbalance-cpu runs next to MedMNIST v2's 100-epoch rows: Δ shown, Δ / std not, the
+    difference named; the committed 100-epoch medmnist-v2 runs follow the published protocol: Δ / std shown."""
+    published = load_published()
+    short = load_records(COMMITTED / "imbalance-cpu")
+    gap = aggregate.published_gap(records_frame(short), published, None, short)
+    row = gap[(gap["model"] == "resnet18_28") & (gap["metric"] == "acc")].iloc[0]
+    assert row["protocol"] == "3 epochs vs 100; schedule cosine vs multistep"
+    assert not row["same_protocol"] and np.isnan(row["gap_in_stds"]) and row["gap"] < -0.1
+    full = load_records(COMMITTED / "medmnist-v2")
+    gap = aggregate.published_gap(records_frame(full), published, None, full)
+    row = gap[(gap["model"] == "resnet18_28") & (gap["dataset"] == "breastmnist") & (gap["metric"] == "acc")].iloc[0]
+    assert row["same_protocol"] and row["gap_in_stds"] == pytest.approx(row["gap"] / row["std"])
+    assert aggregate.protocol_difference({"epochs": "3"}, {}) == "not stated by the source: epochs"

@@ -41,7 +41,7 @@ from benchmark.metrics import (
     seeds_needed,
     weighted_metrics,
 )
-from benchmark.records import data_identity, test_set
+from benchmark.records import data_identity, group_key, parse_protocol, protocol_of, test_set
 from benchmark.report.load import PUBLISHED_COLUMNS, SuiteData, SuitePlan
 
 logger = logging.getLogger(__name__)
@@ -338,21 +338,53 @@ def pairwise(frame: pd.DataFrame, metric: str) -> list[tuple[str, str, pd.DataFr
     return out
 
 
-def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan | None) -> pd.DataFrame:
+def protocol_difference(measured: dict[str, str], published: dict[str, str]) -> str:
+    """How a measured protocol differs from a published one, field by field ("3 epochs vs 100; schedule cosine vs
+    multistep"), fields the source does not state last; "" when they agree."""
+    differ, unstated = [], []
+    for field in dict.fromkeys([*measured, *published]):
+        ours, theirs = measured.get(field), published.get(field)
+        if theirs is None:
+            unstated.append(field)
+        elif ours != theirs:
+            differ.append(f"{ours} epochs vs {theirs}" if field == "epochs" else
+                          f"{field.replace('_', ' ')} {ours or 'unknown'} vs {theirs}")
+    return "; ".join(differ + ([f"not stated by the source: {', '.join(unstated)}"] if unstated else []))
+
+
+def cell_protocols(records) -> dict[tuple, dict[str, str]]:
+    """(model, size, scheme, dataset) → the protocol its completed records share (`records.protocol_of`); a cell
+    whose seeds followed different protocols gets {"protocol": "mixed"}."""
+    out: dict[tuple, dict[str, str]] = {}
+    for record in records:
+        if record["status"] != "completed":
+            continue
+        key = (*group_key(record), test_set(record))
+        protocol = protocol_of(record)
+        out[key] = protocol if out.get(key, protocol) == protocol else {"protocol": "mixed"}
+    return out
+
+
+def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan | None,
+                  records=None) -> pd.DataFrame:
     """Measured vs published for every (model, size, dataset, metric) with a published value and a measured or
-    planned run: published, mean, std, n, n_expected, gap (mean − published) and gap / std. A published row that
-    names its scheme (MedMNIST+: fine_tune, linear_probe, knn) is compared with that scheme's runs only; one without
-    with the model's first scheme. A model that the suite file marks `published_as: <model>` (another build of the
-    published model) is compared with its rows."""
+    planned run: published, mean, std, n, n_expected, gap (mean − published), protocol (how the measured runs'
+    protocol differs from the published row's, "" when the same; `protocol_difference`) and gap / std — only
+    between rows of the same protocol (NaN otherwise, or without `records` to read the protocol from). A
+    published row that names its scheme (MedMNIST+: fine_tune, linear_probe, knn) is compared with that scheme's
+    runs only; one without with the model's first scheme. A model that the suite file marks `published_as: <model>`
+    (another build of the published model) is compared with its rows."""
     aliases = dict(plan.published_as) if plan is not None else {}
+    protocols = cell_protocols(records or [])
     rows = []
     for metric in ("acc", "auc"):
         cells = cell_stats(frame, metric, plan)
         first = cells.groupby(["model", "size", "dataset"], sort=True).first()  # the first scheme's cell
         by_scheme = cells.set_index(["model", "size", "dataset", "scheme"]).sort_index()
         pub = published[published["metric"] == metric]
-        for published_model, size, dataset, scheme, value, source in sorted(
-                zip(pub["model"], pub["size"], pub["dataset"], pub["scheme"], pub["value"], pub["source"])):
+        for published_model, size, dataset, scheme, value, protocol, source in sorted(
+                zip(pub["model"], pub["size"], pub["dataset"], pub["scheme"], pub["value"], pub["protocol"],
+                    pub["source"])):
             for model in [str(published_model), *sorted(m for m, p in aliases.items() if p == published_model)]:
                 key = (model, int(size), str(dataset))
                 table, lookup = (by_scheme, (*key, str(scheme))) if scheme else (first, key)
@@ -362,14 +394,18 @@ def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan 
                 cell = table.loc[lookup] if lookup in table.index else None
                 mean = cell["mean"] if cell is not None else np.nan
                 std = cell["std"] if cell is not None else np.nan
+                measured = protocols.get((model, int(size), cell["scheme"] if cell is not None and not scheme
+                                          else str(scheme), str(dataset)))
+                difference = ("" if measured is None else protocol_difference(measured, parse_protocol(protocol)))
                 rows.append(dict(model=model, size=int(size), scheme=str(scheme), dataset=str(dataset),
                                  metric=metric, published=float(value), mean=mean, std=std,
                                  n=int(cell["n"]) if cell is not None else 0,
                                  n_expected=int(cell["n_expected"]) if cell is not None else 0,
-                                 gap=mean - float(value), source=str(source)))
+                                 gap=mean - float(value), source=str(source),
+                                 same_protocol=measured is not None and not difference, protocol=difference))
     out = pd.DataFrame(rows, columns=["model", "size", "scheme", "dataset", "metric", "published", "mean", "std",
-                                      "n", "n_expected", "gap", "source"])
-    out["gap_in_stds"] = out["gap"] / out["std"].where(out["std"] > 0)
+                                      "n", "n_expected", "gap", "source", "same_protocol", "protocol"])
+    out["gap_in_stds"] = (out["gap"] / out["std"].where(out["std"] > 0)).where(out["same_protocol"].astype(bool))
     return out
 
 

@@ -123,7 +123,8 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
         seeds = aggregate.expected_seeds(data.frame, data.plan)
         sections = (
             ("Measured vs published",
-             [render.published_gap_table(aggregate.published_gap(data.frame, published, data.plan), suite)]),
+             [render.published_gap_table(aggregate.published_gap(data.frame, published, data.plan, data.records),
+                                         suite)]),
             ("Incomplete groups",
              [render.incomplete_table(aggregate.incomplete_groups(data.frame, data.plan), suite, seeds, data.plan)]),
             ("Failed runs", [render.failed_table(aggregate.failed_runs(data.frame), suite)]),

@@ -279,7 +279,8 @@ class SiteBuilder:
                 "seeds": ", ".join(map(str, seeds))}
 
     def compare_section(self, suite: str, data: SuiteData) -> dict:
-        gap = render.published_gap_table(aggregate.published_gap(data.frame, self.published, data.plan), suite)
+        gap = render.published_gap_table(aggregate.published_gap(data.frame, self.published, data.plan,
+                                                                  data.records), suite)
         pairwise = [render.pairwise_table(aggregate.pairwise(data.frame, metric), suite, metric)
                     for metric in aggregate.PAIRWISE_METRICS]
         return {"suite": suite, "id": render.slug(suite), "gap": html_table(gap) if gap else None,
