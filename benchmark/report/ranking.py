@@ -138,11 +138,12 @@ def suite_values(data: SuiteData, metric: str) -> pd.DataFrame:
 
 
 def suite_rankings(data: SuiteData) -> list[Ranking]:
-    """ACC and AUC rankings of one suite's models over its datasets."""
+    """ACC and AUC rankings of one suite's models over its datasets (a suite of one dataset has none: its
+    headline table is the comparison)."""
     out = []
     for metric in ("acc", "auc"):
         values = suite_values(data, metric)
-        if values.shape[1] >= 2:
+        if values.shape[0] >= 2 and values.shape[1] >= 2:
             out.append(rank(values, f"{data.suite}-{metric}", f"Suite {data.suite}", metric))
     return out
 

@@ -22,6 +22,8 @@ from benchmark.report.aggregate import (
     MetricTable,
 )
 from benchmark.report.load import SuitePlan
+from benchmark.report.ranking import ALPHA as RANK_ALPHA
+from benchmark.report.ranking import ROPE, Ranking
 
 NOT_RUN = "not yet run"
 DASH = "—"
@@ -495,3 +497,41 @@ def seeds_table(trust: pd.DataFrame, suite: str) -> Table | None:
                          "(sample std, ddof = 1); — for one seed; 0 when the seeds agree exactly. Seeds for ΔACC = "
                          "0.01 (on each test set's highest-ACC row): the seeds per model the same t-test needs to "
                          "detect a 0.01 ACC difference from its runner-up, at their pooled seed std.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rankings across datasets
+# ----------------------------------------------------------------------------------------------------------
+def ranking_table(r: Ranking) -> Table:
+    """One ranking: models by mean rank, their mean value, the Nemenyi p-value against the best and the Bayesian
+    signed-rank probabilities of the best against each (when tested); the caption says what was tested."""
+    n_models, n_datasets = r.values.shape[1], r.values.shape[0]
+    bayes = r.bayes.set_index("other") if r.bayes is not None else pd.DataFrame()
+    best = r.mean_rank.index[0] if len(r.mean_rank) else None
+    rows = []
+    for position, (model, mean_rank) in enumerate(r.mean_rank.items(), start=1):
+        row = [Cell(str(position)), Cell(str(model), bold=position == 1 and r.tested), Cell(fmt(mean_rank, 2)),
+               Cell(fmt(r.values[model].mean()))]
+        if r.tested:
+            differs = r.nemenyi is not None and model != best and r.nemenyi.loc[best, model] < RANK_ALPHA
+            row.append(Cell(DASH if r.nemenyi is None or model == best else fmt_p(r.nemenyi.loc[best, model]),
+                            note="*" if differs else ""))
+            row += ([Cell(DASH)] * 3 if model not in bayes.index else
+                    [Cell(fmt(bayes.loc[model, k], 2)) for k in ("p_better", "p_rope", "p_worse")])
+        rows.append(row)
+    label = METRIC_LABELS.get(r.metric, r.metric)
+    columns = ["#", "Model", "Mean rank", f"Mean {label}"]
+    if r.tested:
+        columns += ["Nemenyi p vs #1", "P(#1 better)", f"P(within ±{ROPE:g})", "P(#1 worse)"]
+        caption = (f"{n_models} models ranked on each of {n_datasets} datasets (1 = best, ties share the mean rank). "
+                   f"{r.test.capitalize()} test p = {fmt_p(r.pvalue)}"
+                   + (f"; Nemenyi critical difference {fmt(r.cd, 2)} at α = {RANK_ALPHA:g}: * = differs from "
+                      f"#1" if r.nemenyi is not None else "")
+                   + f". Bayesian signed-rank test (baycomp, rope ±{ROPE:g}) of #1 against each model: the "
+                     "posterior probability that #1 is better by more than the rope, within it, or worse.")
+    else:
+        caption = f"{n_models} models ranked on each of {n_datasets} dataset(s) (1 = best). Untested: {r.note}"
+    if r.dropped:
+        caption += f" Left out (no value on every dataset): {', '.join(r.dropped)}."
+    return Table(title=f"{r.title}: ranking on {label}", columns=columns, align="rlrr" + "rrrr" * r.tested, rows=rows,
+                 caption=caption, label=f"tab:ranking-{slug(r.key)}")

@@ -29,6 +29,7 @@ access in `style`, and the one list of figure jobs with the entry points that dr
 from benchmark.report.figures.calibration import plot_reliability, plot_reliability_suite
 from benchmark.report.figures.comparison import plot_avg_rank, plot_heatmap, plot_per_class_recall, plot_resolution
 from benchmark.report.figures.jobs import (
+    RANKING_FOLDER,
     RUN_FIGURES,
     FigureJob,
     figure_jobs,
@@ -41,7 +42,7 @@ from benchmark.report.figures.runs import plot_confidence, plot_confusion, plot_
 from benchmark.report.figures.samples import plot_predictions, plot_samples, sample_sets
 from benchmark.report.figures.style import safe_stem
 
-__all__ = ["RUN_FIGURES", "FigureJob", "figure_jobs", "plot_avg_rank", "plot_confidence", "plot_confusion", "plot_curves",
-           "plot_critical_difference", "plot_heatmap", "plot_per_class_recall", "plot_predictions", "plot_reliability",
-           "plot_reliability_suite", "plot_resolution", "plot_roc", "plot_samples", "ranking_figures", "safe_stem",
-           "sample_sets", "suite_figures", "write_figures"]
+__all__ = ["RANKING_FOLDER", "RUN_FIGURES", "FigureJob", "figure_jobs", "plot_avg_rank", "plot_confidence",
+           "plot_confusion", "plot_curves", "plot_critical_difference", "plot_heatmap", "plot_per_class_recall",
+           "plot_predictions", "plot_reliability", "plot_reliability_suite", "plot_resolution", "plot_roc",
+           "plot_samples", "ranking_figures", "safe_stem", "sample_sets", "suite_figures", "write_figures"]

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from benchmark.report.aggregate import METRIC_LABELS
 from benchmark.report.figures.style import DOUBLE, new_figure
 from benchmark.report.load import SuiteData
-from benchmark.report.ranking import Ranking, medmnist_plus_rankings, suite_rankings
+from benchmark.report.ranking import ALPHA, Ranking, medmnist_plus_rankings, suite_rankings
 
 
 def plot_critical_difference(ranking: Ranking) -> Figure | None:
@@ -22,12 +22,12 @@ def plot_critical_difference(ranking: Ranking) -> Figure | None:
     from autorank import plot_stats
 
     n_models, n_datasets = ranking.values.shape[1], ranking.values.shape[0]
-    fig = new_figure(DOUBLE, 1.2 + 0.16 * n_models, layout=None)
+    fig = new_figure(DOUBLE, 1.4 + 0.16 * n_models, layout=None)
     ax = fig.subplots()
     plot_stats(ranking.result, allow_insignificant=True, ax=ax)
     fig.suptitle(f"{ranking.title}: mean rank on {METRIC_LABELS.get(ranking.metric, ranking.metric)} over "
-                 f"{n_datasets} datasets (Friedman p = {ranking.pvalue:.2g}, Nemenyi CD = {ranking.cd:.2f} at α = 0.05)",
-                 fontsize=8, y=0.99)
+                 f"{n_datasets} datasets\nFriedman p = {ranking.pvalue:.2g}; bars join models within the Nemenyi "
+                 f"critical difference (CD = {ranking.cd:.2f}, α = {ALPHA:g})", fontsize=8, y=0.995)
     return fig
 
 
