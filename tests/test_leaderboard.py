@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from committed import committed_files
 from record_factory import FAILED, MISSING, make_grid, make_record, write_records, write_suite_file
 from scipy import stats
 
@@ -491,3 +492,12 @@ def test_same_seed_with_another_config_is_never_counted_twice(tmp_path, caplog):
     recs = load_records(tmp_path)
     assert f"{final['run_id']} replaces breastmnist-28-resnet18_28-s0-trial" in caplog.text
     assert [r["run_id"] for r in recs] == [final["run_id"]]
+
+
+def test_committed_leaderboard_md_and_tex_are_what_the_committed_records_give():
+    """Like the CSV (test_records): every number, mark, interval and note of the committed leaderboard.md."""
+    project = Path(__file__).resolve().parents[1]
+    records = load_records(committed_files("results/runs/*/*.json"))
+    md, _, tex = leaderboard.build_leaderboard(records, suites_dir=project / "suites")
+    assert md == (project / "results" / "leaderboard.md").read_text(encoding="utf-8")
+    assert tex == (project / "results" / "leaderboard.tex").read_text(encoding="utf-8")

@@ -299,7 +299,7 @@ class SiteBuilder:
         for suite, data in self.suites.items():
             tables = [html_table(render.ranking_table(r)) for r in ranking.suite_rankings(data)]
             if tables:
-                found = [Figure(job.label, self.figure_src(page, path)) for job, path in self.figures_of[suite]
+                found = [Figure(job.label, self.figure_src(page, path)) for job, path in self.figures_of.get(suite, [])
                          if job.kind == "critical_difference"]
                 sections.append({"id": render.slug(suite), "title": f"Suite {suite}", "tables": tables,
                                  "figures": found})
