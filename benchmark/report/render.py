@@ -51,6 +51,12 @@ def fmt_p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_relation(p: float | None) -> str:
+    """"= 0.042" or "< 0.001": a p-value after "p "."""
+    text = fmt_p(p)
+    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
+
+
 def mean_std(mean: float, std: float) -> str:
     return fmt(mean) if pd.isna(std) else f"{fmt(mean)} ± {fmt(std)}"
 
@@ -524,7 +530,7 @@ def ranking_table(r: Ranking) -> Table:
     if r.tested:
         columns += ["Nemenyi p vs #1", "P(#1 better)", f"P(within ±{ROPE:g})", "P(#1 worse)"]
         caption = (f"{n_models} models ranked on each of {n_datasets} datasets (1 = best, ties share the mean rank). "
-                   f"{r.test.capitalize()} test p = {fmt_p(r.pvalue)}"
+                   f"{r.test.capitalize()} test p {p_relation(r.pvalue)}"
                    + (f"; Nemenyi critical difference {fmt(r.cd, 2)} at α = {RANK_ALPHA:g}: * = differs from "
                       f"#1" if r.nemenyi is not None else "")
                    + f". Bayesian signed-rank test (baycomp, rope ±{ROPE:g}) of #1 against each model: the "
