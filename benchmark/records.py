@@ -369,10 +369,11 @@ def protocol_of(record: Record) -> dict[str, str]:
     imbalance = [f"{name} {recipe[name]}" for name in ("class_weights", "sampler") if recipe.get(name, "none") != "none"]
     patience = recipe.get("early_stopping_patience") or 0
     selection = str(recipe.get("selection_metric", "")) + (f", patience {patience}" if patience else "")
-    return {**out, "epochs": str(recipe.get("epochs", "")), "optimizer": str(recipe.get("optimizer", "")),
-            "lr": f"{recipe['lr']:g}" if "lr" in recipe else "", "batch_size": str(recipe.get("batch_size", "")),
-            "schedule": str(recipe.get("schedule", "")), "augment": str(recipe.get("augment", "")),
-            "imbalance": "+".join(imbalance) or "none", "selection": selection}
+    fields = {"epochs": recipe.get("epochs"), "optimizer": recipe.get("optimizer"),
+              "lr": f"{recipe['lr']:g}" if "lr" in recipe else None, "batch_size": recipe.get("batch_size"),
+              "schedule": recipe.get("schedule"), "augment": recipe.get("augment"),
+              "imbalance": "+".join(imbalance) or "none", "selection": selection or None}
+    return {**out, **{name: str(value) for name, value in fields.items() if value is not None}}  # unknown: absent
 
 
 def protocol_text(protocol: dict[str, str]) -> str:

@@ -462,7 +462,7 @@ def test_no_heavy_imports():
 def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch, model):
     recs = make_grid(suite="medmnist-v2", models=("resnet18_28", "resnet18_28_ref"), missing=(), failed=())
     published = load_published()
-    v2 = parse_protocol(published.loc[published["source"] == "MedMNIST v2 Tab. 2", "protocol"].iloc[0])
+    v2 = parse_protocol(published.loc[published["model"] == "resnet18_28", "protocol"].iloc[0])
     for rec in recs:
         rec["protocol"] = v2  # the published recipe, as stored by a record of that suite
     md = _real_suite_board(tmp_path, monkeypatch, "medmnist-v2", recs)

@@ -347,7 +347,7 @@ def protocol_difference(measured: dict[str, str], published: dict[str, str]) -> 
         if theirs is None:
             unstated.append(field)
         elif ours != theirs:
-            differ.append(f"{ours} epochs vs {theirs}" if field == "epochs" else
+            differ.append(f"{ours or 'unknown'} epochs vs {theirs}" if field == "epochs" else
                           f"{field.replace('_', ' ')} {ours or 'unknown'} vs {theirs}")
     return "; ".join(differ + ([f"not stated by the source: {', '.join(unstated)}"] if unstated else []))
 

@@ -100,7 +100,7 @@ _TEX_MAP = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"±": r"$\pm$", "†": r"$^\dagger$", "—": "---", "·": r"$\cdot$", "≥": r"$\geq$", "<": r"$<$",
                 ">": r"$>$", "×": r"$\times$", "–": "--", "−": r"$-$", "…": r"\ldots{}", "✓": r"$\checkmark$",
-                "≈": r"$\approx$", "Δ": r"$\Delta$"}
+                "≈": r"$\approx$", "Δ": r"$\Delta$", "α": r"$\alpha$", "▾": r"$\blacktriangledown$", "š": r"\v{s}"}
 
 
 def tex_escape(s: str) -> str:
