@@ -342,15 +342,12 @@ def test_set(record: Record) -> str:
     return test_set_name(str(record["dataset"]["name"]), (record["dataset"].get("split") or {}).get("kind"))
 
 
-#: the recipe's part of a protocol, in order (a kNN protocol has none: nothing trains)
-RECIPE_PROTOCOL = ("epochs", "optimizer", "lr", "batch_size", "schedule", "augment", "imbalance", "selection")
-
-
 def protocol_of(record: Record) -> dict[str, str]:
     """The protocol a run followed, as text fields: scheme, init (pretrained / scratch), input size, resize,
-    data split, the test images (`limit`, when not the whole split), the kNN options or the recipe (epochs,
-    optimizer, lr, batch size, schedule, augmentation, imbalance handling, checkpoint selection). Derived from the
-    record's config alone, so records written before the key existed get it too; new records store it."""
+    data split, the test images (`limit`, when not the whole split), the kNN options (nothing trains, so no recipe)
+    or the recipe (epochs, optimizer, lr, batch size, schedule, augmentation, imbalance handling, checkpoint
+    selection); a field the config does not state is absent. Derived from the record's config alone, so records
+    written before the key existed get it too; new records store it."""
     if record.get("protocol"):
         return dict(record["protocol"])
     config = record.get("config") or {}
@@ -359,8 +356,8 @@ def protocol_of(record: Record) -> dict[str, str]:
     split = ((record.get("dataset") or {}).get("split") or {}).get("kind") or config.get("split") or "official"
     scheme = str(record.get("scheme") or "")
     out = {"scheme": scheme, "init": "pretrained" if model.get("pretrained") else "scratch",
-           "input_size": str(model.get("input_size", "")), "resize": str(model.get("resize") or "interpolate"),
-           "split": str(split)}
+           **({"input_size": str(model["input_size"])} if model.get("input_size") else {}),
+           "resize": str(model.get("resize") or "interpolate"), "split": str(split)}
     if config.get("limit"):
         out["limit"] = str(config["limit"])
     if scheme == "knn":

@@ -205,3 +205,11 @@ def test_delta_in_seed_stds_only_between_rows_of_one_protocol() -> None:
     row = gap[(gap["model"] == "resnet18_28") & (gap["dataset"] == "breastmnist") & (gap["metric"] == "acc")].iloc[0]
     assert row["same_protocol"] and row["gap_in_stds"] == pytest.approx(row["gap"] / row["std"])
     assert aggregate.protocol_difference({"epochs": "3"}, {}) == "not stated by the source: epochs"
+
+
+def test_site_pages_show_knn_calibration_as_not_applicable() -> None:
+    from benchmark.report.site import _metric_text
+
+    assert _metric_text("knn", "nll", 4.958) == "n/a (kNN stores its k neighbours' vote fractions)"
+    assert _metric_text("knn", "auc", 0.7051) == "0.7051"
+    assert _metric_text("from_scratch", "nll", 0.4123) == "0.4123"
