@@ -94,3 +94,19 @@ def test_a_suite_ranking_is_in_the_leaderboard_with_its_note() -> None:
     assert acc.values.shape[0] == len({r["dataset"]["name"] for r in records}) < ranking.MIN_DATASETS
     markdown, _, _ = build_leaderboard(by_suite(records))
     assert "#### Suite unit: ranking on ACC" in markdown and acc.note in markdown
+
+
+def test_a_suite_of_five_datasets_is_tested_and_drawn_as_a_critical_difference_diagram() -> None:
+    from benchmark.report.figures.jobs import figure_jobs
+
+    datasets = ("breastmnist", "retinamnist", "bloodmnist", "dermamnist", "breast_ultrasound")
+    records = make_grid(suite="unit", datasets=datasets, models=("resnet18_28", "resnet50_28", "vit_b16"),
+                        seeds=(0,), missing=(), failed=())
+    data = by_suite(records)["unit"]
+    acc = [r for r in ranking.suite_rankings(data) if r.metric == "acc"][0]
+    assert acc.tested and acc.values.shape == (5, 3) and acc.test == "friedman"
+    (job,) = [j for j in figure_jobs(data) if j.stem == "critical_difference_acc"]
+    figure = job.draw()
+    labels = {t.get_text() for ax in figure.axes for t in ax.texts}
+    assert set(acc.values.columns) <= labels and "CD" in labels  # "model · scheme": the suite has two schemes
+    assert "vit_b16 · fine_tune" in acc.values.columns
