@@ -14,6 +14,8 @@ majority-class / class-prior reference predictors.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 from scipy import optimize, stats
 from sklearn import metrics as skm
@@ -77,6 +79,11 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> 
 
 ECE_BINS = 15
 CALIBRATION_METRICS = ("ece", "brier", "nll")
+#: schemes whose stored "probabilities" are not probabilities, and why: their ECE, Brier and NLL read "n/a"
+PROBABILITY_FREE_SCHEMES = {
+    "knn": "kNN stores its k neighbours' vote fractions: k + 1 possible values, 0 for a class no neighbour has, so "
+           "NLL is set by a clip constant and ECE / Brier score the vote count, not a probability model",
+}
 CALIBRATIONS = ("none", "temperature")
 
 
@@ -239,6 +246,74 @@ def paired_pvalue_from_draws(draws_a: np.ndarray, draws_b: np.ndarray, metric: s
     sign = -1.0 if metric in CALIBRATION_METRICS else 1.0
     difference = sign * (np.asarray(draws_a) - np.asarray(draws_b))
     return float((1 + np.sum(~(difference > 0))) / (1 + len(difference)))
+
+
+# --- training variance: seeds resampled as well as test images --------------------------------------------
+
+#: fewer completed seeds than this: the seed spread is not estimated well enough to test a cell (it says so)
+MIN_SEEDS_TO_TEST = 3
+
+
+def seed_indices(n_seeds: int, key: str, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(n_resamples, n_seeds) seed indices drawn with replacement. Seeded by `seed` and `key` (the cell's identity),
+    so a cell always gets the same draws, and two cells' seed draws are independent of each other."""
+    return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))]).integers(0, n_seeds,
+                                                                                 size=(n_resamples, n_seeds))
+
+
+def hierarchical_draws(per_seed: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The seed mean of a metric on each resample of a two-level bootstrap: `per_seed` (S, B) holds every seed's
+    metric on the B image resamples (`weighted_metrics` with `resample_counts`), `indices` (B, S) the seeds drawn
+    for each resample (`seed_indices`). Resample b is the mean over its drawn seeds of their metric on image
+    resample b: seeds and test images both vary, and the image resample stays shared by every seed and every model
+    of the test set (the images are crossed with the seeds, so the comparison stays paired over images)."""
+    per_seed = np.asarray(per_seed, dtype=np.float64)
+    return per_seed[indices, np.arange(per_seed.shape[1])[:, None]].mean(axis=1)
+
+
+#: what the "seeds needed" numbers assume: two-sided two-sample t-test on per-seed values, this level and power
+DETECTION_ALPHA = 0.05
+DETECTION_POWER = 0.8
+
+
+def t_test_power(difference: float, std: float, n: int, alpha: float = DETECTION_ALPHA) -> float:
+    """Power of a two-sided two-sample t-test (n per arm, equal std) to detect `difference` (noncentral t)."""
+    if n < 2:
+        return float("nan")
+    if std <= 0:
+        return 1.0 if difference != 0 else alpha
+    df = 2 * (n - 1)
+    shift = abs(difference) / std * np.sqrt(n / 2)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    wrong_side = np.nan_to_num(stats.nct.cdf(-critical, df, shift), nan=0.0)  # NaN far in the tail: 0
+    return float(stats.nct.sf(critical, df, shift) + wrong_side)
+
+
+def minimum_detectable_difference(std: float, n: int, alpha: float = DETECTION_ALPHA,
+                                  power: float = DETECTION_POWER) -> float:
+    """The smallest difference of means that n seeds per arm detect with `power` at `alpha` (two-sided two-sample
+    t-test on per-seed values, both arms with seed std `std`); NaN for n < 2, 0 when the seeds do not vary."""
+    if n < 2 or not np.isfinite(std):
+        return float("nan")
+    if std <= 0:
+        return 0.0
+    return float(optimize.brentq(lambda d: t_test_power(d, std, n, alpha) - power, 1e-12 * std, 20 * std))
+
+
+def seeds_needed(difference: float, std: float, alpha: float = DETECTION_ALPHA, power: float = DETECTION_POWER,
+                 most: int = 10_000) -> int | None:
+    """Seeds per arm a two-sided two-sample t-test needs to detect `difference` with `power` at `alpha` when each
+    arm's seed std is `std`; None when more than `most` (or the std is unknown)."""
+    if not np.isfinite(std):
+        return None
+    if t_test_power(difference, std, most, alpha) < power:
+        return None
+    low, high = 1, most  # power grows with n: bisect for the smallest n that reaches it
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if t_test_power(difference, std, middle, alpha) >= power else (middle, high)
+    return high
 
 
 def holm(pvalues) -> np.ndarray:

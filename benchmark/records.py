@@ -173,6 +173,7 @@ class Record(TypedDict, total=False):
     environment: dict[str, Any]
     error: ErrorBlock | None
     calibration: CalibrationBlock
+    protocol: dict[str, str]  # `protocol_of(record)`: what a published number must share to be compared with it
 
 
 RECORD_KEYS = frozenset(Record.__annotations__)
@@ -284,6 +285,7 @@ def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks
         "created_at": now_iso(),
         **blocks,
     }
+    record["protocol"] = protocol_of(record)
     problem = record_problem(record)
     if problem:
         raise ValueError(f"built an invalid record for {spec.run_id}: {problem}")
@@ -401,6 +403,46 @@ def test_set(record: Record) -> str:
     from benchmark.suites import test_set_name
 
     return test_set_name(str(record["dataset"]["name"]), (record["dataset"].get("split") or {}).get("kind"))
+
+
+def protocol_of(record: Record) -> dict[str, str]:
+    """The protocol a run followed, as text fields: scheme, init (pretrained / scratch), input size, resize,
+    data split, the test images (`limit`, when not the whole split), the kNN options (nothing trains, so no recipe)
+    or the recipe (epochs, optimizer, lr, batch size, schedule, augmentation, imbalance handling, checkpoint
+    selection); a field the config does not state is absent. Derived from the record's config alone, so records
+    written before the key existed get it too; new records store it."""
+    if record.get("protocol"):
+        return dict(record["protocol"])
+    config = record.get("config") or {}
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
+    split = ((record.get("dataset") or {}).get("split") or {}).get("kind") or config.get("split") or "official"
+    scheme = str(record.get("scheme") or "")
+    out = {"scheme": scheme, "init": "pretrained" if model.get("pretrained") else "scratch",
+           **({"input_size": str(model["input_size"])} if model.get("input_size") else {}),
+           "resize": str(model.get("resize") or "interpolate"), "split": str(split)}
+    if config.get("limit"):
+        out["limit"] = str(config["limit"])
+    if scheme == "knn":
+        options = (config.get("scheme") or {}).get("options") or {}
+        return {**out, **{name: str(value) for name, value in sorted(options.items())}}
+    imbalance = [f"{name} {recipe[name]}" for name in ("class_weights", "sampler") if recipe.get(name, "none") != "none"]
+    patience = recipe.get("early_stopping_patience") or 0
+    selection = str(recipe.get("selection_metric", "")) + (f", patience {patience}" if patience else "")
+    fields = {"epochs": recipe.get("epochs"), "optimizer": recipe.get("optimizer"),
+              "lr": f"{recipe['lr']:g}" if "lr" in recipe else None, "batch_size": recipe.get("batch_size"),
+              "schedule": recipe.get("schedule"), "augment": recipe.get("augment"),
+              "imbalance": "+".join(imbalance) or "none", "selection": selection or None}
+    return {**out, **{name: str(value) for name, value in fields.items() if value is not None}}  # unknown: absent
+
+
+def protocol_text(protocol: dict[str, str]) -> str:
+    """A protocol as one `key=value; ...` string (published.csv's `protocol` column); `parse_protocol` reads it."""
+    return "; ".join(f"{key}={value}" for key, value in protocol.items())
+
+
+def parse_protocol(text: str) -> dict[str, str]:
+    return dict(part.strip().split("=", 1) for part in str(text or "").split(";") if "=" in part)
 
 
 def data_identity(record: Record) -> tuple | None:

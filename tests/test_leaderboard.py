@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from committed import committed_files
 from record_factory import FAILED, MISSING, make_grid, make_record, write_records, write_suite_file
 from scipy import stats
 
 from benchmark.errors import UserError
-from benchmark.records import load_records, records_frame
+from benchmark.records import load_records, parse_protocol, records_frame
 from benchmark.report import aggregate, leaderboard, render
 from benchmark.report.load import SuitePlan, load_plan, load_published
 
@@ -460,9 +461,12 @@ def test_no_heavy_imports():
 @pytest.mark.parametrize("model", ["resnet18_28", "resnet18_28_ref"])  # the latter `published_as: resnet18_28`
 def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch, model):
     recs = make_grid(suite="medmnist-v2", models=("resnet18_28", "resnet18_28_ref"), missing=(), failed=())
+    published = load_published()
+    v2 = parse_protocol(published.loc[published["model"] == "resnet18_28", "protocol"].iloc[0])
+    for rec in recs:
+        rec["protocol"] = v2  # the published recipe, as stored by a record of that suite
     md = _real_suite_board(tmp_path, monkeypatch, "medmnist-v2", recs)
     rows = _md_table(md, "Suite medmnist-v2: measured vs published")
-    published = load_published()
     for metric, label in (("acc", "ACC"), ("auc", "AUC")):
         values = np.array(_values(recs, "breastmnist", model, metric))
         reference = published[(published.model == "resnet18_28") & (published.dataset == "breastmnist")
@@ -474,6 +478,7 @@ def test_measured_vs_published_gap_in_seed_stds(tmp_path, monkeypatch, model):
         assert row["Seeds"] == "3/3"
         assert row["Δ"] == f"{gap:+.3f}"
         assert row["Δ / seed std"] == f"{gap / values.std(ddof=1):.1f}"
+        assert row["Protocol (measured vs published)"] == "same"
         [blood] = [r for r in rows if (r["Model"], r["Dataset"], r["Metric"]) == (model, "bloodmnist", label)]
         assert blood["Measured (mean ± std)"] == "not yet run"
     assert not [r for r in rows if r["Model"] == "resnet18_224"]  # neither planned nor measured
@@ -487,3 +492,12 @@ def test_same_seed_with_another_config_is_never_counted_twice(tmp_path, caplog):
     recs = load_records(tmp_path)
     assert f"{final['run_id']} replaces breastmnist-28-resnet18_28-s0-trial" in caplog.text
     assert [r["run_id"] for r in recs] == [final["run_id"]]
+
+
+def test_committed_leaderboard_md_and_tex_are_what_the_committed_records_give():
+    """Like the CSV (test_records): every number, mark, interval and note of the committed leaderboard.md."""
+    project = Path(__file__).resolve().parents[1]
+    records = load_records(committed_files("results/runs/*/*.json"))
+    md, _, tex = leaderboard.build_leaderboard(records, suites_dir=project / "suites")
+    assert md == (project / "results" / "leaderboard.md").read_text(encoding="utf-8")
+    assert tex == (project / "results" / "leaderboard.tex").read_text(encoding="utf-8")

@@ -22,7 +22,7 @@ from benchmark import cli, train
 from benchmark.config import load_suite
 from benchmark.data import load_dataset
 from benchmark.models import build_model
-from benchmark.records import completed_hashes
+from benchmark.records import completed_hashes, protocol_of
 
 PROJECT = Path(__file__).resolve().parents[1]
 SUITE = "pinned"
@@ -162,6 +162,9 @@ def test_a_limited_run_does_not_count_as_the_full_run_done(tmp_path):
     assert cli.main(arguments(suite, output)) == 0
     done = completed_hashes(output, SUITE)
     assert done == {load_suite(str(suite), limit=32).runs[0].config_hash}
+    record = only_record(output)  # new records store their protocol, the same that older ones get from the config
+    assert record["protocol"] == protocol_of({key: value for key, value in record.items() if key != "protocol"})
+    assert (record["protocol"]["epochs"], record["protocol"]["limit"]) == ("1", "32")
     assert load_suite(str(suite)).runs[0].config_hash not in done
 
 

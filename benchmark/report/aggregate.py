@@ -26,15 +26,22 @@ from benchmark.errors import UserError
 from benchmark.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    CALIBRATION_METRICS,
     HEADLINE_METRICS,
+    MIN_SEEDS_TO_TEST,
+    PROBABILITY_FREE_SCHEMES,
     baseline_probs,
+    hierarchical_draws,
     holm,
     mean_interval,
+    minimum_detectable_difference,
     paired_pvalue_from_draws,
     resample_counts,
+    seed_indices,
+    seeds_needed,
     weighted_metrics,
 )
-from benchmark.records import data_identity, test_set
+from benchmark.records import data_identity, group_key, parse_protocol, protocol_of, test_set
 from benchmark.report.load import PUBLISHED_COLUMNS, SuiteData, SuitePlan
 
 logger = logging.getLogger(__name__)
@@ -94,8 +101,9 @@ class MetricTable:
     `cells`: one row per group × column dataset (the whole grid) with mean, std, n, n_expected, seeds,
     failed_seeds, status (ok / incomplete / failed / missing / not_run / not_planned), best (bool: the highest
     mean, untested), rank (1 = best, ties share the average rank; NaN without a value) and, from `trust`, low /
-    high (95 % bootstrap interval over test images) and mark ("best": significantly better than the runner-up,
-    "tie": highest but not significantly, "" otherwise or without stored predictions). `rows`: one row per group
+    high (95 % two-level bootstrap interval: seeds and test images), img_low / img_high (test images only), mark
+    ("best", "tie", "untested", "" as in `trust`; "" without stored predictions), vs_baseline ("beats", "no", ""),
+    p, mdd and seeds_needed. `rows`: one row per group
     with average (mean of its per-dataset means over the measured datasets), n_average, avg_rank, n_rank.
     `published`: model, size, scheme, source, dataset, value of the published rows shown with the table."""
 
@@ -169,7 +177,7 @@ def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
     column_best = cells.groupby("dataset")["mean"].transform("max")
     cells["best"] = [pd.notna(m) and _is_close(m, b) for m, b in zip(cells["mean"], column_best)]
     cells = cells.merge(_intervals(trusted, metric), on=CELL, how="left")
-    cells["mark"] = cells["mark"].fillna("")
+    cells[["mark", "vs_baseline"]] = cells[["mark", "vs_baseline"]].fillna("")
     measured = sorted(set(cells.loc[cells["mean"].notna(), "dataset"]))
 
     on_measured = cells[cells["dataset"].isin(measured)]
@@ -186,13 +194,16 @@ def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
 
 
 def _intervals(trusted: pd.DataFrame | None, metric: str) -> pd.DataFrame:
-    """low / high / mark of `metric` per cell from a `trust` frame (empty without one)."""
-    columns = [f"{metric}_low", f"{metric}_high", f"{metric}_mark"]
-    if trusted is None or columns[0] not in trusted:
-        return pd.DataFrame(columns=[*CELL, "low", "high", "mark"])
+    """Per cell, from a `trust` frame (empty without one): low / high (seeds and images), img_low / img_high
+    (images only), mark, vs_baseline, p (Holm-corrected, best rows only), mdd and seeds_needed of `metric`."""
+    names = {"low": "low", "high": "high", "img_low": "img_low", "img_high": "img_high", "mark": "mark",
+             "vs_baseline": "vs_baseline", "p": "p", "mdd": "mdd", "seeds_needed": "seeds_needed"}
+    columns = {f"{metric}_{suffix}": name for suffix, name in names.items()}
+    if trusted is None or f"{metric}_low" not in trusted:
+        return pd.DataFrame(columns=[*CELL, *names.values()])
     measured = trusted[~trusted["baseline"]].rename(columns={"test_set": "dataset"})
-    out = measured[[*CELL, *columns]].rename(columns=dict(zip(columns, ["low", "high", "mark"])))
-    return out.astype({"size": int, "mark": object})
+    out = measured[[*CELL, *columns]].rename(columns=columns)
+    return out.astype({"size": int, "mark": object, "vs_baseline": object})
 
 
 def suite_tables(data: SuiteData, published: pd.DataFrame | None = None,
@@ -327,21 +338,53 @@ def pairwise(frame: pd.DataFrame, metric: str) -> list[tuple[str, str, pd.DataFr
     return out
 
 
-def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan | None) -> pd.DataFrame:
+def protocol_difference(measured: dict[str, str], published: dict[str, str]) -> str:
+    """How a measured protocol differs from a published one, field by field ("3 epochs vs 100; schedule cosine vs
+    multistep"), fields the source does not state last; "" when they agree."""
+    differ, unstated = [], []
+    for field in dict.fromkeys([*measured, *published]):
+        ours, theirs = measured.get(field), published.get(field)
+        if theirs is None:
+            unstated.append(field)
+        elif ours != theirs:
+            differ.append(f"{ours or 'unknown'} epochs vs {theirs}" if field == "epochs" else
+                          f"{field.replace('_', ' ')} {ours or 'unknown'} vs {theirs}")
+    return "; ".join(differ + ([f"not stated by the source: {', '.join(unstated)}"] if unstated else []))
+
+
+def cell_protocols(records) -> dict[tuple, dict[str, str]]:
+    """(model, size, scheme, dataset) → the protocol its completed records share (`records.protocol_of`); a cell
+    whose seeds followed different protocols gets {"protocol": "mixed"}."""
+    out: dict[tuple, dict[str, str]] = {}
+    for record in records:
+        if record["status"] != "completed":
+            continue
+        key = (*group_key(record), test_set(record))
+        protocol = protocol_of(record)
+        out[key] = protocol if out.get(key, protocol) == protocol else {"protocol": "mixed"}
+    return out
+
+
+def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan | None,
+                  records=None) -> pd.DataFrame:
     """Measured vs published for every (model, size, dataset, metric) with a published value and a measured or
-    planned run: published, mean, std, n, n_expected, gap (mean − published) and gap / std. A published row that
-    names its scheme (MedMNIST+: fine_tune, linear_probe, knn) is compared with that scheme's runs only; one without
-    with the model's first scheme. A model that the suite file marks `published_as: <model>` (another build of the
-    published model) is compared with its rows."""
+    planned run: published, mean, std, n, n_expected, gap (mean − published), protocol (how the measured runs'
+    protocol differs from the published row's, "" when the same; `protocol_difference`) and gap / std — only
+    between rows of the same protocol (NaN otherwise, or without `records` to read the protocol from). A
+    published row that names its scheme (MedMNIST+: fine_tune, linear_probe, knn) is compared with that scheme's
+    runs only; one without with the model's first scheme. A model that the suite file marks `published_as: <model>`
+    (another build of the published model) is compared with its rows."""
     aliases = dict(plan.published_as) if plan is not None else {}
+    protocols = cell_protocols(records or [])
     rows = []
     for metric in ("acc", "auc"):
         cells = cell_stats(frame, metric, plan)
         first = cells.groupby(["model", "size", "dataset"], sort=True).first()  # the first scheme's cell
         by_scheme = cells.set_index(["model", "size", "dataset", "scheme"]).sort_index()
         pub = published[published["metric"] == metric]
-        for published_model, size, dataset, scheme, value, source in sorted(
-                zip(pub["model"], pub["size"], pub["dataset"], pub["scheme"], pub["value"], pub["source"])):
+        for published_model, size, dataset, scheme, value, protocol, source in sorted(
+                zip(pub["model"], pub["size"], pub["dataset"], pub["scheme"], pub["value"], pub["protocol"],
+                    pub["source"])):
             for model in [str(published_model), *sorted(m for m, p in aliases.items() if p == published_model)]:
                 key = (model, int(size), str(dataset))
                 table, lookup = (by_scheme, (*key, str(scheme))) if scheme else (first, key)
@@ -351,24 +394,35 @@ def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan 
                 cell = table.loc[lookup] if lookup in table.index else None
                 mean = cell["mean"] if cell is not None else np.nan
                 std = cell["std"] if cell is not None else np.nan
+                measured = protocols.get((model, int(size), cell["scheme"] if cell is not None and not scheme
+                                          else str(scheme), str(dataset)))
+                difference = ("" if measured is None else protocol_difference(measured, parse_protocol(protocol)))
                 rows.append(dict(model=model, size=int(size), scheme=str(scheme), dataset=str(dataset),
                                  metric=metric, published=float(value), mean=mean, std=std,
                                  n=int(cell["n"]) if cell is not None else 0,
                                  n_expected=int(cell["n_expected"]) if cell is not None else 0,
-                                 gap=mean - float(value), source=str(source)))
+                                 gap=mean - float(value), source=str(source),
+                                 same_protocol=measured is not None and not difference, protocol=difference))
     out = pd.DataFrame(rows, columns=["model", "size", "scheme", "dataset", "metric", "published", "mean", "std",
-                                      "n", "n_expected", "gap", "source"])
-    out["gap_in_stds"] = out["gap"] / out["std"].where(out["std"] > 0)
+                                      "n", "n_expected", "gap", "source", "same_protocol", "protocol"])
+    out["gap_in_stds"] = (out["gap"] / out["std"].where(out["std"] > 0)).where(out["same_protocol"].astype(bool))
     return out
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Trust: intervals over test images, calibration, baselines and whether the best cell is significantly best
+# Trust: intervals over seeds and test images, calibration, baselines, and whether the best cell is best
 # ----------------------------------------------------------------------------------------------------------
 TRUST_METRICS: tuple[str, ...] = (*HEADLINE_METRICS, "mcc", "qwk", "ece", "brier", "nll")
-#: metrics whose best cell gets a significance test against the runner-up (Holm across a suite's datasets)
+#: metrics whose best cell gets a significance test against the runner-up (Holm across a suite's test sets)
 SIGNIFICANCE_METRICS: tuple[str, ...] = HEADLINE_METRICS
 SIGNIFICANCE_LEVEL = 0.05
+#: the difference the "seeds needed" column asks about, in the metric's units (0.01 = one point of ACC)
+DIFFERENCE_OF_INTEREST = 0.01
+
+
+def _percentiles(draws: np.ndarray) -> tuple[float, float]:
+    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.DataFrame:
@@ -377,12 +431,24 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
     or, for older records, in `known_counts` (`benchmark.records.training_class_counts` of any records of the
     same data).
 
-    For each metric of `TRUST_METRICS` (qwk on ordinal tasks only): `<m>` = mean over seeds, `<m>_low/_high` =
-    the 95 % percentile bootstrap interval of that seed mean over the test images (1,000 seeded resamples;
-    every seed scored on the same resampled images), `<m>_t_low/_t_high` = the Student-t interval across seeds.
-    For `SIGNIFICANCE_METRICS`: `<m>_mark` on each test set's best row = "best" when a one-sided paired bootstrap
-    against the runner-up, Holm-corrected over the suite's test sets, gives p < 0.05, else "tie"; `<m>_p` the
-    corrected p-value. Baseline rows are never marked."""
+    For each metric of `TRUST_METRICS` (qwk on ordinal tasks only): `<m>` = mean over seeds; `<m>_low/_high` =
+    the 95 % interval of that seed mean from a two-level bootstrap (seeds drawn with replacement, then the test
+    images; `metrics.hierarchical_draws`), which holds the training variance as well as the test-image noise;
+    `<m>_img_low/_img_high` = the test-image-only interval (the trained models held fixed); `<m>_t_low/_t_high` =
+    the Student-t interval across seeds; `<m>_std` = the seed std; `<m>_mdd` = the smallest difference the cell's
+    seeds detect (`metrics.minimum_detectable_difference`). Calibration metrics of a scheme without proper
+    probabilities (`metrics.PROBABILITY_FREE_SCHEMES`: kNN) are NaN, with `not_applicable` saying why.
+
+    For `SIGNIFICANCE_METRICS`, on every measured row: `<m>_vs_baseline` = "beats" when a one-sided paired
+    two-level bootstrap against each baseline of its test set gives p < `SIGNIFICANCE_LEVEL` (`<m>_baseline_p`, the
+    largest), "no" when not, "" without a baseline. On each test set's highest measured row, `<m>_mark`:
+    - "" when a baseline scores higher;
+    - "untested" when it or the runner-up has fewer than `MIN_SEEDS_TO_TEST` seeds;
+    - "best" when the two-level paired bootstrap against the runner-up, Holm-corrected over the suite's test sets
+      (`<m>_p`), gives p < `SIGNIFICANCE_LEVEL` and the row beats the baselines; "tie" otherwise.
+    `<m>_p_images` is the same test with the images resampled only (what the marks rested on before), `<m>_runner_up`
+    names the runner-up and `<m>_seeds_needed` the seeds per model a t-test would need to detect a
+    `DIFFERENCE_OF_INTEREST` between the two at their pooled seed std. Baseline rows are never marked."""
     cells: dict[tuple, dict] = {}
     for record in records:
         predictions = record.get("test_predictions") or {}
@@ -409,45 +475,78 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
             cells[(tested_on, kind, size, "baseline")] = {**cell, "probs": [probs]}
 
     rows = []
-    for (tested_on, model, size, scheme), cell in sorted(cells.items()):
+    for key, cell in sorted(cells.items()):
+        tested_on, model, size, scheme = key
         counts = resample_counts(len(cell["labels"]), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+        indices = seed_indices(len(cell["probs"]), "|".join(map(str, key)))
         ones = np.ones((1, len(cell["labels"])))
         point = [weighted_metrics(cell["labels"], p, cell["task"], ones) for p in cell["probs"]]
         draws = [weighted_metrics(cell["labels"], p, cell["task"], counts) for p in cell["probs"]]
+        not_applicable = PROBABILITY_FREE_SCHEMES.get(scheme, "")
         row = {"test_set": tested_on, "model": model, "size": size, "scheme": scheme, "n": len(cell["probs"]),
-               "n_test": len(cell["labels"]), "baseline": scheme == "baseline"}
-        cell["draws"] = {}  # per metric, the seed mean on each resample: the intervals and the paired tests
+               "n_test": len(cell["labels"]), "baseline": scheme == "baseline", "not_applicable": not_applicable}
+        cell["draws"], cell["image_draws"] = {}, {}  # per metric, the seed mean on each resample (both kinds)
         for metric in TRUST_METRICS:
             if metric not in point[0]:
                 continue
-            per_seed = [float(p[metric][0]) for p in point]
-            mean, t_low, t_high = mean_interval(per_seed)
-            cell["draws"][metric] = np.mean([d[metric] for d in draws], axis=0)
-            low, high = np.nanpercentile(cell["draws"][metric], [2.5, 97.5])
-            row.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high, f"{metric}_t_low": t_low,
-                        f"{metric}_t_high": t_high})
+            if not_applicable and metric in CALIBRATION_METRICS:
+                row.update({metric: np.nan, f"{metric}_low": np.nan, f"{metric}_high": np.nan})
+                continue
+            per_seed = np.stack([d[metric] for d in draws])
+            values = [float(p[metric][0]) for p in point]
+            mean, t_low, t_high = mean_interval(values)
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+            cell["draws"][metric] = hierarchical_draws(per_seed, indices)
+            cell["image_draws"][metric] = per_seed.mean(axis=0)
+            low, high = _percentiles(cell["draws"][metric])
+            img_low, img_high = _percentiles(cell["image_draws"][metric])
+            row.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high, f"{metric}_img_low": img_low,
+                        f"{metric}_img_high": img_high, f"{metric}_t_low": t_low, f"{metric}_t_high": t_high,
+                        f"{metric}_std": std, f"{metric}_mdd": minimum_detectable_difference(std, len(values))})
         rows.append(row)
     if not rows:  # no predictions: an empty frame that still has the columns every reader selects on
         return pd.DataFrame(columns=["test_set", *GROUP, "n", "n_test", "baseline"]).astype({"baseline": bool})
     frame = pd.DataFrame(rows)
 
+    def draws_of(index, kind: str = "draws") -> dict:
+        row = frame.loc[index]
+        return cells[(row["test_set"], row["model"], row["size"], row["scheme"])][kind]
+
     for metric in SIGNIFICANCE_METRICS:
-        frame[f"{metric}_mark"], frame[f"{metric}_p"] = "", np.nan
-        tests = []  # (row index of the best, raw p)
-        for _, part in frame[~frame["baseline"]].groupby("test_set"):
-            ranked = part.sort_values(metric, ascending=False)
+        frame[f"{metric}_mark"], frame[f"{metric}_vs_baseline"], frame[f"{metric}_runner_up"] = "", "", ""
+        for column in ("p", "p_images", "baseline_p", "seeds_needed"):
+            frame[f"{metric}_{column}"] = np.nan
+        tests = []  # (row index of the best, raw p over seeds and images, raw p over images only)
+        for _, part in frame.groupby("test_set"):
+            measured, baselines = part[~part["baseline"]], part[part["baseline"]]
+            for index in measured.index:
+                if baselines.empty or pd.isna(frame.loc[index, metric]):
+                    continue
+                p = max(paired_pvalue_from_draws(draws_of(index)[metric], draws_of(b)[metric], metric)
+                        for b in baselines.index)
+                frame.loc[index, f"{metric}_baseline_p"] = p
+                frame.loc[index, f"{metric}_vs_baseline"] = "beats" if p < SIGNIFICANCE_LEVEL else "no"
+            ranked = measured.sort_values(metric, ascending=False)
             if len(ranked) < 2 or ranked[metric].isna().any():
                 continue
             best, runner_up = ranked.index[0], ranked.index[1]
-
-            def runs(index):
-                row = frame.loc[index]
-                return cells[(row["test_set"], row["model"], row["size"], row["scheme"])]
-
-            tests.append((best, paired_pvalue_from_draws(runs(best)["draws"][metric], runs(runner_up)["draws"][metric],
-                                                         metric)))
+            frame.loc[best, f"{metric}_runner_up"] = " · ".join(map(str, frame.loc[runner_up, GROUP]))
+            pooled = np.sqrt((frame.loc[best, f"{metric}_std"] ** 2 + frame.loc[runner_up, f"{metric}_std"] ** 2) / 2)
+            frame.loc[best, f"{metric}_seeds_needed"] = seeds_needed(DIFFERENCE_OF_INTEREST, pooled) or np.nan
+            if not baselines.empty and baselines[metric].max() >= frame.loc[best, metric]:
+                continue  # a baseline scores at least as high: nothing is best
+            if min(frame.loc[best, "n"], frame.loc[runner_up, "n"]) < MIN_SEEDS_TO_TEST:
+                frame.loc[best, f"{metric}_mark"] = "untested"
+                continue
+            tests.append((best, paired_pvalue_from_draws(draws_of(best)[metric], draws_of(runner_up)[metric], metric),
+                          paired_pvalue_from_draws(draws_of(best, "image_draws")[metric],
+                                                   draws_of(runner_up, "image_draws")[metric], metric)))
         if tests:
-            for (index, _), adjusted in zip(tests, holm([p for _, p in tests])):
-                frame.loc[index, f"{metric}_p"] = adjusted
-                frame.loc[index, f"{metric}_mark"] = "best" if adjusted < SIGNIFICANCE_LEVEL else "tie"
+            indices_ = [index for index, _, _ in tests]
+            frame.loc[indices_, f"{metric}_p"] = holm([p for _, p, _ in tests])
+            frame.loc[indices_, f"{metric}_p_images"] = holm([p for _, _, p in tests])
+            for index in indices_:
+                significant = frame.loc[index, f"{metric}_p"] < SIGNIFICANCE_LEVEL
+                above_baselines = frame.loc[index, f"{metric}_vs_baseline"] in ("beats", "")
+                frame.loc[index, f"{metric}_mark"] = "best" if significant and above_baselines else "tie"
     return frame

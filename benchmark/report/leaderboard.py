@@ -14,24 +14,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.metrics import DETECTION_ALPHA, DETECTION_POWER, ECE_BINS, MIN_SEEDS_TO_TEST
 from benchmark.records import NONFINITE, Record, atomic_write_bytes, training_class_counts
-from benchmark.report import aggregate, render
+from benchmark.report import aggregate, ranking, render
 from benchmark.report.load import SuiteData, by_suite, load_published, load_suites
 
 HOW_TO_READ = f"""## How to read these tables
 
 - **The headline** (one compact table per suite) has a block of rows per test set: a test set is a dataset at
   its split ("(random split)": an image folder cut at random, not by the default grouped split). Each metric
-  cell is the mean over the completed seeds with its 95 % percentile bootstrap interval over the test images,
-  `0.831 [0.80, 0.86]` (1,000 seeded resamples; every seed is scored on the same resampled images, so the
-  interval is that of the seed mean). The interval conditions on the trained models: it is test-image noise, not
-  the spread of retraining, which the detailed tables' ± std shows. ECE: top-label, 15 equal-width bins.
-  A cell whose records store no test predictions shows mean ± std instead.
-- **✓ (bold)** = the highest value of its column (test set) and significantly better than the runner-up: a
-  one-sided paired bootstrap on the same test images across all seeds of both rows, Holm-corrected over the
-  suite's test sets for that metric, p < 0.05. **≈** = highest, but not significantly better than the runner-up:
-  a tie within the noise. A column with one measured row gets no mark. The same marks appear in the detailed
-  tables; nothing else is bold.
+  cell is the mean over the completed seeds with its 95 % interval, `0.831 [0.78, 0.88]`, from a **two-level
+  bootstrap**: each of 1,000 seeded resamples draws the seeds with replacement, then the test images (one image
+  draw shared by every seed and every row of the test set), and scores the drawn seeds on the drawn images. So
+  the interval holds the training variance (which seed you happened to train) as well as the test-image noise.
+  The images-only interval (the trained models held fixed; what earlier versions printed) is the second figure
+  in *Intervals, calibration and significance*. ECE: top-label, {ECE_BINS} equal-width bins; `n/a` where the
+  scheme has no probabilities (kNN: vote fractions). A cell whose records store no test predictions shows
+  mean ± std instead.
+- **✓ (bold)** = the highest value of its column (test set), better than the runner-up in a one-sided paired
+  two-level bootstrap (the same resamples; each row's seeds drawn on their own), Holm-corrected over the
+  suite's test sets for that metric, p < {aggregate.SIGNIFICANCE_LEVEL:g}, **and** better than every baseline (the
+  same test, p < {aggregate.SIGNIFICANCE_LEVEL:g}). **≈** = highest, but not shown better than the runner-up or a
+  baseline: a tie within the noise. **?** = highest, untested: it or the runner-up has fewer than
+  {MIN_SEEDS_TO_TEST} completed seeds, too few to estimate the seed spread. A column with one measured row gets
+  no mark; a column where a baseline scores at least as high as every model gets none either. The same marks
+  appear in the detailed tables; nothing else is bold. `leaderboard.csv` has the p-value (`p`) of each mark.
+- **▾** = the cell does not beat the majority-class / class-prior baseline: one-sided paired two-level
+  bootstrap against each baseline, p ≥ {aggregate.SIGNIFICANCE_LEVEL:g} for at least one (uncorrected: a flag is a
+  warning, not a claim). With one seed the test covers the test images only.
 - **Baselines** (italic rows, scheme `baseline`): the majority-class predictor and the class-prior predictor,
   fitted on the training labels of the same split. The counts come from a record's `dataset.class_counts`, or,
   for records written before that key existed, from any record of the same data (same data file md5, split
@@ -47,10 +57,15 @@ HOW_TO_READ = f"""## How to read these tables
 - **Rows** are model × image size × scheme; columns are the datasets measured or planned in the suite file; a
   planned model × size without records still gets a row. *Average* = mean of the row's per-dataset means over
   the measured datasets; *Avg. rank* = mean of the row's per-dataset ranks (1 = best, ties share the average
-  rank); neither is tested, so neither is marked. Rows missing datasets are annotated `(k/N datasets)`.
+  rank); neither is tested, so neither is marked (*Across datasets* tests rankings). Rows missing datasets are
+  annotated `(k/N datasets)`.
 - *Published* rows are copied from the literature (values as fractions), not measured here, and never take part
   in marks, averages or ranks. *Measured vs published*: Δ = measured mean − published value; Δ / seed std is the
-  gap in units of the seed standard deviation (|Δ / std| > 2: beyond seed noise).
+  gap in units of the seed standard deviation (|Δ / std| > 2: beyond seed noise), shown only where the runs
+  followed the published row's **protocol** (scheme, init, input size, resize, split and the recipe: epochs,
+  optimizer, lr, batch size, schedule, augmentation, imbalance handling, checkpoint selection; a record's
+  `protocol`, derived from its config for older records, against published.csv's `protocol` column). Otherwise
+  the Protocol column names the differences ("3 epochs vs 100") and Δ compares different experiments.
 - *Per-class metrics*: test precision / recall / F1 per class, mean over the completed seeds (support = test
   images of the class).
 - *Failed runs* stopped with an error (epoch = the epoch it failed in) and contribute no numbers to any table.
@@ -58,10 +73,19 @@ HOW_TO_READ = f"""## How to read these tables
   Wilcoxon signed-rank p-values, two-sided, no correction for multiple comparisons. With a handful of seeds these
   tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "all datasets" = the tests
   over the per-dataset means (MedMNIST+ style).
-- *Intervals, calibration and significance*: per test set and row, ACC and AUC as in the headline, then MCC, QWK
-  (ordinal sets), top-label ECE (15 bins), multi-class Brier and NLL (seed means), baselines in italics.
-  `leaderboard.csv` carries every headline cell's interval (`ci_low`, `ci_high`), its mark (`significance`) and
-  `best` (the highest mean, untested), and the baseline rows (`kind` = baseline).
+- *Intervals, calibration and significance*: per test set and row, ACC and AUC with both intervals (seeds and
+  images; images only) and the marks, then MCC, QWK (ordinal sets), top-label ECE ({ECE_BINS} bins), multi-class
+  Brier and NLL (seed means; `n/a` for kNN, whose vote fractions are not probabilities), baselines in italics.
+  `leaderboard.csv` carries every headline cell's intervals (`ci_low`, `ci_high`; `ci_images_low`,
+  `ci_images_high`), its mark (`significance`), `p`, `vs_baseline`, `detectable` and `best` (the highest mean,
+  untested), and the baseline rows (`kind` = baseline).
+- *Seeds needed*: per row, the seed std and the smallest difference of means its seeds could detect (two-sided
+  two-sample t-test on per-seed values, α = {DETECTION_ALPHA:g}, power {DETECTION_POWER:g}, as many seeds for the other
+  model, the same std); on each test set's highest-ACC row, the seeds per model that test needs to detect a
+  {aggregate.DIFFERENCE_OF_INTEREST:g} ACC difference from the runner-up at their pooled seed std.
+- *Across datasets*: the rankings over a suite's datasets (and over the published MedMNIST+ table): mean ranks,
+  the Friedman test with the Nemenyi critical difference and the Bayesian signed-rank probabilities; each
+  table's note says what was tested (at least {ranking.MIN_DATASETS} datasets and the `{ranking.EXTRA}` extra).
 """
 
 
@@ -78,6 +102,20 @@ def _plan_note(data: SuiteData) -> list[str]:
     return [f"Expected seeds per group: {listed}, {render.seed_rule(plan)}.", "",
             f"Planned grid (`{plan.file}`): {len(plan.models)} model(s) ({', '.join(plan.models)}) × "
             f"{len(plan.datasets)} dataset(s) ({sizes}) × {len(plan.seeds)} seed(s).", ""]
+
+
+def _across_datasets_md(tables: list[render.Table]) -> list[str]:
+    """The rankings across datasets, each with its caption (what was tested): each suite's, then the published
+    MedMNIST+ table's."""
+    missing = ranking.missing_extra()
+    return ["## Across datasets", "",
+            "Which model is best over a whole suite: the datasets are the sample. Friedman test with the Nemenyi "
+            f"post-hoc (critical difference, α = {ranking.ALPHA:g}) on the models' ranks per dataset (Demšar 2006) and a "
+            f"Bayesian signed-rank test with a ±{ranking.ROPE:g} region of practical equivalence (Benavoli et al. "
+            f"2017), each needing at least {ranking.MIN_DATASETS} datasets; the suites' rows are seed means. Then the "
+            "published MedMNIST+ table (10 pretrained backbones × 4 datasets × 4 sizes; `benchmark/medmnist_plus.csv`). "
+            "Critical-difference diagrams: `figures/ranking/` and each suite's figures.", "",
+            *([missing, ""] if missing else []), *(f"{render.markdown(t)}\n{t.caption}\n" for t in tables)]
 
 
 def _references_md(published: pd.DataFrame) -> str:
@@ -104,8 +142,9 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
         f", {n_nonfinite} with non-finite test results, not scored" if n_nonfinite else "")
     md = ["# Leaderboard", "",
           f"{n_runs} run records ({counts}) in {len(suites)} suite(s): "
-          f"{', '.join(suites)}. Headline: test metrics, seed mean [95 % bootstrap interval], ✓ = significantly best, "
-          f"≈ = best within the noise, italic = baselines; how to read every table: "
+          f"{', '.join(suites)}. Headline: test metrics, seed mean [95 % interval over seeds and test images], "
+          f"✓ = significantly best, ≈ = best within the noise, ? = too few seeds to test, ▾ = not above the baselines, "
+          f"italic = baselines; how to read every table: "
           f"[at the end](#how-to-read-these-tables).", "", "## Headline", ""]
     tex = ["% Generated by benchmark.report from run records. Requires \\usepackage{booktabs} and amssymb (\\checkmark).",
            "% Wide tables: wrap a tabular in \\resizebox{\\textwidth}{!}{...} (graphicx) or use table*.", ""]
@@ -126,12 +165,14 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
         seeds = aggregate.expected_seeds(data.frame, data.plan)
         sections = (
             ("Measured vs published",
-             [render.published_gap_table(aggregate.published_gap(data.frame, published, data.plan), suite)]),
+             [render.published_gap_table(aggregate.published_gap(data.frame, published, data.plan, data.records),
+                                         suite)]),
             ("Incomplete groups",
              [render.incomplete_table(aggregate.incomplete_groups(data.frame, data.plan), suite, seeds, data.plan)]),
             ("Failed runs", [render.failed_table(aggregate.failed_runs(data.frame), suite)]),
             ("Per-class metrics", render.per_class_tables(per_class, suite)),
             ("Intervals, calibration and significance", [render.trust_table(trusted, suite)]),
+            ("Seeds needed", [render.seeds_table(trusted, suite)]),
             ("Pairwise comparisons", [render.pairwise_table(aggregate.pairwise(data.frame, metric), suite, metric)
                                       for metric in aggregate.PAIRWISE_METRICS]),
         )
@@ -144,7 +185,9 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
                 details.append(render.markdown(table))
                 tex.append(render.latex(table))
         csv_rows += render.per_class_csv_rows(per_class, suite)
-    md += details + [HOW_TO_READ, _references_md(published)]
+    across = [render.ranking_table(r) for r in ranking.all_rankings(suites)]
+    tex += [render.latex(t) for t in across]
+    md += details + _across_datasets_md(across) + [HOW_TO_READ, _references_md(published)]
     return "\n".join(md).rstrip("\n") + "\n", render.csv_text(csv_rows), "\n".join(tex).rstrip("\n") + "\n"
 
 

@@ -20,7 +20,7 @@ from benchmark.suites import read_suite, suite_file
 logger = logging.getLogger(__name__)
 
 PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "published.csv"
-PUBLISHED_COLUMNS = ["model", "dataset", "size", "scheme", "metric", "value", "source", "reference"]
+PUBLISHED_COLUMNS = ["model", "dataset", "size", "scheme", "metric", "value", "protocol", "source", "reference"]
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,15 @@ def load_plan(suite: str, suites_dir: Path | str | None = None) -> SuitePlan | N
 
 
 def load_published(path: Path | str = PUBLISHED_CSV) -> pd.DataFrame:
-    """The published reference values: columns model, dataset, size, scheme, metric, value, source, reference."""
+    """The published reference values: columns model, dataset, size, scheme, metric, value, protocol (`key=value;
+    ...`, see `benchmark.records.protocol_of`), source, reference."""
     text = Path(path).read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     frame = pd.DataFrame(list(csv.DictReader(lines)), columns=PUBLISHED_COLUMNS)
     frame["size"] = frame["size"].astype(int)
     frame["value"] = frame["value"].astype(float)
     frame["scheme"] = frame["scheme"].fillna("").astype(str)
+    frame["protocol"] = frame["protocol"].fillna("").astype(str)
     return frame.sort_values(["model", "size", "source", "dataset", "metric"]).reset_index(drop=True)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from benchmark.metrics import DETECTION_ALPHA, DETECTION_POWER, ECE_BINS, MIN_SEEDS_TO_TEST
 from benchmark.report.aggregate import (
     ALL_DATASETS,
     GROUP,
@@ -21,6 +22,8 @@ from benchmark.report.aggregate import (
     MetricTable,
 )
 from benchmark.report.load import SuitePlan
+from benchmark.report.ranking import ALPHA as RANK_ALPHA
+from benchmark.report.ranking import ROPE, Ranking
 
 NOT_RUN = "not yet run"
 DASH = "—"
@@ -46,6 +49,12 @@ def fmt_p(p: float | None) -> str:
     if p is None or pd.isna(p) or not math.isfinite(p):
         return DASH
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_relation(p: float | None) -> str:
+    """"= 0.042" or "< 0.001": a p-value after "p "."""
+    text = fmt_p(p)
+    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
 
 
 def mean_std(mean: float, std: float) -> str:
@@ -91,7 +100,7 @@ _TEX_MAP = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"±": r"$\pm$", "†": r"$^\dagger$", "—": "---", "·": r"$\cdot$", "≥": r"$\geq$", "<": r"$<$",
                 ">": r"$>$", "×": r"$\times$", "–": "--", "−": r"$-$", "…": r"\ldots{}", "✓": r"$\checkmark$",
-                "≈": r"$\approx$", "Δ": r"$\Delta$"}
+                "≈": r"$\approx$", "Δ": r"$\Delta$", "α": r"$\alpha$", "▾": r"$\blacktriangledown$", "š": r"\v{s}"}
 
 
 def tex_escape(s: str) -> str:
@@ -137,7 +146,14 @@ def latex(t: Table) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Table builders
 # ----------------------------------------------------------------------------------------------------------
-TRUST_MARKS = {"best": "✓", "tie": "≈"}
+TRUST_MARKS = {"best": "✓", "tie": "≈", "untested": "?"}
+BELOW_BASELINE = "▾"  # a measured cell that does not beat the majority / prior baseline significantly
+NOT_APPLICABLE = "n/a"
+
+
+def cell_marks(mark: str, vs_baseline: str) -> str:
+    """The marks after a cell's value: significance (✓ ≈ ?) and the baseline flag (▾)."""
+    return " ".join(m for m in (TRUST_MARKS.get(mark or "", ""), BELOW_BASELINE if vs_baseline == "no" else "") if m)
 
 
 def interval(mean: float, low: float, high: float) -> str:
@@ -155,7 +171,7 @@ def cell_display(row: pd.Series) -> tuple[str, str]:
     if status in ("failed", "missing"):
         return "", f"{'failed' if status == 'failed' else 'no value'} (0/{row['n_expected']} seeds)"
     text = mean_std(row["mean"], row["std"])
-    mark = TRUST_MARKS.get(row["mark"], "")
+    mark = cell_marks(row["mark"], row["vs_baseline"])
     if status == "ok":
         return text, f"{mark} (n={row['n']})".lstrip()
     return text, f"{mark} ({row['n']}/{row['n_expected']} seeds)†".lstrip()
@@ -203,9 +219,13 @@ def headline_table(mt: MetricTable) -> Table:
                  label=f"tab:{slug(mt.suite)}-{slug(mt.metric)}")
 
 
-SIGNIFICANCE_CAPTION = ("✓ (bold) = highest in its column and significantly better than the runner-up (one-sided "
-                        "paired bootstrap over the test images, all seeds, Holm-corrected across the suite's test "
-                        "sets, p < 0.05); ≈ = highest, but not significantly.")
+SIGNIFICANCE_CAPTION = (
+    "✓ (bold) = highest in its column and significantly better than both the runner-up and the baselines: a "
+    "one-sided paired two-level bootstrap (seeds resampled, then the test images, shared by both rows), "
+    "Holm-corrected across the suite's test sets for the runner-up, p < 0.05; ≈ = highest, but not shown better "
+    "than the runner-up or a baseline; ? = highest, untested: it or the runner-up has fewer than "
+    f"{MIN_SEEDS_TO_TEST} seeds. ▾ = does not beat the majority / prior baseline (the same bootstrap, one-sided, "
+    "p ≥ 0.05; a baseline scoring higher leaves the column unmarked).")
 
 
 def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFrame) -> Table:
@@ -225,11 +245,13 @@ def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFr
                 c = tables[metric].cell((model, size, scheme), dataset)
                 text = interval(c["mean"], c["low"], c["high"]) if pd.notna(c["low"]) else (
                     DASH if pd.isna(c["mean"]) else mean_std(c["mean"], c["std"]))
-                row.append(Cell(text, bold=c["mark"] == "best", note=TRUST_MARKS.get(c["mark"], "")))
+                row.append(Cell(text, bold=c["mark"] == "best", note=cell_marks(c["mark"], c["vs_baseline"])))
             key = (dataset, model, size, scheme)
-            ece = by_key.loc[key, "ece"] if key in by_key.index else None
+            ece = Cell(DASH)
+            if key in by_key.index:
+                ece = Cell(NOT_APPLICABLE) if by_key.loc[key, "not_applicable"] else Cell(fmt(by_key.loc[key, "ece"]))
             flag = "" if cell.n >= cell.n_expected else "†"
-            rows.append(row + [Cell(fmt(ece)), Cell(f"{cell.n}/{cell.n_expected}{flag}")])
+            rows.append(row + [ece, Cell(f"{cell.n}/{cell.n_expected}{flag}")])
         baselines = trusted[trusted["baseline"] & (trusted["test_set"] == dataset)]
         for b in baselines.itertuples(index=False):
             rows.append([Cell(dataset), Cell(b.model, italic=True), Cell(str(b.size)), Cell("baseline", italic=True),
@@ -241,11 +263,12 @@ def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFr
                                                   "ECE", "n"],
                  align="llrl" + "r" * len(HEADLINE_METRICS) + "rr", rows=rows, rule_before=rule,
                  label=f"tab:{slug(suite)}-headline",
-                 caption="Test metrics: mean over completed seeds [95 % percentile bootstrap interval of that mean "
-                         "over the test images]; cells without stored predictions: mean ± sample std. "
-                         f"{SIGNIFICANCE_CAPTION} ECE: top-label, 15 bins. n = completed / expected seeds († = "
-                         "incomplete). Italic: majority-class and class-prior predictors fitted on the training "
-                         "labels, never marked.")
+                 caption="Test metrics: mean over completed seeds [95 % interval of that mean from a two-level "
+                         "bootstrap: seeds resampled, then the test images; training variance and test-image noise]; "
+                         f"cells without stored predictions: mean ± sample std. {SIGNIFICANCE_CAPTION} ECE: top-label, "
+                         f"{ECE_BINS} bins; n/a = the scheme has no probabilities (kNN vote fractions). n = completed / "
+                         "expected seeds († = incomplete). Italic: majority-class and class-prior predictors fitted on "
+                         "the training labels, never marked.")
 
 
 def per_class_tables(summary: pd.DataFrame, suite: str) -> list[Table]:
@@ -335,29 +358,37 @@ def published_gap_table(gap: pd.DataFrame, suite: str) -> Table | None:
         row = [Cell(r.model), Cell(str(r.size)), Cell(r.scheme or DASH), Cell(r.dataset),
                Cell(METRIC_LABELS.get(r.metric, r.metric)), Cell(fmt(r.published))]
         if pd.isna(r.mean):
-            row += [Cell(NOT_RUN), Cell(""), Cell(DASH), Cell(DASH)]
+            row += [Cell(NOT_RUN), Cell(""), Cell(DASH), Cell(DASH), Cell(DASH)]
         else:
             row += [Cell(mean_std(r.mean, r.std)), Cell(f"{r.n}/{r.n_expected}"), Cell(f"{r.gap:+.3f}"),
-                    Cell(fmt(r.gap_in_stds, 1))]
+                    Cell(fmt(r.gap_in_stds, 1)), Cell("same" if r.same_protocol else r.protocol or "unknown")]
         rows.append(row + [Cell(r.source, italic=True)])
     return Table(title=f"Suite {suite}: measured vs published",
                  columns=["Model", "Size", "Scheme", "Dataset", "Metric", "Published", "Measured (mean ± std)",
-                          "Seeds", "Δ", "Δ / seed std", "Source"],
-                 align="lrlllrrrrrl", rows=rows, label=f"tab:{slug(suite)}-published-gap",
+                          "Seeds", "Δ", "Δ / seed std", "Protocol (measured vs published)", "Source"],
+                 align="lrlllrrrrrll", tex_align="lrlllrrrrrp{4.5cm}l", rows=rows,
+                 label=f"tab:{slug(suite)}-published-gap",
                  caption="Δ = measured mean − published value; Δ / seed std expresses the gap in units of the "
-                         "sample standard deviation over seeds (|Δ / std| > 2: a gap beyond seed noise).")
+                         "sample standard deviation over seeds (|Δ / std| > 2: a gap beyond seed noise), shown only "
+                         "where the measured runs followed the published row's protocol (scheme, init, input size, "
+                         "resize, split and the recipe: epochs, optimizer, lr, batch size, schedule, augmentation, "
+                         "imbalance handling, checkpoint selection). Otherwise the Protocol column lists the "
+                         "differences, and Δ compares different experiments.")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # CSV
 # ----------------------------------------------------------------------------------------------------------
 CSV_FIELDS = ["suite", "table", "metric", "kind", "model", "size", "scheme", "source", "dataset", "class", "mean",
-              "std", "ci_low", "ci_high", "n_seeds", "n_expected", "status", "best", "significance", "rank"]
+              "std", "ci_low", "ci_high", "n_seeds", "n_expected", "status", "best", "significance", "rank",
+              "ci_images_low", "ci_images_high", "p", "vs_baseline", "detectable"]
 
 
 def headline_csv_rows(mt: MetricTable, trusted: pd.DataFrame) -> list[dict]:
-    """The metric's measured cells (mean, std, 95 % interval, `best` = highest mean, `significance` = best / tie
-    mark), row summaries, baselines (kind "baseline") and published rows."""
+    """The metric's measured cells (mean, std, 95 % interval over seeds and images and over images only, `best` =
+    highest mean, `significance` = best / tie / untested mark, `p` = its Holm-corrected p-value, `vs_baseline` =
+    beats / no, `detectable` = the smallest difference its seeds detect), row summaries, baselines (kind
+    "baseline") and published rows."""
     out = []
     n_measured = len(mt.measured_datasets)
     for group in mt.groups:
@@ -369,7 +400,9 @@ def headline_csv_rows(mt: MetricTable, trusted: pd.DataFrame) -> list[dict]:
             out.append({**base, "dataset": dataset, "mean": fmt_csv(c["mean"]), "std": fmt_csv(c["std"]),
                         "ci_low": fmt_csv(c["low"]), "ci_high": fmt_csv(c["high"]), "n_seeds": c["n"],
                         "n_expected": mt.n_expected, "status": c["status"], "best": int(c["best"]),
-                        "significance": c["mark"], "rank": fmt_csv(c["rank"], 2)})
+                        "significance": c["mark"], "rank": fmt_csv(c["rank"], 2), "ci_images_low": fmt_csv(c["img_low"]),
+                        "ci_images_high": fmt_csv(c["img_high"]), "p": fmt_csv(c["p"]), "vs_baseline": c["vs_baseline"],
+                        "detectable": fmt_csv(c["mdd"])})
         summary = mt.row(group)
         for name, value, n in (("AVERAGE", summary["average"], summary["n_average"]),
                                ("AVG_RANK", summary["avg_rank"], summary["n_rank"])):
@@ -379,7 +412,9 @@ def headline_csv_rows(mt: MetricTable, trusted: pd.DataFrame) -> list[dict]:
         out.append(dict(suite=mt.suite, table="headline", metric=mt.metric, kind="baseline", model=r.model,
                         size=r.size, scheme=r.scheme, source="baseline", dataset=r.test_set,
                         mean=fmt_csv(getattr(r, mt.metric)), ci_low=fmt_csv(getattr(r, f"{mt.metric}_low")),
-                        ci_high=fmt_csv(getattr(r, f"{mt.metric}_high")), status="baseline"))
+                        ci_high=fmt_csv(getattr(r, f"{mt.metric}_high")), status="baseline",
+                        ci_images_low=fmt_csv(getattr(r, f"{mt.metric}_img_low")),
+                        ci_images_high=fmt_csv(getattr(r, f"{mt.metric}_img_high"))))
     for r in mt.published.itertuples(index=False):
         out.append(dict(suite=mt.suite, table="headline", metric=mt.metric, kind="published", model=r.model,
                         size=r.size, scheme=r.scheme, source=r.source, dataset=r.dataset, mean=fmt_csv(r.value),
@@ -405,8 +440,8 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def trust_table(trust: pd.DataFrame, suite: str) -> Table | None:
-    """Per test set and model: ACC and AUC with their 95 % bootstrap interval over test images (of the seed mean)
-    and the significance mark of the best cell, MCC, QWK (ordinal sets), calibration; baselines in italics."""
+    """Per test set and model: ACC and AUC with their 95 % intervals (seeds and images; images only), the marks,
+    MCC, QWK (ordinal sets), calibration ("n/a" for schemes without probabilities); baselines in italics."""
     if trust.empty:
         return None
     has_qwk = "qwk" in trust and trust["qwk"].notna().any()
@@ -419,16 +454,90 @@ def trust_table(trust: pd.DataFrame, suite: str) -> Table | None:
             mark = row.get(f"{metric}_mark") or ""
             cells.append(Cell(interval(row[metric], row[f"{metric}_low"], row[f"{metric}_high"]),
                               bold=mark == "best", italic=baseline,
-                              note=TRUST_MARKS.get(mark, "")))
+                              note=cell_marks(mark, row.get(f"{metric}_vs_baseline") or "")))
+            cells.append(Cell(f"[{fmt(row[f'{metric}_img_low'], 2)}, {fmt(row[f'{metric}_img_high'], 2)}]"
+                              if pd.notna(row[metric]) else DASH, italic=baseline))
         for metric in ("mcc", *(("qwk",) if has_qwk else ()), "ece", "brier", "nll"):
-            cells.append(Cell(DASH if pd.isna(row.get(metric)) else fmt(row[metric]), italic=baseline))
+            na = metric in ("ece", "brier", "nll") and row.get("not_applicable")
+            cells.append(Cell(NOT_APPLICABLE if na else DASH if pd.isna(row.get(metric)) else fmt(row[metric]),
+                              italic=baseline))
         rows.append(cells)
     metrics = ["MCC", *(["QWK"] if has_qwk else []), "ECE", "Brier", "NLL"]
+    reasons = sorted({f"{scheme}: {reason}" for scheme, reason in zip(trust["scheme"], trust["not_applicable"])
+                      if reason})
     return Table(title=f"Suite {suite}: intervals, calibration, significance",
-                 columns=["Test set", "Model", "Size", "Scheme", "n", "ACC [95 % CI]", "AUC [95 % CI]", *metrics],
-                 align="llrlr" + "r" * (2 + len(metrics)), rows=rows, label=f"tab:{slug(suite)}-trust",
-                 caption="Mean over seeds; [95 % percentile bootstrap interval of the seed mean over the test "
-                         "images, 1,000 resamples]. ✓ (bold) = best, significantly better than the runner-up "
-                         "(one-sided paired bootstrap, Holm-corrected across the suite's test sets, p < 0.05); "
-                         "≈ = best but not significantly. Italic rows: majority-class and class-prior "
-                         "predictors fitted on the training labels, never ranked.")
+                 columns=["Test set", "Model", "Size", "Scheme", "n", "ACC [95 % CI]", "ACC [images only]",
+                          "AUC [95 % CI]", "AUC [images only]", *metrics],
+                 align="llrlr" + "r" * (4 + len(metrics)), rows=rows, label=f"tab:{slug(suite)}-trust",
+                 caption="Mean over seeds; [95 % CI] = interval of the seed mean from a two-level bootstrap (seeds "
+                         "resampled, then the test images, 1,000 resamples): training variance and test-image "
+                         "noise; [images only] = the test images resampled, the trained models held fixed. "
+                         f"{SIGNIFICANCE_CAPTION} Italic rows: majority-class and class-prior predictors fitted on "
+                         f"the training labels, never marked. ECE: top-label, {ECE_BINS} bins."
+                         + "".join(f" n/a = {reason}." for reason in reasons))
+
+
+def seeds_table(trust: pd.DataFrame, suite: str) -> Table | None:
+    """Per measured row: the seed std of ACC and AUC and the smallest difference its seeds detect; on each test
+    set's best row, its runner-up and the seeds per model a 0.01 difference between the two would need."""
+    measured = trust[~trust["baseline"]] if not trust.empty else trust
+    if measured.empty or "acc_mdd" not in measured:
+        return None
+    rows = []
+    for _, row in measured.iterrows():
+        cells = [Cell(row["test_set"]), Cell(row["model"]), Cell(str(row["size"])), Cell(row["scheme"] or DASH),
+                 Cell(str(row["n"]))]
+        for metric in ("acc", "auc"):
+            cells += [Cell(fmt(row[f"{metric}_std"])), Cell(fmt(row[f"{metric}_mdd"]))]
+        needed = row["acc_seeds_needed"]
+        cells += [Cell(row["acc_runner_up"] or DASH),
+                  Cell(DASH if not row["acc_runner_up"] else "> 10,000" if pd.isna(needed) else str(int(needed)))]
+        rows.append(cells)
+    return Table(title=f"Suite {suite}: seeds needed",
+                 columns=["Test set", "Model", "Size", "Scheme", "n", "ACC seed std", "ACC detectable",
+                          "AUC seed std", "AUC detectable", "ACC runner-up", "Seeds for ΔACC = 0.01"],
+                 align="llrlrrrrrlr", rows=rows, label=f"tab:{slug(suite)}-seeds",
+                 caption=f"Detectable = the smallest difference of means that the row's n seeds (and as many for "
+                         f"the other model) detect with power {DETECTION_POWER:g} at α = {DETECTION_ALPHA:g}: a "
+                         "two-sided two-sample t-test on per-seed values, both models with this row's seed std "
+                         "(sample std, ddof = 1); — for one seed; 0 when the seeds agree exactly. Seeds for ΔACC = "
+                         "0.01 (on each test set's highest-ACC row): the seeds per model the same t-test needs to "
+                         "detect a 0.01 ACC difference from its runner-up, at their pooled seed std.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rankings across datasets
+# ----------------------------------------------------------------------------------------------------------
+def ranking_table(r: Ranking) -> Table:
+    """One ranking: models by mean rank, their mean value, the Nemenyi p-value against the best and the Bayesian
+    signed-rank probabilities of the best against each (when tested); the caption says what was tested."""
+    n_models, n_datasets = r.values.shape[1], r.values.shape[0]
+    bayes = r.bayes.set_index("other") if r.bayes is not None else pd.DataFrame()
+    best = r.mean_rank.index[0] if len(r.mean_rank) else None
+    rows = []
+    for position, (model, mean_rank) in enumerate(r.mean_rank.items(), start=1):
+        row = [Cell(str(position)), Cell(str(model), bold=position == 1 and r.tested), Cell(fmt(mean_rank, 2)),
+               Cell(fmt(r.values[model].mean()))]
+        if r.tested:
+            differs = r.nemenyi is not None and model != best and r.nemenyi.loc[best, model] < RANK_ALPHA
+            row.append(Cell(DASH if r.nemenyi is None or model == best else fmt_p(r.nemenyi.loc[best, model]),
+                            note="*" if differs else ""))
+            row += ([Cell(DASH)] * 3 if model not in bayes.index else
+                    [Cell(fmt(bayes.loc[model, k], 2)) for k in ("p_better", "p_rope", "p_worse")])
+        rows.append(row)
+    label = METRIC_LABELS.get(r.metric, r.metric)
+    columns = ["#", "Model", "Mean rank", f"Mean {label}"]
+    if r.tested:
+        columns += ["Nemenyi p vs #1", "P(#1 better)", f"P(within ±{ROPE:g})", "P(#1 worse)"]
+        caption = (f"{n_models} models ranked on each of {n_datasets} datasets (1 = best, ties share the mean rank). "
+                   f"{r.test.capitalize()} test p {p_relation(r.pvalue)}"
+                   + (f"; Nemenyi critical difference {fmt(r.cd, 2)} at α = {RANK_ALPHA:g}: * = differs from "
+                      f"#1" if r.nemenyi is not None else "")
+                   + f". Bayesian signed-rank test (baycomp, rope ±{ROPE:g}) of #1 against each model: the "
+                     "posterior probability that #1 is better by more than the rope, within it, or worse.")
+    else:
+        caption = f"{n_models} models ranked on each of {n_datasets} dataset(s) (1 = best). Untested: {r.note}"
+    if r.dropped:
+        caption += f" Left out (no value on every dataset): {', '.join(r.dropped)}."
+    return Table(title=f"{r.title}: ranking on {label}", columns=columns, align="rlrr" + "rrrr" * r.tested, rows=rows,
+                 caption=caption, label=f"tab:ranking-{slug(r.key)}")

@@ -30,8 +30,9 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from benchmark.errors import UserError
+from benchmark.metrics import CALIBRATION_METRICS, PROBABILITY_FREE_SCHEMES
 from benchmark.records import FRAME_COLUMNS, Record, atomic_write_bytes, training_class_counts
-from benchmark.report import aggregate, render
+from benchmark.report import aggregate, ranking, render
 from benchmark.report.load import SuiteData, load_published, load_suites
 
 SITE_FILES = Path(__file__).with_name("site_files")
@@ -199,6 +200,7 @@ class SiteBuilder:
         self.pages: dict[str, str] = {}
         self.n_records = sum(len(d.records) for d in suites.values())
         self.known_counts = training_class_counts(r for d in suites.values() for r in d.records)
+        self.figures_of: dict[str, list[tuple]] = {}  # suite → (job, web file) of its figures, once drawn
 
     # figures -------------------------------------------------------------------------------------------
     def suite_figures(self, data: SuiteData) -> list[tuple]:
@@ -228,7 +230,7 @@ class SiteBuilder:
         overview = []
         compare = []
         for suite, data in self.suites.items():
-            figures = self.suite_figures(data)
+            figures = self.figures_of[suite] = self.suite_figures(data)
             tables, trusted = aggregate.suite_tables(data, self.published, self.known_counts)
             overview.append(self.overview_section(suite, data, tables, trusted, figures))
             compare.append(self.compare_section(suite, data))
@@ -245,6 +247,7 @@ class SiteBuilder:
         self.render("index.html", "index.html.j2", "Benchmark results", sections=overview)
         self.render("compare.html", "compare.html.j2", "Compare: measured vs published, paired comparisons",
                     sections=compare)
+        self.ranking_page()
         return dict(sorted(self.pages.items()))
 
     def overview_section(self, suite: str, data: SuiteData, tables: dict, trusted: pd.DataFrame,
@@ -260,7 +263,7 @@ class SiteBuilder:
         }
         seeds = aggregate.expected_seeds(data.frame, data.plan)
         extra = [render.incomplete_table(aggregate.incomplete_groups(data.frame, data.plan), suite, seeds, data.plan),
-                 render.failed_table(aggregate.failed_runs(data.frame), suite)]
+                 render.failed_table(aggregate.failed_runs(data.frame), suite), render.seeds_table(trusted, suite)]
         failed_links = {str(r): link(page, run_page(suite, str(r)))
                         for r in data.frame.loc[data.frame["status"] == "failed", "run_id"]}
         extra_tables = []
@@ -279,11 +282,34 @@ class SiteBuilder:
                 "seeds": ", ".join(map(str, seeds))}
 
     def compare_section(self, suite: str, data: SuiteData) -> dict:
-        gap = render.published_gap_table(aggregate.published_gap(data.frame, self.published, data.plan), suite)
+        gap = render.published_gap_table(aggregate.published_gap(data.frame, self.published, data.plan,
+                                                                  data.records), suite)
         pairwise = [render.pairwise_table(aggregate.pairwise(data.frame, metric), suite, metric)
                     for metric in aggregate.PAIRWISE_METRICS]
         return {"suite": suite, "id": render.slug(suite), "gap": html_table(gap) if gap else None,
                 "pairwise": [html_table(t) for t in pairwise if t is not None]}
+
+    def ranking_page(self) -> None:
+        """ranking.html: each suite's rankings across datasets, then the published MedMNIST+ ones with their
+        critical-difference diagrams (drawn by `benchmark figures`' code into `<figures>/ranking/` when missing)."""
+        from benchmark.report import figures
+
+        page = "ranking.html"
+        sections = []
+        for suite, data in self.suites.items():
+            tables = [html_table(render.ranking_table(r)) for r in ranking.suite_rankings(data)]
+            if tables:
+                found = [Figure(job.label, self.figure_src(page, path)) for job, path in self.figures_of.get(suite, [])
+                         if job.kind == "critical_difference"]
+                sections.append({"id": render.slug(suite), "title": f"Suite {suite}", "tables": tables,
+                                 "figures": found})
+        drawn = figures.ranking_figures(self.figures / figures.RANKING_FOLDER, ("png",), self.dpi, reuse=WEB_FORMATS)
+        sections.append({"id": "medmnist-plus", "title": "MedMNIST+ (published)",
+                         "tables": [html_table(render.ranking_table(r)) for r in ranking.medmnist_plus_rankings()],
+                         "figures": [Figure(job.label, self.figure_src(page, paths[0])) for job, paths in drawn
+                                     if paths]})
+        self.render(page, "ranking.html.j2", "Ranking across datasets", sections=sections,
+                    missing=ranking.missing_extra())
 
     def cell_pages(self, suite: str, data: SuiteData, tables: dict, group: tuple, dataset: str) -> None:
         page = cell_page(suite, group, dataset)
@@ -296,7 +322,7 @@ class SiteBuilder:
                    HtmlColumn("Epochs", "r", True)]
         rows = []
         for r in runs.itertuples(index=False):
-            values = [HtmlCell(render.fmt(getattr(r, m) if m in runs.columns else None, 4)) for m in metrics]
+            values = [HtmlCell(_metric_text(r.scheme, m, getattr(r, m) if m in runs.columns else None)) for m in metrics]
             best = render.DASH if pd.isna(r.best_epoch) else str(int(r.best_epoch))
             rows.append(HtmlRow([HtmlCell(str(r.seed)), HtmlCell(r.run_id, href=link(page, run_page(suite, r.run_id))),
                                  HtmlCell(r.status if r.status == "completed" else f"{r.status}: {r.error_type}"),
@@ -316,7 +342,7 @@ class SiteBuilder:
         page = run_page(suite, run_id)
         row = data.frame[data.frame["run_id"] == run_id].iloc[0]
         group = (row["model"], int(row["size"]), row["scheme"])
-        test = [(_label(k), render.fmt(v, 4)) for k, v in _flat_scalars(record.get("test"))]
+        test = [(_label(k), _metric_text(row["scheme"], k, v)) for k, v in _flat_scalars(record.get("test"))]
         per_class_rows = data.per_class[data.per_class["run_id"] == run_id].sort_values("class_index")
         per_class = HtmlTable("Per-class test metrics", [HtmlColumn("Class"), HtmlColumn("Precision", "r"),
                                                          HtmlColumn("Recall", "r"), HtmlColumn("F1", "r"),
@@ -349,6 +375,13 @@ class SiteBuilder:
                                                              if k != "class_names"}),
                     model=_flat(record.get("model")), timing=_flat(record.get("timing")),
                     error=record.get("error") if record.get("status") == "failed" else None)
+
+
+def _metric_text(scheme: str, metric: str, value: float | None) -> str:
+    """A run's test metric at 4 digits; "n/a" for the calibration metrics of a scheme without probabilities."""
+    if metric in CALIBRATION_METRICS and scheme in PROBABILITY_FREE_SCHEMES:
+        return f"{render.NOT_APPLICABLE} ({PROBABILITY_FREE_SCHEMES[scheme].split(':')[0]})"
+    return render.fmt(value, 4)
 
 
 def _flat_scalars(block: object) -> list[tuple[str, float]]:

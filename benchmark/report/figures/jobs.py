@@ -19,6 +19,7 @@ from benchmark.records import atomic_write_bytes
 from benchmark.report.aggregate import HEADLINE_METRICS
 from benchmark.report.figures.calibration import plot_reliability, plot_reliability_suite
 from benchmark.report.figures.comparison import plot_avg_rank, plot_heatmap, plot_per_class_recall, plot_resolution
+from benchmark.report.figures.ranking import plot_published_critical_difference, plot_suite_critical_difference
 from benchmark.report.figures.runs import plot_confidence, plot_confusion, plot_curves, plot_roc
 from benchmark.report.figures.samples import plot_predictions, plot_samples, sample_sets, sample_size
 from benchmark.report.figures.style import FORMATS, RC, safe_stem, save_figure
@@ -26,6 +27,7 @@ from benchmark.report.load import SuiteData, load_suites
 
 logger = logging.getLogger(__name__)
 
+RANKING_FOLDER = "ranking"  # <figures>/ranking/: the published rankings' diagrams
 RUN_FIGURES = {"confusion": plot_confusion, "roc": plot_roc, "confidence": plot_confidence,
                "reliability": plot_reliability, "curves": plot_curves, "predictions": plot_predictions}
 
@@ -70,6 +72,8 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
                           partial(plot_resolution, recs, suite_name, "acc", plan)))
     jobs.append(FigureJob("avg_rank", "average rank", "avg_rank", partial(plot_avg_rank, recs, suite_name, plan)))
     jobs.append(FigureJob("reliability", "reliability", "reliability", partial(plot_reliability_suite, recs, suite_name)))
+    jobs += [FigureJob(f"critical_difference_{m}", f"critical difference {m}", "critical_difference",
+                       partial(plot_suite_critical_difference, data, m)) for m in ("acc", "auc")]
     for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
         jobs.append(FigureJob(safe_stem(f"samples_{ds}-{size}"), f"samples {ds} {size}px", "samples",
                               partial(plot_samples, ds, sample_size(recs, ds, size), names, imgs, suite_name)))
@@ -113,10 +117,26 @@ def suite_figures(data: SuiteData, folder: Path | str, formats: Sequence[str] = 
     `reuse`: formats that count as already drawn — a figure with a file in one of them is not drawn again (the
     site draws only what is missing). Returns each figure with its files (every format present on disk); a
     figure that could not be drawn (a warning says why) is left out."""
-    fmts = _check_args(formats, dpi)
+    return _draw(figure_jobs(data), folder, _check_args(formats, dpi), dpi, reuse, f"Figures for suite `{data.suite}`")
+
+
+def ranking_figures(folder: Path | str, formats: Sequence[str] = ("png", "pdf"), dpi: int = 200,
+                    reuse: Sequence[str] = ()) -> list[tuple[FigureJob, list[Path]]]:
+    """Draw the critical-difference diagrams of the published MedMNIST+ rankings into `folder` (with an
+    `index.md`), as `suite_figures` does a suite's."""
+    from benchmark.report.ranking import medmnist_plus_rankings
+
+    jobs = [FigureJob(f"critical_difference_{r.key}", f"critical difference: {r.title} ({r.metric})",
+                      "critical_difference", partial(plot_published_critical_difference, r.key))
+            for r in medmnist_plus_rankings()]
+    return _draw(jobs, folder, _check_args(formats, dpi), dpi, reuse, "Rankings across datasets (published MedMNIST+)")
+
+
+def _draw(jobs: list[FigureJob], folder: Path | str, fmts: tuple[str, ...], dpi: int, reuse: Sequence[str],
+          heading: str) -> list[tuple[FigureJob, list[Path]]]:
     folder = Path(folder)
     out: list[tuple[FigureJob, list[Path]]] = []
-    for job in figure_jobs(data):
+    for job in jobs:
         base = folder / job.stem
         if not any(base.with_name(f"{base.name}.{f}").is_file() for f in reuse):
             with mpl.rc_context(RC), _warnings_logged(base.name):
@@ -132,7 +152,7 @@ def suite_figures(data: SuiteData, folder: Path | str, formats: Sequence[str] = 
         paths = [base.with_name(f"{base.name}.{f}") for f in FORMATS if base.with_name(f"{base.name}.{f}").is_file()]
         out.append((job, paths))
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Figures for suite `{data.suite}`", ""]
+    lines = [f"# {heading}", ""]
     for job, paths in out:
         lines.append(f"- {job.label}: " + ", ".join(f"[{p.suffix[1:]}]({p.relative_to(folder).as_posix()})"
                                                     for p in paths))
@@ -148,12 +168,18 @@ def write_figures(runs: Path | str = "results", output: Path | str = "results/fi
     Seeds expected per group come from `<suite>.yaml` (in `suites_dir`, else ./suites/ or the shipped suites), as
     in the leaderboard, so a group short of the suite's seeds is marked even when every record has fewer.
 
-    Returns the written paths (figures in each format, then one `index.md` per suite)."""
+    Without `suite`, also the critical-difference diagrams of the published MedMNIST+ rankings into
+    `output/ranking/`. Returns the written paths (figures in each format, then one `index.md` per folder)."""
     fmts = _check_args(formats, dpi)
     written: list[Path] = []
     for suite_name, data in load_suites(runs, suite, suites_dir).items():
         folder = Path(output) / safe_stem(suite_name)
         for _, paths in suite_figures(data, folder, fmts, dpi):
+            written += [p for p in paths if p.suffix[1:] in fmts]
+        written.append(folder / "index.md")
+    if suite is None:  # the published rankings belong to no suite: drawn with all of them
+        folder = Path(output) / RANKING_FOLDER
+        for _, paths in ranking_figures(folder, fmts, dpi):
             written += [p for p in paths if p.suffix[1:] in fmts]
         written.append(folder / "index.md")
     return written
