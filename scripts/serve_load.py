@@ -9,7 +9,9 @@ minimal HTTP/1.1 writer/reader over asyncio streams so that, on a machine with f
 takes as little CPU as possible away from the server it measures.
 
 Writes `results/perf/serve-<model>-c<clients>[-<label>].json` with the exact command, the machine (CPU, cores,
-load average before and after), the server command, requests/s, latency p50/p95/p99 and the errors.
+load average before and after), the server command, requests/s, latency p50/p95/p99 and the errors, and for
+scale the model's own images/s (`LoadedRun.probabilities` in this process, batches of 1 and of C images),
+measured just before the server starts.
 
     python -m benchmark run --suite medmnist-v2 --datasets breastmnist --models resnet18_28 --seeds 0 --epochs 2 \\
         --data-root /path/to/medmnist --output /tmp/serve-run
@@ -115,6 +117,17 @@ async def drive(port: int, requests: list[bytes], expected: list[np.ndarray], cl
             "errors": len(errors), "error_examples": errors[:5]}
 
 
+def model_speed(loaded, images: np.ndarray, batch: int, seconds: float = 5.0) -> float:
+    """Images/s of the model alone (`LoadedRun.probabilities`, as the server calls it) on batches of `batch`."""
+    batch_images = np.resize(images, (batch, *images.shape[1:]))
+    loaded.probabilities(batch_images)  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        loaded.probabilities(batch_images)
+        done += batch
+    return round(done / (time.perf_counter() - started), 1)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -153,6 +166,7 @@ def main() -> None:
     images = loaded.dataset_split("test", data_root=args.data_root).images
     expected = [np.array(list(p.probabilities.values()))
                 for p in score(loaded, [str(i) for i in range(len(images))], images)]
+    model_alone = {f"batch_{b}": model_speed(loaded, images, b) for b in (1, args.clients)}
     port = free_port()
     requests = [request_bytes(port, f"test-{i:03d}.png", png_bytes(image)) for i, image in enumerate(images)]
     serve_command = [sys.executable, "-m", "benchmark", "serve", str(args.run), "--results", str(args.results),
@@ -186,6 +200,7 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "clients": args.clients,
+        "model_alone_images_per_second": model_alone,
         "warmup_requests": args.warmup,
         **result,
         "git_commit": git_commit(),
