@@ -9,9 +9,10 @@ minimal HTTP/1.1 writer/reader over asyncio streams so that, on a machine with f
 takes as little CPU as possible away from the server it measures.
 
 Writes `results/perf/serve-<model>-c<clients>[-<label>].json` with the exact command, the machine (CPU, cores,
-load average before and after), the server command, requests/s, latency p50/p95/p99 and the errors, and for
-scale the model's own images/s (`LoadedRun.probabilities` in this process, batches of 1 and of C images),
-measured just before the server starts.
+load average before and after), the server command, requests/s, latency p50/p95/p99 and the errors, the
+server's CPU time per request (all its threads; on a machine shared with other work this, unlike requests/s,
+hardly depends on the share of the cores the server gets), and for scale the model's own images/s
+(`LoadedRun.probabilities` in this process, batches of 1 and of C images), measured before the server starts.
 
     python -m benchmark run --suite medmnist-v2 --datasets breastmnist --models resnet18_28 --seeds 0 --epochs 2 \\
         --data-root /path/to/medmnist --output /tmp/serve-run
@@ -36,6 +37,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
@@ -176,7 +178,11 @@ def main() -> None:
         server = subprocess.Popen(serve_command, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             wait_until_up(port, server)
+            server_cpu = psutil.Process(server.pid).cpu_times()
             result = asyncio.run(drive(port, requests, expected, args.clients, args.requests, args.warmup))
+            after = psutil.Process(server.pid).cpu_times()
+            cpu_seconds = after.user + after.system - server_cpu.user - server_cpu.system
+            result["server_cpu_ms_per_request"] = round(1000 * cpu_seconds / (args.warmup + args.requests), 2)
         finally:
             server.terminate()
             try:
@@ -211,9 +217,10 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"serve-{out['model']}-c{args.clients}{'-' + args.label if args.label else ''}.json"
     path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(f"{out['requests_per_second']} requests/s, p50 {out['latency_ms']['p50']} ms, p95 "
-          f"{out['latency_ms']['p95']} ms, p99 {out['latency_ms']['p99']} ms, {out['errors']} errors, load "
-          f"{out['load_average_1min']['before']} -> {out['load_average_1min']['after']}  ({path})")
+    latency = out["latency_ms"]
+    print(f"{out['server_cpu_ms_per_request']} CPU ms/request, {out['requests_per_second']} requests/s, "
+          f"p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms, {out['errors']} errors, "
+          f"load {out['load_average_1min']['before']} -> {out['load_average_1min']['after']}  ({path})")
 
 
 if __name__ == "__main__":
