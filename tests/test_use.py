@@ -430,6 +430,22 @@ def test_concurrent_requests_batched_together_answer_what_predict_does(served, r
             assert item["probabilities"] == pytest.approx(local.probabilities, abs=1e-5, rel=0)
 
 
+def test_a_failing_forward_pass_answers_json_and_the_server_goes_on(served, results, monkeypatch):
+    import httpx
+
+    server, app = served
+    png = (results[1] / "000.png").read_bytes()
+
+    def broken(images):
+        raise RuntimeError("planted model failure")
+
+    monkeypatch.setattr(app.state.batcher, "score_batch", broken)
+    answer = httpx.post(f"{server}/predict", files=[("files", ("000.png", png, "image/png"))], timeout=30)
+    assert answer.status_code == 500 and "RuntimeError" in answer.json()["error"]
+    monkeypatch.undo()
+    assert httpx.post(f"{server}/predict", files=[("files", ("000.png", png, "image/png"))], timeout=30).status_code == 200
+
+
 @pytest.mark.parametrize("flag, value", [("--max-batch", "0"), ("--max-wait-ms", "-1"), ("--max-upload-mb", "0")])
 def test_serve_refuses_a_bad_limit_before_loading_the_model(flag, value, capsys):
     assert main(["serve", "no-such-run", flag, value]) == 2  # the missing run would be the second error
