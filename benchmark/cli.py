@@ -187,6 +187,9 @@ def add_use_verbs(verbs) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="[127.0.0.1: this machine only]")
     serve.add_argument("--port", type=int, default=8000, help="[8000]")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request accepted, in MB [10]")
+    serve.add_argument("--max-batch", type=int, default=32, help="most images per forward pass [32]")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="longest a request waits for others to share its forward pass, in ms [5]")
 
 
 def add_common_options(verbs) -> None:
@@ -446,7 +449,8 @@ def cmd_explain(args) -> int:
 def cmd_serve(args) -> int:
     from benchmark.use.serve import serve
 
-    serve(args.run, results=args.results, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    serve(args.run, results=args.results, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, quiet=args.quiet)
     return 0
 
 

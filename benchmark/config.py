@@ -55,6 +55,9 @@ class Recipe:
     class_weights: str = "none"
     sampler: str = "none"
     calibrate: str = "none"  # "temperature": fit a temperature on validation, record test calibration before/after
+    # Several processes training a model with BatchNorm: normalise with the statistics of the whole batch across
+    # processes (as one process would), not each process's shard (benchmark.distributed.SyncBatchNorm).
+    sync_batchnorm: bool = True
 
     def validate(self, where: str) -> None:
         _check_choice(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
@@ -185,7 +188,7 @@ RESNET_INITS = ("torchvision", "pytorch_default")
 HASH_NEUTRAL_MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSpec) if f.name in ("upsample", "in_channels",
                                                                                        "init", "resize")}
 HASH_NEUTRAL_RECIPE_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.name in ("class_weights", "sampler",
-                                                                                          "calibrate")}
+                                                                                          "calibrate", "sync_batchnorm")}
 RESNET_ONLY_FIELDS = ("in_channels", "init")
 
 

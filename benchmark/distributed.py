@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
+from torch import nn
 
 from benchmark.claims import env_seconds
 from benchmark.errors import UserError
@@ -111,3 +112,76 @@ def wait_until_recorded(note: Path, record: Path, since: float, timeout: float) 
             pass
         time.sleep(0.2)
     return False
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the whole batch across every process, on any device.
+
+    With N processes each holding 1/N of the batch, plain BatchNorm normalises each shard by its own mean and
+    variance (and the running statistics follow process 0's shard): the model trains differently from one process.
+    Here the per-channel sums are all-reduced (two passes: mean, then squared deviations, for the numerics of a
+    variance), so the output, the gradients (the all-reduce is autograd-aware) and the running statistics are
+    those of one process on the whole batch, up to float summation order. `torch.nn.SyncBatchNorm` does the
+    same with fused kernels but runs on GPUs only; this one also runs on CPU under gloo (the tested path) and is
+    what every multi-process run uses. Evaluation (model.eval()) is plain BatchNorm on the running statistics.
+    Same parameters and buffers as the layer it replaces, so checkpoints load into the plain model.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        values = input.float()  # statistics in full precision, whatever autocast runs the layer in
+        dims, shape = [0, *range(2, values.dim())], (1, -1) + (1,) * (values.dim() - 2)
+        local_count = values.new_full((1,), values.numel() // values.size(1))
+        totals = all_reduce(torch.cat([values.sum(dims), local_count]))
+        count = totals[-1].detach()
+        mean = totals[:-1] / count
+        centered = values - mean.view(shape)
+        var = all_reduce(centered.square().sum(dims)) / count
+        output = centered * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            output = output * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * count / (count - 1), factor)  # unbiased, as BatchNorm
+        return output.to(input.dtype)
+
+
+def synchronize_batchnorm(module: nn.Module) -> int:
+    """Replace every BatchNorm layer inside `module` by a `SyncBatchNorm` holding the same parameters and
+    buffers (in place); returns how many were replaced."""
+    replaced = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
+            synced = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
+            # the very tensors of `child` (nothing holding them goes stale), as torch's convert_sync_batchnorm
+            synced.weight, synced.bias = child.weight, child.bias
+            synced.running_mean, synced.running_var = child.running_mean, child.running_var
+            synced.num_batches_tracked = child.num_batches_tracked
+            synced.train(child.training)
+            setattr(module, name, synced)
+            replaced += 1
+        else:
+            replaced += synchronize_batchnorm(child)
+    return replaced
+
+
+def prepare_batchnorm(model: nn.Module, sync: bool, processes: int) -> bool | None:
+    """Synchronise `model`'s BatchNorm layers (in place) when `sync` and several processes train it. Returns what
+    the record's `environment.sync_batchnorm` says: None where the choice changes nothing (one process, or no
+    BatchNorm layer), else whether the statistics were synchronised."""
+    if processes == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    if sync:
+        synchronize_batchnorm(model)
+    return sync

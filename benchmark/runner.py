@@ -291,7 +291,8 @@ class GridRunner:
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
-            environment=environment(self.accelerator, dtype, self.commit, self.data_placement),
+            environment=environment(self.accelerator, dtype, self.commit, self.data_placement)
+            | ({} if outcome.sync_batchnorm is None else {"sync_batchnorm": outcome.sync_batchnorm}),
             error=None,
             **({"calibration": outcome.calibration} if outcome.calibration is not None else {}),
         )

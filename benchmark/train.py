@@ -32,6 +32,7 @@ from transformers import get_cosine_schedule_with_warmup
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, Split
 from benchmark.data.transforms import BatchTransform
+from benchmark.distributed import prepare_batchnorm
 from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics, temperature_calibration
 from benchmark.models import BuiltModel
@@ -84,6 +85,7 @@ class TrainOutcome:
     stopped_early: bool = False
     details: dict = field(default_factory=dict)  # what the scheme reports (trainable params, embedding cache, …)
     calibration: dict | None = None  # recipe.calibrate == "temperature": temperature and test metrics before/after
+    sync_batchnorm: bool | None = None  # several processes trained BatchNorm layers: were their statistics synced
 
 
 @dataclass
@@ -435,6 +437,7 @@ def fit(
     model = built.module.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    sync_batchnorm = prepare_batchnorm(model, recipe.sync_batchnorm, accelerator.num_processes)
     groups = adaptation.param_groups(model, recipe)
     optimizer = make_optimizer(recipe, groups, device)
     train_split = device_splits["train"]
@@ -564,4 +567,5 @@ def fit(
         stopped_early=state.stopped_early,
         details={"trainable_params": sum(p.numel() for group in groups for p in group["params"])},
         calibration=calibration,
+        sync_batchnorm=sync_batchnorm,
     )

@@ -45,9 +45,9 @@ FAILING_CLI = textwrap.dedent("""
 """)
 
 
-def write_suite(folder: Path) -> Path:
+def write_suite(folder: Path, model: str = "vit_tiny", recipe: dict = RECIPE) -> Path:
     suite = {"name": SUITE, "data_root": "bundled", "seeds": [0], "datasets": ["breastmnist"],
-             "models": [{"name": "vit_tiny", "recipe": RECIPE}]}
+             "models": [{"name": model, "recipe": recipe}]}
     path = folder / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -103,3 +103,56 @@ def test_two_processes_train_one_run_fail_together_and_resume_to_the_one_process
     for two, one in zip(record["history"], single["history"], strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], abs=TOLERANCE)
         assert two["val"]["loss"] == pytest.approx(one["val"]["loss"], abs=TOLERANCE)
+
+
+# ResNet-18 (28 px) has BatchNorm: with its statistics synchronised across the two processes (the default), each
+# layer normalises by the mean and variance of the whole 32-image batch, as one process does. The first
+# training loss (before any update) then agrees to float summation order (TOLERANCE). After updates, this
+# from-scratch network amplifies float noise: the same one-process run with 2 threads instead of 1 (nothing
+# but the kernels' summation order changes) moved a test probability by 5.9e-4; two synced processes moved it
+# by 3.3e-4 (both measured). Hence BATCHNORM_TOLERANCE. Per-process statistics (sync off, planted once) moved
+# the first training loss by 5e-3 and a test probability by 1.3e-2. SGD rather than Adam: Adam's first steps
+# are sign-like (m / sqrt(v)) and turn float-level gradient noise into lr-sized updates (3e-3 synced, measured).
+BATCHNORM_TOLERANCE = 1e-3
+BATCHNORM_RECIPE = {**RECIPE, "optimizer": "sgd", "lr": 0.01, "schedule": "constant"}
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_batchnorm_model_as_one_process_does(tmp_path):
+    suite = write_suite(tmp_path, model="resnet18_28", recipe=BATCHNORM_RECIPE)
+    assert cli.main(["run", "--suite", str(suite), "--output", str(tmp_path / "one"), "--limit", str(LIMIT),
+                     "--quiet"]) == 0
+    (single,) = records(tmp_path / "one")
+    assert "sync_batchnorm" not in single["environment"]  # one process: the choice changes nothing
+
+    two = launch(tmp_path, suite, tmp_path / "two", fail_at=0)
+    assert two.returncode == 0, two.stdout + two.stderr
+    (record,) = records(tmp_path / "two")
+    assert record["environment"]["num_processes"] == 2 and record["environment"]["sync_batchnorm"] is True
+    assert record["config_hash"] == single["config_hash"]
+    probs, reference = np.array(record["test_predictions"]["probs"]), np.array(single["test_predictions"]["probs"])
+    np.testing.assert_allclose(probs, reference, atol=BATCHNORM_TOLERANCE, rtol=0)
+    for key in ("acc", "auc", "loss"):
+        assert record["test"][key] == pytest.approx(single["test"][key], abs=BATCHNORM_TOLERANCE)
+    assert record["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], abs=TOLERANCE)
+    for two_epoch, one_epoch in zip(record["history"], single["history"], strict=True):
+        assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], abs=BATCHNORM_TOLERANCE)
+        assert two_epoch["val"]["loss"] == pytest.approx(one_epoch["val"]["loss"], abs=BATCHNORM_TOLERANCE)
+
+
+def test_sync_batchnorm_enters_the_run_hash_only_when_turned_off(tmp_path):
+    """Records written before the option existed keep their run ids; `sync_batchnorm: false` is another run."""
+    from benchmark.config import load_suite
+
+    committed = {p.stem for p in (PROJECT / "results" / "runs" / "medmnist-v2").glob("breastmnist-28-resnet18_28-s*")}
+    default = load_suite("medmnist-v2", datasets=["breastmnist"], models=["resnet18_28"]).runs
+    assert default[0].recipe.sync_batchnorm is True
+    assert committed and {run.run_id for run in default} <= committed
+
+    def run_id(folder: str, recipe: dict) -> str:
+        (tmp_path / folder).mkdir()
+        [run] = load_suite(str(write_suite(tmp_path / folder, "resnet18_28", recipe))).runs
+        return run.run_id
+
+    assert run_id("on", {**RECIPE, "sync_batchnorm": True}) == run_id("unset", RECIPE)
+    assert run_id("off", {**RECIPE, "sync_batchnorm": False}) != run_id("unset-again", RECIPE)

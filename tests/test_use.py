@@ -301,13 +301,15 @@ def test_a_verb_without_its_extra_names_the_pip_install(results, monkeypatch, ca
 
 
 @pytest.fixture(scope="module")
-def server(results):
-    """The API on a free loopback port, served by uvicorn in a thread; upload limit 0.05 MB."""
+def served(results):
+    """The API on a free loopback port, served by uvicorn in a thread: its URL and the app. Upload limit 0.05 MB;
+    batches of up to 8 images gathered for up to 100 ms, so that concurrent requests share forward passes."""
     import uvicorn
 
     from benchmark.use.serve import create_app
 
-    app = create_app(load_run("breastmnist-28-resnet18_28", results[0]), max_upload_mb=0.05)
+    app = create_app(load_run("breastmnist-28-resnet18_28", results[0]), max_upload_mb=0.05, max_batch=8,
+                     max_wait_ms=100)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -318,9 +320,14 @@ def server(results):
     while not instance.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert instance.started
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", app
     instance.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture
+def server(served):
+    return served[0]
 
 
 def test_serve_predicts_what_predict_does(results, server):
@@ -362,21 +369,79 @@ def test_serve_answers_bad_uploads_with_4xx_json(server, results):
     assert httpx.get(f"{server}/health").status_code == 200  # still up
 
 
-def test_serve_answers_20_concurrent_requests_correctly(server, results):
+def test_concurrent_requests_batched_together_answer_what_predict_does(served, results, tmp_path):
+    """20 concurrent requests, some of several images, some RGB or 4x larger (brought to 28 px gray one by one
+    before they join a batch) and one broken file: the broken one alone gets a 400, the others share forward
+    passes and each gets predict's numbers for its own files."""
     import httpx
 
+    server, app = served
     results_dir, pngs = results
-    files = sorted(pngs.iterdir())[:20]
-    expected = predict("breastmnist-28-resnet18_28", files, results=results_dir).predictions
+    gray = sorted(pngs.iterdir())[:16]
+    Image.open(gray[0]).convert("RGB").save(tmp_path / "rgb.png")
+    Image.open(gray[1]).resize((112, 112), Image.Resampling.BILINEAR).save(tmp_path / "big.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    requests = [[p] for p in gray] + [[tmp_path / "rgb.png"], [tmp_path / "big.png"], gray[2:5],
+                                      [gray[5], tmp_path / "broken.png"]]
+    files = [*gray, tmp_path / "rgb.png", tmp_path / "big.png"]
+    expected = {p.name: local for p, local in zip(files, predict("breastmnist-28-resnet18_28", files,
+                                                                  results=results_dir).predictions)}
+    batcher = app.state.batcher
+    passes, scored = batcher.forward_passes, batcher.images_scored
 
-    def ask(path):
-        return httpx.post(f"{server}/predict", files=[("files", (path.name, path.read_bytes(), "image/png"))],
+    def ask(paths):
+        return httpx.post(f"{server}/predict", files=[("files", (p.name, p.read_bytes(), "image/png")) for p in paths],
                           timeout=60)
 
-    with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(ask, files))
-    assert [a.status_code for a in answers] == [200] * 20
-    for answer, local in zip(answers, expected):
-        [served] = answer.json()["predictions"]
-        assert served["label"] == local.label
-        assert served["probabilities"] == pytest.approx(local.probabilities, abs=1e-6)
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(ask, requests))
+    assert [a.status_code for a in answers] == [200] * 19 + [400]
+    assert "broken.png" in answers[-1].json()["error"]
+    assert batcher.images_scored - scored == 16 + 2 + 3  # the broken request never reached the model
+    assert batcher.forward_passes - passes < 19  # requests shared forward passes
+    for paths, answer in zip(requests[:-1], answers[:-1]):
+        served_predictions = answer.json()["predictions"]
+        assert [p["image"] for p in served_predictions] == [p.name for p in paths]
+        for item in served_predictions:
+            local = expected[item["image"]]
+            assert item["label"] == local.label
+            assert item["probabilities"] == pytest.approx(local.probabilities, abs=1e-5, rel=0)
+
+
+def test_a_failing_forward_pass_answers_json_and_the_server_goes_on(served, results, monkeypatch):
+    import httpx
+
+    server, app = served
+    png = (results[1] / "000.png").read_bytes()
+
+    def broken(images):
+        raise RuntimeError("planted model failure")
+
+    monkeypatch.setattr(app.state.batcher, "score_batch", broken)
+    answer = httpx.post(f"{server}/predict", files=[("files", ("000.png", png, "image/png"))], timeout=30)
+    assert answer.status_code == 500 and "RuntimeError" in answer.json()["error"]
+    monkeypatch.undo()
+    assert httpx.post(f"{server}/predict", files=[("files", ("000.png", png, "image/png"))], timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("flag, value", [("--max-batch", "0"), ("--max-wait-ms", "-1"), ("--max-upload-mb", "0")])
+def test_serve_refuses_a_bad_limit_before_loading_the_model(flag, value, capsys):
+    assert main(["serve", "no-such-run", flag, value]) == 2  # the missing run would be the second error
+    assert capsys.readouterr().err.startswith(f"error: {flag} must be")
+
+
+def test_docs_pages_load_their_scripts_from_the_server(server):
+    """/docs and /redoc work offline: every script and stylesheet they load is served by the API itself."""
+    import re
+
+    import httpx
+
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{server}{page}").text
+        assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css))["']""", html) + \
+            re.findall(r"""url: *["']([^"']+)["']""", html)
+        assert any(a.endswith(".js") for a in assets), page
+        for asset in assets:
+            assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+            answer = httpx.get(f"{server}{asset}")
+            assert answer.status_code == 200 and len(answer.content) > 100, asset

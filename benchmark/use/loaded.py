@@ -39,7 +39,7 @@ PREDICT_BATCH = 64
 
 EXTRAS = {  # extra name -> import names it provides
     "export": ("onnx", "onnxruntime"),
-    "serve": ("fastapi", "uvicorn", "multipart"),
+    "serve": ("fastapi", "uvicorn", "multipart", "fastapi_offline"),
     "explain": ("pytorch_grad_cam",),
 }
 

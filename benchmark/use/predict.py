@@ -67,7 +67,12 @@ def score(loaded: LoadedRun, names: list[str], images: np.ndarray, true_labels: 
     """Predictions for stored-format images (uint8 (N, size, size, channels)), named `names`."""
     if len(images) == 0:
         return []
-    probs = loaded.probabilities(images, batch_size)
+    return predictions(loaded, names, loaded.probabilities(images, batch_size), true_labels)
+
+
+def predictions(loaded: LoadedRun, names: list[str], probs: np.ndarray,
+                true_labels: list[int | None] | None = None) -> list[Prediction]:
+    """Predictions from the model's probabilities (N, n_classes) of images named `names`."""
     labels = predicted_labels(probs, loaded.record["dataset"]["task"])  # as the record's metrics decide
     classes = loaded.class_names
     true_labels = true_labels or [None] * len(names)
