@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmark import cli, runner, train
+from benchmark import checkpoint, cli, runner
 from benchmark.config import load_suite
 from benchmark.errors import UserError
 from benchmark.records import completed_hashes, load_records
@@ -98,44 +98,51 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_recor
     assert [path.name for path in checkpoints.iterdir()] == ["best.pt"]
 
 
-def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypatch, capsys):
+def test_resuming_from_any_checkpoint_is_bit_identical(tmp_path, monkeypatch, capsys):
+    """A checkpoint at every optimizer step (--checkpoint-every 1e-9): resumed from epoch ends and from inside
+    epochs, the run ends bit-identical; a damaged checkpoint, one of another attempt and --no-resume start over."""
     suite = write_suite(tmp_path)
-    saved = {}
-    real_save = train.atomic_torch_save
+    saved = []  # every last.pt as written
+    real_save = checkpoint.atomic_torch_save
 
-    def save_and_keep(obj, path):  # keep each epoch's checkpoint files, as a kill right after last.pt leaves them
-        real_save(obj, path)
+    def save_and_keep(obj, path, fence=None):
+        real_save(obj, path, fence)
         if path.name == "last.pt":
-            saved[obj["loop"]["epoch"]] = {p.name: p.read_bytes() for p in path.parent.glob("*.pt")}
+            saved.append(path.read_bytes())
 
-    monkeypatch.setattr(train, "atomic_torch_save", save_and_keep)
-    assert cli.main(arguments(suite, tmp_path / "reference") + ["--epochs", "2"]) == 0
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", save_and_keep)
+    assert cli.main(arguments(suite, tmp_path / "reference") + ["--epochs", "2", "--checkpoint-every", "1e-9"]) == 0
     monkeypatch.undo()
     reference = only_record(tmp_path / "reference")
-    assert sorted(saved) == [1, 2]
     run_id = reference["run_id"]
     assert [p.name for p in (tmp_path / "reference" / "checkpoints" / SUITE / run_id).iterdir()] == ["best.pt"]
+    assert reference["timing"]["checkpoints_written"] == len(saved) == 8  # 4 steps an epoch, 2 epochs
 
-    # epoch 1 is always a new best: killed after its last.pt, its weights still wait in best.next.pt
-    assert sorted(saved[1]) == ["best.next.pt", "last.pt"]
-    best_1 = torch.load(io.BytesIO(saved[1]["best.next.pt"]), weights_only=False)
-    assert best_1["epoch"] == 1
-    damaged = {"last.pt": saved[1]["last.pt"][:1000], "best.next.pt": saved[1]["best.next.pt"]}  # a copy cut short
-    # killed in a 3rd epoch between writing its new best and its last.pt: resumed after epoch 2 with nothing left
-    # to train, the weights scored are the ones loaded, so taking that newer best would change the test scores
-    wrong = {name: tensor + 1 for name, tensor in best_1["weights"].items()}
-    stale = {"last.pt": saved[2]["last.pt"], "best.pt": saved[reference["best_epoch"]]["best.next.pt"],
-             "best.next.pt": _torch_bytes({"epoch": 3, "weights": wrong})}
-    for name, checkpoint, extra, resumed_from in [("from-1", saved[1], [], 1),
-                                                  ("from-2", saved[2], [], 2),  # killed before the record
-                                                  ("stale-best", stale, [], 2),
-                                                  ("no-resume", saved[1], ["--no-resume"], 0),
-                                                  ("damaged", damaged, [], 0)]:
+    def loop(content: bytes) -> dict:
+        return torch.load(io.BytesIO(content), weights_only=False)["loop"]
+
+    positions = [(loop(c)["epoch"], (loop(c)["in_epoch"] or {}).get("batch")) for c in saved]
+    assert positions == [(0, 1), (0, 2), (0, 3), (1, None), (1, 1), (1, 2), (1, 3), (2, None)]
+    at = dict(zip(positions, saved))
+    record_path = tmp_path / "reference" / "runs" / SUITE / f"{run_id}.json"
+    other_attempt = torch.load(io.BytesIO(at[1, 2]), weights_only=False)
+    other_attempt["attempt"] = checkpoint.attempt_of(record_path)  # a --force rerun of the reference, killed
+    cases = [("epoch-1", at[1, None], [], 1, False),
+             ("mid-epoch-1", at[0, 2], [], 0, False),
+             ("mid-epoch-2", at[1, 3], [], 1, False),
+             ("epoch-2", at[2, None], [], 2, False),  # killed before the record
+             ("no-resume", at[1, None], ["--no-resume"], 0, False),
+             ("damaged", at[1, None][:1000], [], 0, False),  # a copy cut short
+             ("stray", at[1, None], ["--force"], 0, True),  # written for the first attempt, after its record
+             ("forced", _torch_bytes(other_attempt), ["--force"], 1, True)]
+    for name, content, extra, resumed_from, with_record in cases:
         output = tmp_path / name
         checkpoints = output / "checkpoints" / SUITE / run_id
         checkpoints.mkdir(parents=True)
-        for file_name, content in checkpoint.items():
-            (checkpoints / file_name).write_bytes(content)
+        (checkpoints / "last.pt").write_bytes(content)
+        if with_record:
+            (output / "runs" / SUITE).mkdir(parents=True)
+            (output / "runs" / SUITE / record_path.name).write_bytes(record_path.read_bytes())
         assert cli.main(arguments(suite, output) + ["--epochs", "2", *extra]) == 0
         record = only_record(output)
         assert record["resumed_from_epoch"] == resumed_from, name
@@ -143,7 +150,9 @@ def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypat
         assert [p.name for p in checkpoints.iterdir()] == ["best.pt"], name
         kept = torch.load(checkpoints / "best.pt", weights_only=False)
         assert kept["epoch"] == record["best_epoch"], name
-    assert f"warning: ignoring damaged checkpoint {tmp_path / 'damaged' / 'checkpoints'}" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert f"warning: ignoring damaged checkpoint {tmp_path / 'damaged' / 'checkpoints'}" in printed
+    assert f"{tmp_path / 'stray' / 'checkpoints'}" in printed and "another attempt" in printed
 
 
 def _torch_bytes(obj) -> bytes:
