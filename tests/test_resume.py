@@ -14,10 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from benchmark import checkpoint, cli, runner
+from benchmark.claims import claim_events
 from benchmark.config import load_suite
 from benchmark.errors import UserError
 from benchmark.records import completed_hashes, load_records
@@ -61,22 +63,54 @@ def outcome(record: dict) -> str:
     return json.dumps({**kept, "history": history}, sort_keys=True)  # exact float reprs; NaN compares equal
 
 
-def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_record(tmp_path):
-    suite = write_suite(tmp_path, dataset="retinamnist")
-    assert cli.main(arguments(suite, tmp_path / "reference", limit=40)) == 0
-    reference = only_record(tmp_path / "reference")
+@pytest.fixture(scope="module")
+def paced(tmp_path_factory) -> tuple[Path, dict]:
+    """The suite the kill tests run (RetinaMNIST, 40 images, 3 epochs) and its uninterrupted record."""
+    folder = tmp_path_factory.mktemp("paced")
+    suite = write_suite(folder, dataset="retinamnist")
+    assert cli.main(arguments(suite, folder / "reference", limit=40)) == 0
+    return suite, only_record(folder / "reference")
 
-    output = tmp_path / "killed"
-    command = [sys.executable, "-c", PACED_CLI, *arguments(suite, output, limit=40)]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+
+def start_paced(suite: Path, output: Path, env: dict | None = None,
+                slow_fsync: bool = False) -> tuple[subprocess.Popen, Path]:
+    """The run as a paced subprocess (`slow_fsync`: every file write also waits 1 s before its fsync, as on a slow
+    disk) and the checkpoint folder it writes."""
+    code = PACED_CLI if not slow_fsync else (
+        "import os, time; fsync = os.fsync; os.fsync = lambda fd: (time.sleep(1.0), fsync(fd))[1]; " + PACED_CLI)
+    command = [sys.executable, "-c", code, *arguments(suite, output, limit=40)]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), **(env or {})}
+    process = subprocess.Popen(command, cwd=output.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_id = load_suite(str(suite), limit=40).runs[0].run_id
-    checkpoints = output / "checkpoints" / SUITE / run_id
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return process, output / "checkpoints" / SUITE / run_id
+
+
+def wait_for(process: subprocess.Popen, condition, what: str) -> None:
     deadline = time.monotonic() + 300
-    while not (checkpoints / "last.pt").exists():
+    while not condition():
         assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, f"no {what} after 300 s"
+        time.sleep(0.02)
+
+
+def resume_and_check(suite: Path, output: Path, reference: dict, resumed_from: int) -> None:
+    """The same command again: one record, resumed where the checkpoint says, with the uninterrupted numbers."""
+    again = subprocess.run([sys.executable, "-c", PACED_CLI, *arguments(suite, output, limit=40)], cwd=output.parent,
+                           env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    resumed = only_record(output)
+    assert resumed["resumed_from_epoch"] == resumed_from and reference["resumed_from_epoch"] == 0
+    assert outcome(resumed) == outcome(reference)
+    assert not list(output.rglob("*.tmp"))
+    (checkpoints,) = (output / "checkpoints" / SUITE).iterdir()
+    assert [path.name for path in checkpoints.iterdir()] == ["best.pt"]
+
+
+def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_record(paced, tmp_path):
+    suite, reference = paced
+    output = tmp_path / "killed"
+    process, checkpoints = start_paced(suite, output)
+    wait_for(process, (checkpoints / "last.pt").exists, "checkpoint")
     time.sleep(0.25)  # into the next epoch's training (5 batches of at least 0.1 s)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
@@ -87,15 +121,41 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_recor
     # what a kill during a write leaves: hidden temp files beside the checkpoint and the record
     (checkpoints / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     (output / "runs" / SUITE).mkdir(parents=True)
-    (output / "runs" / SUITE / f".{run_id}.json.k1ll3d.tmp").write_text('{"status": "comp')
+    (output / "runs" / SUITE / f".{checkpoints.name}.json.k1ll3d.tmp").write_text('{"status": "comp')
+    resume_and_check(suite, output, reference, killed_after)
 
-    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    resumed = only_record(output)
-    assert resumed["resumed_from_epoch"] == killed_after and reference["resumed_from_epoch"] == 0
-    assert outcome(resumed) == outcome(reference)
-    assert not list(output.rglob("*.tmp"))
-    assert [path.name for path in checkpoints.iterdir()] == ["best.pt"]
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(paced, tmp_path):
+    suite, reference = paced
+    output = tmp_path / "killed"
+    process, checkpoints = start_paced(suite, output, slow_fsync=True)
+    wait_for(process, (checkpoints / "last.pt").exists, "checkpoint")
+    wait_for(process, lambda: list(checkpoints.glob(".last.pt.*.tmp")), "second checkpoint write")
+    os.kill(process.pid, signal.SIGKILL)  # while the writer thread waits in fsync: the temp file is complete
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL and list(checkpoints.glob(".last.pt.*.tmp"))
+    assert torch.load(checkpoints / "last.pt", weights_only=False)["loop"]["epoch"] == 1
+    resume_and_check(suite, output, reference, 1)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_inside_the_epoch_and_exits_then_the_run_resumes_there(paced, tmp_path):
+    suite, reference = paced
+    output = tmp_path / "stopped"
+    process, checkpoints = start_paced(suite, output)
+    wait_for(process, (checkpoints / "last.pt").exists, "checkpoint")
+    time.sleep(0.25)  # into epoch 2's training
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert "interrupted; run the same command again to resume" in stderr.decode()
+    assert not record_files(output)
+    saved = torch.load(checkpoints / "last.pt", weights_only=False)["loop"]
+    assert saved["epoch"] == 1 and saved["in_epoch"]["epoch"] == 2 and 0 < saved["in_epoch"]["batch"] < 5
+    (event,) = [e for e in claim_events(output, SUITE) if e["event"] == "release"]
+    assert event["outcome"] == "interrupted"
+    resume_and_check(suite, output, reference, 1)
 
 
 def test_resuming_from_any_checkpoint_is_bit_identical(tmp_path, monkeypatch, capsys):
