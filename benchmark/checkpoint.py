@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
 import random
 import shutil
@@ -103,9 +104,10 @@ def attempt_of(record_path: Path) -> str | None:
     rerun), None for a run without one. Resuming needs the same attempt."""
     try:
         data = record_path.read_bytes()
-    except FileNotFoundError:
+        completed = json.loads(data).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):  # none, or unreadable: replaces nothing
         return None
-    return hashlib.sha256(data).hexdigest()[:16] if b'"status": "completed"' in data else None
+    return hashlib.sha256(data).hexdigest()[:16] if completed else None
 
 
 def remove_leftovers(directory: Path) -> None:
