@@ -22,7 +22,7 @@ from benchmark import checkpoint, cli, runner
 from benchmark.claims import claim_events
 from benchmark.config import load_suite
 from benchmark.errors import UserError
-from benchmark.records import completed_hashes, load_records
+from benchmark.records import completed_hashes, load_records, timing_line
 
 PROJECT = Path(__file__).resolve().parents[1]
 SUITE = "resume"
@@ -54,6 +54,10 @@ def record_files(output: Path) -> list[Path]:
 def only_record(output: Path) -> dict:
     (path,) = record_files(output)
     return json.loads(path.read_text())
+
+
+def only_record_of(output: Path, run_id: str) -> dict:
+    return json.loads((output / "runs" / SUITE / f"{run_id}.json").read_text())
 
 
 def outcome(record: dict) -> str:
@@ -276,12 +280,18 @@ def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys,
     status = ["status", "--suite", str(suite), "--output", str(output), "--limit", "32", "--epochs", "1"]
 
     assert cli.main(status) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        f"completed  {ids[0]}",
-        f"failed     {ids[1]}  {missing}",
-        f"pending    {ids[2]}",
-        f"{SUITE}: 1 done, 1 failed, 1 pending",
-    ]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [f"failed     {ids[1]}  {missing}", f"pending    {ids[2]}", f"{SUITE}: 1 done, 1 failed, 1 pending"]
+    # a completed run: where its time went, from its record's timing block
+    timing = only_record_of(output, ids[0])["timing"]
+    shown = re.fullmatch(rf"completed  {ids[0]}  wall (\S+) s: train (\S+) s, eval (\S+) s, checkpoints (\S+) s "
+                         rf"\((\S+) %, 1 written\), start-up (\S+) s", lines[0])
+    assert shown, lines[0]
+    keys = ("wall_seconds", "train_seconds", "eval_seconds", "checkpoint_seconds", "startup_seconds")
+    for key, text in zip(keys, shown.group(1, 2, 3, 4, 6), strict=True):
+        assert float(text) == pytest.approx(timing[key], abs=0.006, rel=0.05), key
+    assert float(shown.group(5)) == pytest.approx(100 * timing["checkpoint_seconds"] / timing["wall_seconds"], abs=0.06)
+    assert timing["train_seconds"] + timing["eval_seconds"] + timing["startup_seconds"] <= timing["wall_seconds"]
     assert completed_hashes(output, SUITE) == {hashes[0]}
 
     assert cli.main(grid + ["--seeds", "1"]) == 0  # the failed run is redone: the data is there now
@@ -299,6 +309,15 @@ def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys,
         f"(2 more record(s) in {output / 'runs' / SUITE} come from other settings; pass the same "
         f"--limit/--epochs/--seeds/--datasets/--models as the run)",
     ]
+
+
+def test_timing_line_shows_the_parts_a_record_has():
+    timing = {"wall_seconds": 225.04, "train_seconds": 209.5, "eval_seconds": 5.92, "checkpoint_seconds": 12.01,
+              "checkpoints_written": 4, "startup_seconds": 8.06}
+    assert timing_line(timing) == ("wall 225 s: train 210 s, eval 5.9 s, checkpoints 12.0 s (5.3 %, 4 written), "
+                                   "start-up 8.1 s")
+    assert timing_line({"wall_seconds": 12.3, "train_seconds": 10.1}) == "wall 12.3 s: train 10.1 s"  # an older record
+    assert timing_line({"wall_seconds": 0.5}) == "wall 0.50 s" and timing_line(None) == ""
 
 
 def test_a_failed_forced_rerun_keeps_the_finished_record(tmp_path, monkeypatch):
