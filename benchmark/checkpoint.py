@@ -296,9 +296,8 @@ class RunCheckpoints:
         self.close()
 
 
-def best_weights_of(checkpoint: dict) -> tuple[int, dict]:
-    """(epoch, weights) of the best epoch a checkpoint carries; weights None in the file = the model's own
-    (the checkpoint was written at the end of the best epoch)."""
-    best = checkpoint["best"]
-    weights = best["weights"] if best["weights"] is not None else checkpoint["model"]
-    return best["epoch"], weights
+def best_weights_of(checkpoint: dict) -> dict:
+    """The best weights a checkpoint carries (None in the file = the model's own: written at the end of the best
+    epoch)."""
+    weights = checkpoint["best"]["weights"]
+    return weights if weights is not None else checkpoint["model"]

@@ -413,7 +413,7 @@ def fit(
     if resumed is not None:
         state = restore_training_state(resumed, checkpoints.last, unwrapped, optimizer, scheduler, step.scaler,
                                        state)
-        _, best_weights = best_weights_of(resumed)
+        best_weights = best_weights_of(resumed)
     resumed_from, checkpoint_seconds_before = state.epoch, state.checkpoint_seconds
     main, one_process = accelerator.is_main_process, accelerator.num_processes == 1
 
