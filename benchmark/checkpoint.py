@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.claims import Claim, ClaimLost, env_seconds, worker_name
+from benchmark.claims import Claim, env_seconds, worker_name
 from benchmark.records import atomic_write, remove_temp_files
 
 EVERY_ENV = "BENCHMARK_CHECKPOINT_EVERY"
@@ -216,7 +216,6 @@ class RunCheckpoints:
     claim: Claim | None = None
     attempt: str | None = None
     seconds: float = 0.0
-    written: int = 0
     _last_save: float = field(default_factory=time.monotonic)
     _writer: BackgroundWriter = field(default_factory=BackgroundWriter)
 
@@ -258,12 +257,9 @@ class RunCheckpoints:
         """Snapshot `state` (the training thread's only cost) and write it as last.pt in the background, with
         `best` ({"epoch", "weights"}: a CPU copy training never changes, or weights None = the model's own)."""
         started = time.perf_counter()
-        if not self.held():
-            raise ClaimLost(f"the claim on {self.directory.name} was taken over by another worker")
         writer = {"worker": worker_name(), "generation": self.claim.generation if self.claim else None}
         checkpoint = {**snapshot(state), "best": best, "attempt": self.attempt, "writer": writer}
-        self._writer.submit(checkpoint, self.last, self.held)
-        self.written += 1
+        self._writer.submit(checkpoint, self.last, self.held)  # `decide` checked the claim; the rename checks again
         self._last_save = time.monotonic()
         self.seconds += time.perf_counter() - started
 
