@@ -50,8 +50,9 @@ class ClaimSettings:
         return cls(timeout, heartbeat)
 
 
-def env_seconds(name: str, default: float) -> float:
-    """Seconds from environment variable `name` (`default` when unset); anything but a positive number is an error."""
+def env_seconds(name: str, default: float, allow_zero: bool = False) -> float:
+    """Seconds from environment variable `name` (`default` when unset); anything but a positive number (or 0,
+    with `allow_zero`) is an error."""
     text = os.environ.get(name)
     if not text:
         return default
@@ -59,8 +60,9 @@ def env_seconds(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise UserError(f"${name}={text!r} is not a positive number of seconds; fix or unset it")
+    if not (value >= 0 if allow_zero else value > 0):
+        kind = "non-negative" if allow_zero else "positive"
+        raise UserError(f"${name}={text!r} is not a {kind} number of seconds; fix or unset it")
     return value
 
 
@@ -109,6 +111,10 @@ def _log(directory: Path, event: str, run_id: str, generation: int, **extra) -> 
         os.close(fd)
 
 
+class ClaimLost(Exception):
+    """This worker's claim on the run it trains was taken over: it stops at once and writes nothing more."""
+
+
 class Claim:
     """A held claim: its heartbeat thread runs until `release()`."""
 
@@ -129,6 +135,11 @@ class Claim:
             except OSError:
                 self._lost = True
                 return
+
+    @property
+    def lost(self) -> bool:
+        """What the heartbeat last found (no file access: cheap enough for every training step)."""
+        return self._lost
 
     def held(self) -> bool:
         """False once another worker took the run over (a newer generation exists) or the file went away."""

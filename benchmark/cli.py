@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-fast", action="store_true", help="stop the grid at the first failed run")
     run.add_argument("--keep-checkpoints", choices=("best", "none"), default="best",
                      help="what a finished run keeps of its checkpoints [best]")
+    run.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                     help="checkpoint a run at most every SECONDS (0: after every epoch); also on SIGTERM/SIGINT, "
+                          "which stop the grid after it [$BENCHMARK_CHECKPOINT_EVERY or 60]")
     run.add_argument("--track", metavar="tensorboard", help="also log per-epoch metrics and learning rate with "
                      "this tracker, under OUTPUT/tensorboard/ (needs the `track` extra)")
     run.add_argument("--shard", help="only shard i of n of the grid, 'i/n' with 0 <= i < n (every n-th run from "
@@ -259,7 +262,7 @@ def cmd_run(args) -> int:
         return 0
     summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
                         quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track,
-                        claim_timeout=args.claim_timeout)
+                        claim_timeout=args.claim_timeout, checkpoint_every=args.checkpoint_every)
     if not summary.main_process:
         return 0
     busy = f", {len(summary.busy)} left to other workers" if summary.busy else ""
@@ -310,7 +313,7 @@ def cmd_data_check(args) -> int:
 
 def cmd_status(args) -> int:
     from benchmark.claims import ClaimSettings, current_claims
-    from benchmark.records import load_records, runs_dir
+    from benchmark.records import load_records, runs_dir, timing_line
 
     suite = load_grid(args)
     folder = runs_dir(args.output, suite.name)
@@ -329,6 +332,8 @@ def cmd_status(args) -> int:
                 " (abandoned: the next worker takes it over)" if claim.stale else "")
         elif record and status == "pending":
             status = "failed"
+        elif status == "completed":
+            detail = f"  {timing_line(record.get('timing'))}"
         counts[status] += 1
         print(f"{status:<10} {spec.run_id}{detail}")
     claimed = "".join(f"{counts[key]} {word}, " for key, word in (("running", "running"), ("stale", "abandoned"))
@@ -478,6 +483,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(err).splitlines():  # one line per problem (a grid's missing inputs: one per thing)
             print(f"error: {line}", file=sys.stderr)
         return UserError.exit_status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # or SIGTERM (`checkpoint.Interrupted`): after a checkpoint
         print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_status", 130)

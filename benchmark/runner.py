@@ -12,17 +12,20 @@ logs each run's per-epoch metrics and learning rate under `<output>/tensorboard/
 
 Any number of workers (processes, hosts sharing the results folder) can run the same grid at once: each run
 is claimed before it is trained (`benchmark.claims`), so none is trained twice and a dead worker's run is taken
-over and resumed. One worker may itself be several processes (`accelerate launch`, `torchrun`): the main one
-claims, decides and writes; `benchmark.distributed` keeps the processes in step and ends a failed run on all.
+over and resumed; every checkpoint and record write is fenced by the claim (`benchmark.checkpoint`), so a worker
+that stalled past the timeout and comes back stops at once, writing nothing. SIGTERM/SIGINT stop the grid at
+the next step boundary after a checkpoint (`checkpoint.Interrupted`); the same command resumes it. One worker
+may itself be several processes (`accelerate launch`, `torchrun`): the main one claims, decides and writes;
+`benchmark.distributed` keeps the processes in step and ends a failed run on all.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import logging
-import shutil
 import socket
 import time
 import traceback
@@ -34,8 +37,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 
-from benchmark import distributed
-from benchmark.claims import Claim, ClaimSettings, try_claim
+from benchmark import checkpoint, distributed
+from benchmark.checkpoint import Interrupted, RunCheckpoints
+from benchmark.claims import Claim, ClaimLost, ClaimSettings, try_claim
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.environment import device_name, git_commit, package_versions
@@ -59,7 +63,7 @@ from benchmark.schemes.context import SchemeContext
 from benchmark.schemes.embeddings import cache_dir
 from benchmark.schemes.run import run_scheme
 from benchmark.schemes.spec import check_batch_fits
-from benchmark.train import DeviceSplit, autocast_dtype, pending_best_path
+from benchmark.train import DeviceSplit, autocast_dtype
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
@@ -127,7 +131,7 @@ class GridRunner:
 
     def __init__(self, output: Path, *, resume: bool = True, force: bool = False, fail_fast: bool = False,
                  quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False, track: str | None = None,
-                 claims: ClaimSettings | None = None):
+                 claims: ClaimSettings | None = None, checkpoint_every: float | None = None):
         self.output = Path(output)
         self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
         self.quiet, self.keep_checkpoints, self.track = quiet, keep_checkpoints, track
@@ -137,6 +141,7 @@ class GridRunner:
             if importlib.util.find_spec(track) is None:
                 raise UserError(f"--track {track} needs the {track} package: pip install 'medmnist-benchmark[track]'")
         self.claims = claims or ClaimSettings.from_env()
+        self.checkpoint_every = checkpoint.checkpoint_every(checkpoint_every)
         self.started_at = time.time()  # records written after this by other workers are not redone by this one
         self.accelerator = distributed.make_accelerator(
             log_with=track, project_dir=self.output / "tensorboard" if track else None)
@@ -167,43 +172,50 @@ class GridRunner:
         done = set() if self.force else done
         check_inputs([spec for spec in suite.runs if spec.config_hash not in done])
         check_writable(self.output)
-        for index, spec in enumerate(suite.runs, start=1):
-            label = f"[{index}/{len(suite.runs)}] {spec.run_id}"
-            if spec.config_hash in done:
-                summary.skipped.append(spec.run_id)
-                self.prune_checkpoints(spec)  # in case a process died between writing the record and pruning
-                self.say(f"{label}: done already, skipped")
-                continue
-            decision, claim = self.claim(spec)
-            if decision != "run":
-                (summary.busy if decision == "busy" else summary.skipped).append(spec.run_id)
-                self.say(f"{label}: " + ("claimed by another worker, skipped" if decision == "busy" else
-                                         "finished by another worker meanwhile, skipped"))
-                continue
-            self.say(f"{label}: running")
-            try:
-                error = self.run_one(spec, claim)
-            except BaseException:
-                if claim is not None:
-                    claim.release("failed")
-                raise
-            if claim is not None:
-                claim.release("completed" if error is None else "lost" if error == "lost" else "failed")
-            if error == "lost":
-                summary.busy.append(spec.run_id)
-                self.say(f"{label}: taken over by another worker while it ran (this worker stalled for longer "
-                         f"than the claim timeout); its result is discarded", logging.WARNING)
-                continue
-            if error is None:
-                summary.completed.append(spec.run_id)
-                continue
-            summary.failed.append((spec.run_id, error[1]))
-            if error[0]:
-                summary.user_errors.append(error[1])
-            self.say(f"{label}: FAILED: {error[1]}")  # the summary and the final error line report it too
-            if self.fail_fast:
-                break
+        with checkpoint.stop_on_signals():
+            for index, spec in enumerate(suite.runs, start=1):
+                if not self.run_next(spec, f"[{index}/{len(suite.runs)}] {spec.run_id}", done, summary):
+                    break
         return summary
+
+    def run_next(self, spec: RunSpec, label: str, done: set[str], summary: GridSummary) -> bool:
+        """Skip, claim and run one spec of the grid into `summary`; False when the grid stops here."""
+        stop = distributed.agree(self.accelerator, checkpoint.stop_requested())
+        if stop:
+            raise Interrupted(stop)
+        if spec.config_hash in done:
+            summary.skipped.append(spec.run_id)
+            self.prune_checkpoints(spec)  # in case a process died between writing the record and pruning
+            self.say(f"{label}: done already, skipped")
+            return True
+        decision, claim = self.claim(spec)
+        if decision != "run":
+            (summary.busy if decision == "busy" else summary.skipped).append(spec.run_id)
+            self.say(f"{label}: " + ("claimed by another worker, skipped" if decision == "busy" else
+                                     "finished by another worker meanwhile, skipped"))
+            return True
+        self.say(f"{label}: running")
+        try:
+            error = self.run_one(spec, claim)
+        except BaseException as err:
+            if claim is not None:
+                claim.release("interrupted" if isinstance(err, KeyboardInterrupt) else "failed")
+            raise
+        if claim is not None:
+            claim.release("completed" if error is None else "lost" if error == "lost" else "failed")
+        if error == "lost":
+            summary.busy.append(spec.run_id)
+            self.say(f"{label}: taken over by another worker while it ran (this worker stalled for longer "
+                     f"than the claim timeout); stopped, its result discarded", logging.WARNING)
+            return True
+        if error is None:
+            summary.completed.append(spec.run_id)
+            return True
+        summary.failed.append((spec.run_id, error[1]))
+        if error[0]:
+            summary.user_errors.append(error[1])
+        self.say(f"{label}: FAILED: {error[1]}")  # the summary and the final error line report it too
+        return not self.fail_fast
 
     def claim(self, spec: RunSpec) -> tuple[str, Claim | None]:
         """The main process claims the run for this worker. The decision, the same on every process: "run"
@@ -235,10 +247,14 @@ class GridRunner:
 
     def run_one(self, spec: RunSpec, claim: Claim | None = None) -> tuple[bool, str] | str | None:
         """Train one spec and write its record; returns (is_user_error, message) when it failed, "lost" when
-        another worker took the run over meanwhile (nothing written)."""
+        another worker took the run over meanwhile (it stopped at once; nothing more written)."""
         path = record_path(self.output, spec.suite, spec.run_id)
         started, started_wall = time.perf_counter(), time.time()
         self.remove_leftovers(spec, path)
+        main = self.accelerator.is_main_process
+        checkpoints = RunCheckpoints(self.checkpoint_dir(spec), self.resume, self.checkpoint_every, claim,
+                                     distributed.agree(self.accelerator, checkpoint.attempt_of(path) if main else None))
+        fence = checkpoints.held
         try:
             data, device_splits = self.data_for(spec)
             check_batch_fits(spec.scheme, spec.recipe.batch_size, len(data.train), spec.dataset)
@@ -246,11 +262,13 @@ class GridRunner:
             built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
             if self.track:
                 self.accelerator.init_trackers(f"{spec.suite}/{spec.run_id}")
-            outcome = run_scheme(SchemeContext(spec, built, data, device_splits, self.accelerator,
-                                               self.checkpoint_dir(spec), cache_dir(self.output), self.resume,
-                                               self.quiet))
+            before_scheme = time.perf_counter()
+            outcome = run_scheme(SchemeContext(spec, built, data, device_splits, self.accelerator, checkpoints,
+                                               cache_dir(self.output), self.quiet))
         except OutputError:
             raise
+        except ClaimLost:
+            return "lost"
         except Exception as err:
             # A UserError is bad input, a non-finite loss or out of memory (TrainingFailed carries the epoch);
             # anything else is a bug, whose traceback goes into the record. Either way the grid goes on.
@@ -261,9 +279,12 @@ class GridRunner:
             history = getattr(err, "history", [])
             if self.accelerator.num_processes > 1:
                 raise self.end_multi_process_run(spec, path, error, history, started, started_wall, claim) from err
-            if claim is not None and not claim.held():
+            if not fence():
                 return "lost"
-            self.write_failure(spec, path, error, history, started)
+            try:
+                self.write_failure(spec, path, error, history, started, fence)
+            except ClaimLost:
+                return "lost"
             if self.debug:
                 raise
             return user_error, message
@@ -287,6 +308,10 @@ class GridRunner:
             timing={
                 "wall_seconds": time.perf_counter() - started,
                 "train_seconds": outcome.train_seconds,
+                "eval_seconds": outcome.eval_seconds,
+                "checkpoint_seconds": outcome.checkpoint_seconds,
+                "checkpoints_written": outcome.checkpoints_written,
+                "startup_seconds": before_scheme - started + outcome.setup_seconds,
                 "train_images_per_second": outcome.train_images / max(outcome.train_seconds, 1e-9),
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
@@ -296,11 +321,14 @@ class GridRunner:
             error=None,
             **({"calibration": outcome.calibration} if outcome.calibration is not None else {}),
         )
-        if claim is not None and not claim.held():
+        if not fence():
             return "lost"
-        if self.accelerator.is_main_process:
+        if main:
             set_aside(path)  # an earlier failed record (or a --force rerun's old one) is kept in superseded/
-            write_record(path, record)
+            try:
+                write_record(path, record, fence)
+            except ClaimLost:
+                return "lost"
             self.prune_checkpoints(spec)
             self.say(f"  test acc {outcome.test['acc']:.4f}, auc {outcome.test['auc']:.4f} "
                      f"(best epoch {outcome.best_epoch}) → {path}")
@@ -324,14 +352,16 @@ class GridRunner:
                 rank = notes[0]["rank"]
             error["process"] = rank
             if claim is None or claim.held():
-                self.write_failure(spec, path, error, history, started)
+                with contextlib.suppress(ClaimLost):
+                    self.write_failure(spec, path, error, history, started, claim.held if claim else None)
             distributed.remove_failure_notes(directory)
             distributed.leave_process_group()
         return distributed.MultiProcessRunFailed(
             f"run {spec.run_id} failed on process {rank} of {world}: {error['message']}; a multi-process grid stops "
             f"at a failed run (its record holds the error): fix it and run the same command again")
 
-    def write_failure(self, spec: RunSpec, path: Path, error: dict, history: list, started: float) -> None:
+    def write_failure(self, spec: RunSpec, path: Path, error: dict, history: list, started: float,
+                      fence=None) -> None:
         """The failed record: the error with the epoch it stopped in (0 = before training) and the history so far."""
         if not self.accelerator.is_main_process:
             return
@@ -347,24 +377,18 @@ class GridRunner:
             path = superseded_path(path, "failed")
         else:
             set_aside(path)
-        write_record(path, record)
+        write_record(path, record, fence)
 
     def remove_leftovers(self, spec: RunSpec, path: Path) -> None:
         """Delete temp files of writes a killed process left unfinished (never read, but checkpoint-sized)."""
-        if not self.accelerator.is_main_process:
-            return
-        directory = self.checkpoint_dir(spec)
-        for target in (path, directory / "last.pt", directory / "best.pt", pending_best_path(directory / "best.pt")):
-            remove_temp_files(target)
+        if self.accelerator.is_main_process:
+            remove_temp_files(path)
+            checkpoint.remove_leftovers(self.checkpoint_dir(spec))
 
     def prune_checkpoints(self, spec: RunSpec) -> None:
         """A finished run keeps only its best weights (or nothing, with keep_checkpoints='none')."""
-        if not self.accelerator.is_main_process:
-            return
-        directory = self.checkpoint_dir(spec)
-        (directory / "last.pt").unlink(missing_ok=True)
-        if self.keep_checkpoints == "none":
-            shutil.rmtree(directory, ignore_errors=True)
+        if self.accelerator.is_main_process:
+            checkpoint.prune(self.checkpoint_dir(spec), self.keep_checkpoints)
 
     def say(self, message: str, level: int = logging.INFO) -> None:
         if self.accelerator.is_main_process:
@@ -379,20 +403,22 @@ class GridRunner:
 
 def run_suite(suite: Suite | str, output: Path | str = "results", *, resume: bool = True, force: bool = False,
               fail_fast: bool = False, quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False,
-              track: str | None = None, claim_timeout: float | None = None, **overrides) -> GridSummary:
+              track: str | None = None, claim_timeout: float | None = None, checkpoint_every: float | None = None,
+              **overrides) -> GridSummary:
     """Train every run of `suite` (a `Suite`, or a name or YAML path loaded with `load_suite(suite, **overrides)`)
     into `output`: finished runs are skipped, interrupted ones resumed, failed ones recorded (see `GridRunner`).
 
     Raises `UserError` before the first run when an input is missing or `output` cannot be written; returns the
     summary (`completed`, `skipped`, `failed`) otherwise. `quiet` hides the progress bars; messages go to the
-    `benchmark` logger."""
+    `benchmark` logger. `checkpoint_every`: seconds between checkpoints at most (0 = every epoch; None =
+    $BENCHMARK_CHECKPOINT_EVERY or 60); it does not change results, so it is not part of the run hash."""
     if not isinstance(suite, Suite):
         suite = load_suite(str(suite), **overrides)
     elif overrides:
         raise TypeError(f"run_suite: {', '.join(overrides)} apply to a suite name or path, not a loaded Suite")
     runner = GridRunner(Path(output), resume=resume, force=force, fail_fast=fail_fast, quiet=quiet,
                         keep_checkpoints=keep_checkpoints, debug=debug, track=track,
-                        claims=ClaimSettings.from_env(claim_timeout))
+                        claims=ClaimSettings.from_env(claim_timeout), checkpoint_every=checkpoint_every)
     return runner.run_grid(suite)
 
 

@@ -3,8 +3,9 @@
 Each split lives once on the training device as a uint8 tensor (or, too large for it, in host memory with
 each batch copied over one step ahead: `benchmark.placement`); batches are indexed from it and resized,
 augmented and normalised on the device by `BatchTransform` (no DataLoader, no per-sample PIL). Every epoch draws its
-sample order and augmentation from generators seeded by (seed, epoch), and a checkpoint is written at the end
-of each epoch, so an interrupted run resumed from its last checkpoint ends bit-identical on CPU.
+sample order and augmentation from generators seeded by (seed, epoch), and at optimizer-step boundaries
+`benchmark.checkpoint` decides when to save the loop (by elapsed time, or because SIGTERM/SIGINT asked the run
+to stop), so an interrupted run resumed from its last checkpoint ends bit-identical on CPU.
 
 Multi-GPU: started with `accelerate launch`, each process trains on its shard of the same permutation under
 DDP, and evaluation gathers every process's predictions back into dataset order.
@@ -15,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import random
 import resource
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from benchmark.checkpoint import Interrupted, RunCheckpoints, best_weights_of, restore_rng_states, rng_states, stop_requested
+from benchmark.claims import ClaimLost
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, Split
 from benchmark.data.transforms import BatchTransform
@@ -36,11 +38,9 @@ from benchmark.distributed import prepare_batchnorm
 from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics, temperature_calibration
 from benchmark.models import BuiltModel
-from benchmark.records import atomic_write_bytes
 from benchmark.schemes.imbalance import balanced_class_weights, balanced_order, balanced_sample_weights
 
-# The standard logger, not accelerate's: checkpoints are read before (and without) an accelerator too.
-# Messages of a multi-process run come from the main process only (`fit` logs through `accelerator`).
+# Messages of a multi-process run come from the main process only.
 logger = logging.getLogger(__name__)
 
 
@@ -86,6 +86,10 @@ class TrainOutcome:
     details: dict = field(default_factory=dict)  # what the scheme reports (trainable params, embedding cache, …)
     calibration: dict | None = None  # recipe.calibrate == "temperature": temperature and test metrics before/after
     sync_batchnorm: bool | None = None  # several processes trained BatchNorm layers: were their statistics synced
+    eval_seconds: float = 0.0  # validation and test scoring, over every session (as train_seconds)
+    checkpoint_seconds: float = 0.0  # the training thread's time on checkpoints, over every session
+    checkpoints_written: int = 0  # last.pt writes, over every session
+    setup_seconds: float = 0.0  # this session: from `fit`'s start to its first epoch (model to device, resume)
 
 
 @dataclass
@@ -125,6 +129,12 @@ class LoopState:
     train_seconds: float = 0.0  # over every session of the run, so throughput survives a resume
     train_images: int = 0
     num_processes: int = 1  # a resumed run must shard its data the same way
+    eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0  # up to the last checkpoint
+    checkpoints_written: int = 0
+    # saved mid-epoch: the epoch, the next batch, the loss sum and seconds so far, the epoch's starting learning
+    # rate and the augmentation generator's state
+    in_epoch: dict | None = None
 
     def observe(self, epoch: int, score: float, patience: int) -> bool:
         """Count a finished epoch with its validation `score` (higher is better); True when it is the new best.
@@ -264,64 +274,6 @@ def selection_score(metrics: dict, metric: str) -> float:
     return -math.inf if value != value else value
 
 
-def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at `path`, or None when there is none or it is damaged (then the run starts over)."""
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a damaged checkpoint must never stop a grid: start the run over
-        logger.warning(f"ignoring damaged checkpoint {path} ({' '.join(str(err).split())[:200]})")
-        return None
-
-
-def pending_best_path(best_path: Path) -> Path:
-    """Where an epoch's new best weights wait until that epoch's `last.pt` is written (then renamed to best.pt).
-
-    Written before `last.pt` and renamed after it, so a kill between the writes never leaves best weights that
-    `last.pt` does not count: each best file carries its epoch, and resuming takes the one `last.pt` names.
-    """
-    return best_path.with_name("best.next.pt")
-
-
-def resume_point(last_path: Path, best_path: Path) -> tuple[dict, dict, Path] | None:
-    """The last checkpoint, the best weights that go with it and the file they came from; None to start over
-    (either missing or damaged, or no best file of the epoch `last.pt` records as best)."""
-    checkpoint = load_checkpoint(last_path)
-    if checkpoint is None:
-        return None
-    best_epoch = checkpoint.get("loop", {}).get("best_epoch")
-    for path in (pending_best_path(best_path), best_path):
-        best = load_checkpoint(path)
-        if isinstance(best, dict) and best.get("epoch") == best_epoch:
-            return checkpoint, best["weights"], path
-    logger.warning(f"no best weights of epoch {best_epoch} beside {last_path}; starting the run over")
-    return None
-
-
 def restore_training_state(checkpoint: dict, path: Path, model: nn.Module, optimizer, scheduler, scaler,
                            fresh: LoopState) -> LoopState:
     """Load a checkpoint into the run; one written for another process count or by other code is an error."""
@@ -417,8 +369,7 @@ def fit(
     recipe: Recipe,
     seed: int,
     accelerator: Accelerator,
-    checkpoint_dir: Path | None,
-    resume: bool = True,
+    checkpoints: RunCheckpoints | None,
     quiet: bool = False,
     description: str = "",
     adaptation: Adaptation | None = None,
@@ -427,7 +378,9 @@ def fit(
     """Train `built` on `data` with `recipe`, pick the best epoch on validation, score it on test.
 
     `adaptation` decides the trainable groups (default: all parameters); `inputs_ready` says the device splits
-    already hold model inputs (a linear probe's embeddings), so no image transform runs."""
+    already hold model inputs (a linear probe's embeddings), so no image transform runs. `checkpoints` (None:
+    none) resumes the run from its last checkpoint and saves it as `benchmark.checkpoint` decides."""
+    entered = time.perf_counter()
     adaptation = adaptation or Adaptation()
     device = accelerator.device
     if device.type == "cuda":
@@ -459,89 +412,109 @@ def fit(
     eval_batch = recipe.eval_batch_size or 2 * recipe.batch_size
 
     state, best_weights = LoopState(num_processes=accelerator.num_processes), None
-    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
-    best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
-    pending_path = pending_best_path(best_path) if best_path else None
-    resumed = resume_point(last_path, best_path) if (resume and last_path) else None
+    resumed = checkpoints.resume_point() if checkpoints else None
     if resumed is not None:
-        checkpoint, best_weights, best_source = resumed
-        state = restore_training_state(checkpoint, last_path, unwrapped, optimizer, scheduler, step.scaler,
+        state = restore_training_state(resumed, checkpoints.last, unwrapped, optimizer, scheduler, step.scaler,
                                        state)
-        accelerator.wait_for_everyone()  # every process has read its best file before the main one settles them
-        if accelerator.is_main_process:
-            if best_source == pending_path:
-                os.replace(pending_path, best_path)
-            pending_path.unlink(missing_ok=True)
-    resumed_from = state.epoch
+        best_weights = best_weights_of(resumed)
+    resumed_from, checkpoint_seconds_before = state.epoch, state.checkpoint_seconds
+    main, one_process = accelerator.is_main_process, accelerator.num_processes == 1
 
-    show = not quiet and accelerator.is_main_process
+    def at_step_boundary(epoch_end: bool) -> None:
+        """Save the loop when a checkpoint is due (the main process writes), then stop when one was asked for.
+        Every process takes the same decision: several processes decide at epoch ends only, together."""
+        save, stop, lost = checkpoints.decide(epoch_end) if checkpoints else (False, bool(stop_requested()), False)
+        if not one_process:
+            save, stop, lost = (bool(flag) for flag in accelerator.reduce(
+                torch.tensor([save, stop, lost], dtype=torch.float32, device=device), reduction="sum").tolist())
+        if lost:
+            raise ClaimLost(f"{description}: another worker took the run over; this worker stops")
+        if save and checkpoints:
+            state.checkpoints_written += 1
+            state.checkpoint_seconds = checkpoint_seconds_before + checkpoints.seconds
+            unchanged_best = epoch_end and state.best_epoch == state.epoch  # the model's own weights: not twice
+            if main:
+                checkpoints.save({"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "scaler": step.scaler.state_dict(),
+                                  "rng": rng_states(), "loop": vars(state)},
+                                 {"epoch": state.best_epoch, "weights": None if unchanged_best else best_weights})
+        if stop:
+            raise Interrupted(stop_requested() or signal.SIGTERM)
+
+    setup_seconds = time.perf_counter() - entered
+    show = not quiet and main
     first_epoch = recipe.epochs + 1 if state.stopped_early else state.epoch + 1
-    for epoch in range(first_epoch, recipe.epochs + 1):
-        learning_rate = optimizer.param_groups[0]["lr"]  # what this epoch starts with
-        with out_of_memory_as_failure(recipe, epoch, state.history):
-            adaptation.start_epoch(unwrapped, epoch)
-            model.train()
-            batches = train_batches(
-                len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
-                accelerator.process_index, accelerator.num_processes, train_split.index_device, sample_weights,
-            )
-            augment_rng = epoch_generator(seed, epoch, 1)
-            loss_sum = torch.zeros((), device=device)
-            started = time.perf_counter()
-            bar = tqdm(train_split.batches(batches), total=len(batches),
-                       desc=f"{description} epoch {epoch}/{recipe.epochs}", disable=not show, leave=False)
-            for i, (batch, images) in enumerate(bar):
-                window_start = i - i % recipe.grad_accum_steps
-                window = min(recipe.grad_accum_steps, len(batches) - window_start)
-                last_in_window = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
-                pixels = prepare_pixels(train_transform(images, augment_rng), channels_last)
-                loss_sum += step(pixels, train_split.labels[batch], window, last_in_window) * len(batch)
-            seen = sum(len(b) for b in batches)
-            train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)
-            epoch_seconds = time.perf_counter() - started
-            state.train_seconds += epoch_seconds
-            state.train_images += seen * accelerator.num_processes
-            check_finite("training loss", train_loss, epoch, state.history)
+    with checkpoints.open() if checkpoints else contextlib.nullcontext():
+        for epoch in range(first_epoch, recipe.epochs + 1):
+            position, state.in_epoch = state.in_epoch, None  # where a mid-epoch checkpoint left this epoch
+            learning_rate = position["lr"] if position else optimizer.param_groups[0]["lr"]  # what it starts with
+            with out_of_memory_as_failure(recipe, epoch, state.history):
+                adaptation.start_epoch(unwrapped, epoch)
+                model.train()
+                batches = train_batches(
+                    len(train_split), recipe.batch_size, epoch_generator(seed, epoch, 0),
+                    accelerator.process_index, accelerator.num_processes, train_split.index_device, sample_weights,
+                )
+                augment_rng = epoch_generator(seed, epoch, 1)
+                loss_sum, first_batch, seconds_before = torch.zeros((), device=device), 0, 0.0
+                if position:
+                    augment_rng.set_state(position["augment_rng"])
+                    loss_sum, first_batch = position["loss_sum"].to(device), position["batch"]
+                    seconds_before = position["seconds"]
+                started = time.perf_counter()
+                bar = tqdm(train_split.batches(batches[first_batch:]), total=len(batches), initial=first_batch,
+                           desc=f"{description} epoch {epoch}/{recipe.epochs}", disable=not show, leave=False)
+                for i, (batch, images) in enumerate(bar, start=first_batch):
+                    window_start = i - i % recipe.grad_accum_steps
+                    window = min(recipe.grad_accum_steps, len(batches) - window_start)
+                    last_in_window = (i + 1) % recipe.grad_accum_steps == 0 or i == len(batches) - 1
+                    pixels = prepare_pixels(train_transform(images, augment_rng), channels_last)
+                    loss_sum += step(pixels, train_split.labels[batch], window, last_in_window) * len(batch)
+                    if last_in_window and one_process and i < len(batches) - 1:
+                        seconds_before += time.perf_counter() - started  # a checkpoint's time is not training
+                        state.in_epoch = {"epoch": epoch, "batch": i + 1, "loss_sum": loss_sum,
+                                          "seconds": seconds_before, "lr": learning_rate,
+                                          "augment_rng": augment_rng.get_state()}
+                        at_step_boundary(epoch_end=False)
+                        state.in_epoch, started = None, time.perf_counter()
+                seen = sum(len(b) for b in batches)
+                train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / (seen * accelerator.num_processes)
+                epoch_seconds = seconds_before + time.perf_counter() - started
+                state.train_seconds += epoch_seconds
+                state.train_images += seen * accelerator.num_processes
+                check_finite("training loss", train_loss, epoch, state.history)
 
-            val_loss, val_probs = predict(unwrapped, device_splits["val"], eval_transform, eval_batch, accelerator,
-                                          dtype, channels_last, data.n_classes)
-            check_finite("validation loss", val_loss, epoch, state.history)  # a last step can diverge
-            val_metrics = {"loss": val_loss, **classification_metrics(data.val.labels, val_probs, data.task)}
-            val_metrics.pop("per_class"), val_metrics.pop("confusion_matrix")
-            state.history.append({
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "lr": learning_rate,
-                "seconds": epoch_seconds,
-                "val": val_metrics,
-            })
-            improved = state.observe(epoch, selection_score(val_metrics, recipe.selection_metric),
-                                     recipe.early_stopping_patience)
-            if improved:
-                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
-                if best_path and accelerator.is_main_process:
-                    atomic_torch_save({"epoch": epoch, "weights": best_weights}, pending_path)
-            if last_path and accelerator.is_main_process:
-                atomic_torch_save({
-                    "model": unwrapped.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": step.scaler.state_dict(),
-                    "rng": rng_states(),
-                    "loop": vars(state),
-                }, last_path)
-                if improved:
-                    os.replace(pending_path, best_path)
-            if accelerator.is_main_process:
-                logger.info(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
-                            f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
-            # to the run's trackers (`--track`; none: a no-op)
-            accelerator.log({"train/loss": train_loss, "lr": learning_rate,
-                             **{f"val/{name}": value for name, value in val_metrics.items()}}, step=epoch)
-            if state.stopped_early:
-                break
+                evaluating = time.perf_counter()
+                val_loss, val_probs = predict(unwrapped, device_splits["val"], eval_transform, eval_batch,
+                                              accelerator, dtype, channels_last, data.n_classes)
+                check_finite("validation loss", val_loss, epoch, state.history)  # a last step can diverge
+                val_metrics = {"loss": val_loss, **classification_metrics(data.val.labels, val_probs, data.task)}
+                val_metrics.pop("per_class"), val_metrics.pop("confusion_matrix")
+                state.eval_seconds += time.perf_counter() - evaluating
+                state.history.append({
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "lr": learning_rate,
+                    "seconds": epoch_seconds,
+                    "val": val_metrics,
+                })
+                if state.observe(epoch, selection_score(val_metrics, recipe.selection_metric),
+                                 recipe.early_stopping_patience):  # a new best: a CPU copy, for the checkpoints
+                    best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
+                if main:
+                    logger.info(f"{description} epoch {epoch}: train loss {train_loss:.4f}, "
+                                f"val {recipe.selection_metric} {val_metrics[recipe.selection_metric]:.4f}")
+                # to the run's trackers (`--track`; none: a no-op)
+                accelerator.log({"train/loss": train_loss, "lr": learning_rate,
+                                 **{f"val/{name}": value for name, value in val_metrics.items()}}, step=epoch)
+                at_step_boundary(epoch_end=True)
+                if state.stopped_early:
+                    break
+        if checkpoints and main:
+            checkpoints.write_best(state.best_epoch, best_weights)
 
     unwrapped.load_state_dict(best_weights)
+    evaluating = time.perf_counter()
     with out_of_memory_as_failure(recipe, state.epoch, state.history):
         test_model = adaptation.for_test(unwrapped)  # e.g. LoRA merges its adapters: once
         test_loss, test_probs = predict(test_model, device_splits["test"], eval_transform, eval_batch, accelerator,
@@ -549,6 +522,7 @@ def fit(
         if recipe.calibrate == "temperature":
             _, best_val_probs = predict(test_model, device_splits["val"], eval_transform, eval_batch, accelerator,
                                         dtype, channels_last, data.n_classes)
+    state.eval_seconds += time.perf_counter() - evaluating
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
     calibration = (temperature_calibration(data.val.labels, best_val_probs, data.test.labels, test_probs)
                    if recipe.calibrate == "temperature" else None)
@@ -568,4 +542,8 @@ def fit(
         details={"trainable_params": sum(p.numel() for group in groups for p in group["params"])},
         calibration=calibration,
         sync_batchnorm=sync_batchnorm,
+        eval_seconds=state.eval_seconds,
+        checkpoint_seconds=checkpoint_seconds_before + (checkpoints.seconds if checkpoints else 0.0),
+        checkpoints_written=state.checkpoints_written,
+        setup_seconds=setup_seconds,
     )

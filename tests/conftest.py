@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# A checkpoint at the end of every epoch (not by elapsed time), so that kills and resumes are deterministic;
+# tests of the time-based default set it themselves.
+os.environ.setdefault("BENCHMARK_CHECKPOINT_EVERY", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FINISHED_RUNS_SUITE = """

@@ -14,13 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
-from benchmark import cli, runner, train
+from benchmark import checkpoint, cli, runner
+from benchmark.claims import claim_events
 from benchmark.config import load_suite
 from benchmark.errors import UserError
-from benchmark.records import completed_hashes, load_records
+from benchmark.records import completed_hashes, load_records, timing_line
 
 PROJECT = Path(__file__).resolve().parents[1]
 SUITE = "resume"
@@ -54,6 +56,10 @@ def only_record(output: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def only_record_of(output: Path, run_id: str) -> dict:
+    return json.loads((output / "runs" / SUITE / f"{run_id}.json").read_text())
+
+
 def outcome(record: dict) -> str:
     """What must not change when a run is resumed: everything it learned and scored (not its timings)."""
     history = [{key: value for key, value in entry.items() if key != "seconds"} for entry in record["history"]]
@@ -61,22 +67,54 @@ def outcome(record: dict) -> str:
     return json.dumps({**kept, "history": history}, sort_keys=True)  # exact float reprs; NaN compares equal
 
 
-def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_record(tmp_path):
-    suite = write_suite(tmp_path, dataset="retinamnist")
-    assert cli.main(arguments(suite, tmp_path / "reference", limit=40)) == 0
-    reference = only_record(tmp_path / "reference")
+@pytest.fixture(scope="module")
+def paced(tmp_path_factory) -> tuple[Path, dict]:
+    """The suite the kill tests run (RetinaMNIST, 40 images, 3 epochs) and its uninterrupted record."""
+    folder = tmp_path_factory.mktemp("paced")
+    suite = write_suite(folder, dataset="retinamnist")
+    assert cli.main(arguments(suite, folder / "reference", limit=40)) == 0
+    return suite, only_record(folder / "reference")
 
-    output = tmp_path / "killed"
-    command = [sys.executable, "-c", PACED_CLI, *arguments(suite, output, limit=40)]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+
+def start_paced(suite: Path, output: Path, env: dict | None = None,
+                slow_fsync: bool = False) -> tuple[subprocess.Popen, Path]:
+    """The run as a paced subprocess (`slow_fsync`: every file write also waits 1 s before its fsync, as on a slow
+    disk) and the checkpoint folder it writes."""
+    code = PACED_CLI if not slow_fsync else (
+        "import os, time; fsync = os.fsync; os.fsync = lambda fd: (time.sleep(1.0), fsync(fd))[1]; " + PACED_CLI)
+    command = [sys.executable, "-c", code, *arguments(suite, output, limit=40)]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), **(env or {})}
+    process = subprocess.Popen(command, cwd=output.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_id = load_suite(str(suite), limit=40).runs[0].run_id
-    checkpoints = output / "checkpoints" / SUITE / run_id
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return process, output / "checkpoints" / SUITE / run_id
+
+
+def wait_for(process: subprocess.Popen, condition, what: str) -> None:
     deadline = time.monotonic() + 300
-    while not (checkpoints / "last.pt").exists():
+    while not condition():
         assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, f"no {what} after 300 s"
+        time.sleep(0.02)
+
+
+def resume_and_check(suite: Path, output: Path, reference: dict, resumed_from: int) -> None:
+    """The same command again: one record, resumed where the checkpoint says, with the uninterrupted numbers."""
+    again = subprocess.run([sys.executable, "-c", PACED_CLI, *arguments(suite, output, limit=40)], cwd=output.parent,
+                           env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    resumed = only_record(output)
+    assert resumed["resumed_from_epoch"] == resumed_from and reference["resumed_from_epoch"] == 0
+    assert outcome(resumed) == outcome(reference)
+    assert not list(output.rglob("*.tmp"))
+    (checkpoints,) = (output / "checkpoints" / SUITE).iterdir()
+    assert [path.name for path in checkpoints.iterdir()] == ["best.pt"]
+
+
+def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_record(paced, tmp_path):
+    suite, reference = paced
+    output = tmp_path / "killed"
+    process, checkpoints = start_paced(suite, output)
+    wait_for(process, (checkpoints / "last.pt").exists, "checkpoint")
     time.sleep(0.25)  # into the next epoch's training (5 batches of at least 0.1 s)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
@@ -87,55 +125,88 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_with_the_same_single_recor
     # what a kill during a write leaves: hidden temp files beside the checkpoint and the record
     (checkpoints / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     (output / "runs" / SUITE).mkdir(parents=True)
-    (output / "runs" / SUITE / f".{run_id}.json.k1ll3d.tmp").write_text('{"status": "comp')
-
-    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    resumed = only_record(output)
-    assert resumed["resumed_from_epoch"] == killed_after and reference["resumed_from_epoch"] == 0
-    assert outcome(resumed) == outcome(reference)
-    assert not list(output.rglob("*.tmp"))
-    assert [path.name for path in checkpoints.iterdir()] == ["best.pt"]
+    (output / "runs" / SUITE / f".{checkpoints.name}.json.k1ll3d.tmp").write_text('{"status": "comp')
+    resume_and_check(suite, output, reference, killed_after)
 
 
-def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(paced, tmp_path):
+    suite, reference = paced
+    output = tmp_path / "killed"
+    process, checkpoints = start_paced(suite, output, slow_fsync=True)
+    wait_for(process, (checkpoints / "last.pt").exists, "checkpoint")
+    wait_for(process, lambda: list(checkpoints.glob(".last.pt.*.tmp")), "second checkpoint write")
+    os.kill(process.pid, signal.SIGKILL)  # while the writer thread waits in fsync: the temp file is complete
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL and list(checkpoints.glob(".last.pt.*.tmp"))
+    assert torch.load(checkpoints / "last.pt", weights_only=False)["loop"]["epoch"] == 1
+    resume_and_check(suite, output, reference, 1)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_inside_the_epoch_and_exits_then_the_run_resumes_there(paced, tmp_path):
+    suite, reference = paced
+    output = tmp_path / "stopped"
+    process, checkpoints = start_paced(suite, output)
+    wait_for(process, (checkpoints / "last.pt").exists, "checkpoint")
+    time.sleep(0.25)  # into epoch 2's training
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert "interrupted; run the same command again to resume" in stderr.decode()
+    assert not record_files(output)
+    saved = torch.load(checkpoints / "last.pt", weights_only=False)["loop"]
+    assert saved["epoch"] == 1 and saved["in_epoch"]["epoch"] == 2 and 0 < saved["in_epoch"]["batch"] < 5
+    (event,) = [e for e in claim_events(output, SUITE) if e["event"] == "release"]
+    assert event["outcome"] == "interrupted"
+    resume_and_check(suite, output, reference, 1)
+
+
+def test_resuming_from_any_checkpoint_is_bit_identical(tmp_path, monkeypatch, capsys):
+    """A checkpoint at every optimizer step (--checkpoint-every 1e-9): resumed from epoch ends and from inside
+    epochs, the run ends bit-identical; a damaged checkpoint, one of another attempt and --no-resume start over."""
     suite = write_suite(tmp_path)
-    saved = {}
-    real_save = train.atomic_torch_save
+    saved = []  # every last.pt as written
+    real_save = checkpoint.atomic_torch_save
 
-    def save_and_keep(obj, path):  # keep each epoch's checkpoint files, as a kill right after last.pt leaves them
-        real_save(obj, path)
+    def save_and_keep(obj, path, fence=None):
+        real_save(obj, path, fence)
         if path.name == "last.pt":
-            saved[obj["loop"]["epoch"]] = {p.name: p.read_bytes() for p in path.parent.glob("*.pt")}
+            saved.append(path.read_bytes())
 
-    monkeypatch.setattr(train, "atomic_torch_save", save_and_keep)
-    assert cli.main(arguments(suite, tmp_path / "reference") + ["--epochs", "2"]) == 0
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", save_and_keep)
+    assert cli.main(arguments(suite, tmp_path / "reference") + ["--epochs", "2", "--checkpoint-every", "1e-9"]) == 0
     monkeypatch.undo()
     reference = only_record(tmp_path / "reference")
-    assert sorted(saved) == [1, 2]
     run_id = reference["run_id"]
     assert [p.name for p in (tmp_path / "reference" / "checkpoints" / SUITE / run_id).iterdir()] == ["best.pt"]
+    assert reference["timing"]["checkpoints_written"] == len(saved) == 8  # 4 steps an epoch, 2 epochs
 
-    # epoch 1 is always a new best: killed after its last.pt, its weights still wait in best.next.pt
-    assert sorted(saved[1]) == ["best.next.pt", "last.pt"]
-    best_1 = torch.load(io.BytesIO(saved[1]["best.next.pt"]), weights_only=False)
-    assert best_1["epoch"] == 1
-    damaged = {"last.pt": saved[1]["last.pt"][:1000], "best.next.pt": saved[1]["best.next.pt"]}  # a copy cut short
-    # killed in a 3rd epoch between writing its new best and its last.pt: resumed after epoch 2 with nothing left
-    # to train, the weights scored are the ones loaded, so taking that newer best would change the test scores
-    wrong = {name: tensor + 1 for name, tensor in best_1["weights"].items()}
-    stale = {"last.pt": saved[2]["last.pt"], "best.pt": saved[reference["best_epoch"]]["best.next.pt"],
-             "best.next.pt": _torch_bytes({"epoch": 3, "weights": wrong})}
-    for name, checkpoint, extra, resumed_from in [("from-1", saved[1], [], 1),
-                                                  ("from-2", saved[2], [], 2),  # killed before the record
-                                                  ("stale-best", stale, [], 2),
-                                                  ("no-resume", saved[1], ["--no-resume"], 0),
-                                                  ("damaged", damaged, [], 0)]:
+    def loop(content: bytes) -> dict:
+        return torch.load(io.BytesIO(content), weights_only=False)["loop"]
+
+    positions = [(loop(c)["epoch"], (loop(c)["in_epoch"] or {}).get("batch")) for c in saved]
+    assert positions == [(0, 1), (0, 2), (0, 3), (1, None), (1, 1), (1, 2), (1, 3), (2, None)]
+    at = dict(zip(positions, saved))
+    record_path = tmp_path / "reference" / "runs" / SUITE / f"{run_id}.json"
+    other_attempt = torch.load(io.BytesIO(at[1, 2]), weights_only=False)
+    other_attempt["attempt"] = checkpoint.attempt_of(record_path)  # a --force rerun of the reference, killed
+    cases = [("epoch-1", at[1, None], [], 1, False),
+             ("mid-epoch-1", at[0, 2], [], 0, False),
+             ("mid-epoch-2", at[1, 3], [], 1, False),
+             ("epoch-2", at[2, None], [], 2, False),  # killed before the record
+             ("no-resume", at[1, None], ["--no-resume"], 0, False),
+             ("damaged", at[1, None][:1000], [], 0, False),  # a copy cut short
+             ("stray", at[1, None], ["--force"], 0, True),  # written for the first attempt, after its record
+             ("forced", _torch_bytes(other_attempt), ["--force"], 1, True)]
+    for name, content, extra, resumed_from, with_record in cases:
         output = tmp_path / name
         checkpoints = output / "checkpoints" / SUITE / run_id
         checkpoints.mkdir(parents=True)
-        for file_name, content in checkpoint.items():
-            (checkpoints / file_name).write_bytes(content)
+        (checkpoints / "last.pt").write_bytes(content)
+        if with_record:
+            (output / "runs" / SUITE).mkdir(parents=True)
+            (output / "runs" / SUITE / record_path.name).write_bytes(record_path.read_bytes())
         assert cli.main(arguments(suite, output) + ["--epochs", "2", *extra]) == 0
         record = only_record(output)
         assert record["resumed_from_epoch"] == resumed_from, name
@@ -143,7 +214,9 @@ def test_resuming_from_every_epoch_boundary_is_bit_identical(tmp_path, monkeypat
         assert [p.name for p in checkpoints.iterdir()] == ["best.pt"], name
         kept = torch.load(checkpoints / "best.pt", weights_only=False)
         assert kept["epoch"] == record["best_epoch"], name
-    assert f"warning: ignoring damaged checkpoint {tmp_path / 'damaged' / 'checkpoints'}" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert f"warning: ignoring damaged checkpoint {tmp_path / 'damaged' / 'checkpoints'}" in printed
+    assert f"{tmp_path / 'stray' / 'checkpoints'}" in printed and "another attempt" in printed
 
 
 def _torch_bytes(obj) -> bytes:
@@ -207,12 +280,18 @@ def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys,
     status = ["status", "--suite", str(suite), "--output", str(output), "--limit", "32", "--epochs", "1"]
 
     assert cli.main(status) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        f"completed  {ids[0]}",
-        f"failed     {ids[1]}  {missing}",
-        f"pending    {ids[2]}",
-        f"{SUITE}: 1 done, 1 failed, 1 pending",
-    ]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [f"failed     {ids[1]}  {missing}", f"pending    {ids[2]}", f"{SUITE}: 1 done, 1 failed, 1 pending"]
+    # a completed run: where its time went, from its record's timing block
+    timing = only_record_of(output, ids[0])["timing"]
+    shown = re.fullmatch(rf"completed  {ids[0]}  wall (\S+) s: train (\S+) s, eval (\S+) s, checkpoints (\S+) s "
+                         rf"\((\S+) %, 1 written\), start-up (\S+) s", lines[0])
+    assert shown, lines[0]
+    keys = ("wall_seconds", "train_seconds", "eval_seconds", "checkpoint_seconds", "startup_seconds")
+    for key, text in zip(keys, shown.group(1, 2, 3, 4, 6), strict=True):
+        assert float(text) == pytest.approx(timing[key], abs=0.006, rel=0.05), key
+    assert float(shown.group(5)) == pytest.approx(100 * timing["checkpoint_seconds"] / timing["wall_seconds"], abs=0.06)
+    assert timing["train_seconds"] + timing["eval_seconds"] + timing["startup_seconds"] <= timing["wall_seconds"]
     assert completed_hashes(output, SUITE) == {hashes[0]}
 
     assert cli.main(grid + ["--seeds", "1"]) == 0  # the failed run is redone: the data is there now
@@ -230,6 +309,15 @@ def test_status_counts_and_a_failed_run_redone_is_counted_once(tmp_path, capsys,
         f"(2 more record(s) in {output / 'runs' / SUITE} come from other settings; pass the same "
         f"--limit/--epochs/--seeds/--datasets/--models as the run)",
     ]
+
+
+def test_timing_line_shows_the_parts_a_record_has():
+    timing = {"wall_seconds": 225.04, "train_seconds": 209.5, "eval_seconds": 5.92, "checkpoint_seconds": 12.01,
+              "checkpoints_written": 4, "startup_seconds": 8.06}
+    assert timing_line(timing) == ("wall 225 s: train 210 s, eval 5.9 s, checkpoints 12.0 s (5.3 %, 4 written), "
+                                   "start-up 8.1 s")
+    assert timing_line({"wall_seconds": 12.3, "train_seconds": 10.1}) == "wall 12.3 s: train 10.1 s"  # an older record
+    assert timing_line({"wall_seconds": 0.5}) == "wall 0.50 s" and timing_line(None) == ""
 
 
 def test_a_failed_forced_rerun_keeps_the_finished_record(tmp_path, monkeypatch):

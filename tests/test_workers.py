@@ -141,6 +141,55 @@ def test_a_hung_workers_run_is_taken_over_after_the_timeout_and_resumed(tmp_path
     assert claim_events(tmp_path, "smoke")[1]["from"].endswith(f":{first.pid}")
 
 
+@pytest.mark.slow
+def test_a_stalled_worker_that_lost_its_claim_stops_at_once_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Fencing (issue 22): worker A stalls (SIGSTOP) past the claim timeout after its first checkpoint; B takes
+    the run over, resumes it and finishes. A, continued, must notice at its next step or write and stop: the
+    finished record and best.pt stay B's, no last.pt or temp file of A's appears, and a --force rerun starts
+    over instead of resuming anything A left."""
+    timeout = 5
+    recipe = {"optimizer": "adamw", "lr": 1.0e-3, "epochs": 3, "batch_size": 8, "augment": "none"}
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump({"name": "smoke", "data_root": "bundled", "datasets": ["breastmnist"],
+                                          "models": [{"name": "vit_tiny", "recipe": recipe}]}))
+    arguments = ["run", "--suite", str(suite_file), "--limit", "32", "--quiet", "--output", str(tmp_path),
+                 "--checkpoint-every", "0"]
+    run_id = load_suite(str(suite_file), limit=32).runs[0].run_id
+    settings = {"BENCHMARK_CLAIM_TIMEOUT": str(timeout), "BENCHMARK_CLAIM_HEARTBEAT": "0.5"}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    stalled = subprocess.Popen([sys.executable, "-c", PACED_CLI, *arguments], cwd=tmp_path, env={**ENV, **settings},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "checkpoints" / "smoke" / run_id
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "last.pt").exists():
+        assert stalled.poll() is None, stalled.communicate()[1]
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.02)
+    os.kill(stalled.pid, signal.SIGSTOP)
+    try:
+        time.sleep(timeout + 0.5)
+        assert cli.main(arguments) == 0  # takes the run over, resumes it from A's checkpoint and finishes it
+    finally:
+        os.kill(stalled.pid, signal.SIGCONT)
+    record = tmp_path / "runs" / "smoke" / f"{run_id}.json"
+    finished = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (record, checkpoints / "best.pt")}
+    assert json.loads(record.read_text())["resumed_from_epoch"] == 1
+    out, err = stalled.communicate(timeout=120)
+    assert stalled.returncode == 0, err
+    assert "taken over by another worker while it ran" in err and "1 left to other workers" in out
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in finished} == finished
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file() and "claims" not in path.parts
+                  ) == sorted([record.name, "best.pt", "suite.yaml"])
+    events = [(e["event"], e["generation"], e.get("outcome")) for e in claim_events(tmp_path, "smoke")]
+    assert events == [("claim", 0, None), ("takeover", 1, None), ("release", 1, "completed"), ("lost", 0, "lost")]
+
+    capsys.readouterr()
+    assert cli.main([*arguments, "--force"]) == 0
+    rerun = json.loads(record.read_text())
+    assert rerun["resumed_from_epoch"] == 0 and len(rerun["history"]) == 3
+
+
 def test_of_two_workers_seeing_one_stale_claim_exactly_one_takes_it_over(tmp_path):
     settings = ClaimSettings(timeout=2.0, heartbeat=0.2)
     old = try_claim(tmp_path, "s", "run-a", settings)

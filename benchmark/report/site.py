@@ -31,7 +31,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from benchmark.errors import UserError
 from benchmark.metrics import CALIBRATION_METRICS, PROBABILITY_FREE_SCHEMES
-from benchmark.records import FRAME_COLUMNS, Record, atomic_write_bytes, training_class_counts
+from benchmark.records import FRAME_COLUMNS, Record, atomic_write_bytes, timing_line, training_class_counts
 from benchmark.report import aggregate, ranking, render
 from benchmark.report.load import SuiteData, load_published, load_suites
 
@@ -365,6 +365,7 @@ class SiteBuilder:
                    ("Epochs run", str(len(record.get("history") or []))),
                    ("Stopped early", _text(record.get("stopped_early"))),
                    ("Resumed from epoch", _text(record.get("resumed_from_epoch"))),
+                   ("Time", timing_line(record.get("timing")) or render.DASH),
                    ("Recorded", _text(record.get("created_at")))]
         self.render(page, "run.html.j2", run_id, suite=suite, suite_id=render.slug(suite), record=record,
                     run_id=run_id, summary=summary, test=test, per_class=per_class, figures=figs,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from benchmark.checkpoint import RunCheckpoints
 from benchmark.config import RunSpec
 from benchmark.data import DatasetSplits
 from benchmark.models import BuiltModel
@@ -22,9 +23,8 @@ class SchemeContext:
     data: DatasetSplits
     device_splits: dict[str, DeviceSplit]
     accelerator: Accelerator
-    checkpoint_dir: Path | None
+    checkpoints: RunCheckpoints | None  # where and when the run checkpoints, and whether it resumes; None = never
     cache_dir: Path | None  # embeddings of frozen backbones; None = no cache
-    resume: bool = True
     quiet: bool = False
 
 

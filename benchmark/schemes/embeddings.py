@@ -26,17 +26,12 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from benchmark.checkpoint import atomic_torch_save, load_checkpoint
 from benchmark.data import DatasetSplits
 from benchmark.data.transforms import BatchTransform
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel
-from benchmark.train import (
-    DeviceSplit,
-    atomic_torch_save,
-    autocast,
-    gather_in_order,
-    load_checkpoint,
-)
+from benchmark.train import DeviceSplit, autocast, gather_in_order
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1

@@ -32,8 +32,8 @@ def run_linear_probe(ctx: SchemeContext) -> TrainOutcome:
     head_model = BuiltModel(module=head, input_size=head.in_features, mean=[0.0], std=[1.0], in_channels=1,
                             family="head")
     splits = {name: DeviceSplit(embeddings[name], ctx.device_splits[name].labels) for name in embeddings}
-    outcome = fit(head_model, ctx.data, splits, recipe, ctx.spec.seed, ctx.accelerator, ctx.checkpoint_dir,
-                  resume=ctx.resume, quiet=ctx.quiet, description=ctx.spec.run_id, inputs_ready=True)
+    outcome = fit(head_model, ctx.data, splits, recipe, ctx.spec.seed, ctx.accelerator, ctx.checkpoints,
+                  quiet=ctx.quiet, description=ctx.spec.run_id, inputs_ready=True)
     outcome.details.update(embedding_cache=cache["cache"], embedding_seconds=cache["seconds"],
                            embedding_dim=head.in_features, backbone_sha256=cache["backbone"])
     return outcome

@@ -15,7 +15,7 @@ from benchmark.train import Adaptation, TrainOutcome, fit
 
 def _fit(ctx: SchemeContext, adaptation: Adaptation) -> TrainOutcome:
     return fit(ctx.built, ctx.data, ctx.device_splits, ctx.spec.recipe, ctx.spec.seed, ctx.accelerator,
-               ctx.checkpoint_dir, resume=ctx.resume, quiet=ctx.quiet, description=ctx.spec.run_id,
+               ctx.checkpoints, quiet=ctx.quiet, description=ctx.spec.run_id,
                adaptation=adaptation)
 
 
