@@ -18,8 +18,9 @@ TRAIN_PHASE_KEYS = {"images", "seconds", "images_per_second", "round_images_per_
 
 
 def parse(*argv: str) -> perf.PerfConfig:
-    """The API's config, built from the verb's options as the CLI does."""
-    return perf_config(build_parser().parse_args(["perf", *argv]))
+    """The API's config, built from the verb's options as the CLI does; on the CPU also on a CUDA machine (these
+    tests pin CPU results: file names, full precision)."""
+    return perf_config(build_parser().parse_args(["perf", "--device", "cpu", *argv]))
 
 
 def positive_finite(value) -> bool:
@@ -45,7 +46,7 @@ def test_train_mode_writes_every_figure(train_result):
     r = train_result
     assert r["mode"] == "train" and r["schema_version"] == perf.SCHEMA_VERSION
     assert r["command"] == ("python -m benchmark perf --model vit_tiny --batch 4 --steps 2 --warmup 1 --rounds 1 "
-                            "--threads 1 --output " + r["settings"]["output"])
+                            "--device cpu --threads 1 --output " + r["settings"]["output"])
     assert r["settings"]["model"] == "vit_tiny" and r["settings"]["batch"] == 4
     assert r["model"]["input_size"] == 32 and r["model"]["n_params"] > 0
     assert r["dataset"] == {**r["dataset"], "name": "breastmnist", "size": 28}

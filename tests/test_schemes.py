@@ -13,6 +13,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from checkpoint_spy import keep_checkpoints
+from conftest import need
 from scipy.stats import chisquare
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -98,6 +99,7 @@ def test_knn_is_deterministic_and_equals_sklearn_on_the_same_embeddings(tmp_path
 # --- LoRA ------------------------------------------------------------------------------------------------------
 
 def test_lora_trains_adapters_and_head_only_and_merging_keeps_the_outputs(tmp_path):
+    need("peft", extra="lora")
     options = {"name": "lora", "rank": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
     ctx = context(tmp_path, [{"name": "vit_tiny", "recipe": SHORT, "scheme": options}])
     add_lora(ctx.built, ctx.spec.scheme.options)
@@ -268,6 +270,8 @@ def test_k_beyond_the_training_split_fails_that_run_only_and_exits_2(tmp_path, c
 
 @pytest.mark.parametrize("scheme", ["gradual_unfreeze", "lora", "linear_probe"])
 def test_an_interrupted_scheme_run_resumes_to_the_same_record(tmp_path, monkeypatch, scheme):
+    if scheme == "lora":
+        need("peft", extra="lora")
     suite = write_suite(tmp_path, [{"name": "vit_tiny", "recipe": {**SHORT, "epochs": 3}, "scheme": scheme}])
     saved = keep_checkpoints(monkeypatch)
     args = ["run", "--suite", str(suite), "--limit", "48", "--quiet"]
@@ -316,6 +320,7 @@ def test_the_medmnist_plus_grid_is_complete():
 
 
 def test_the_schemes_suite_runs_end_to_end_with_one_leaderboard_row_per_model_and_scheme(tmp_path):
+    need("peft", extra="lora")
     output = tmp_path / "results"
     assert cli.main(["run", "--suite", "schemes", "--datasets", "breastmnist", "--output", str(output),
                      "--limit", "64", "--epochs", "1", "--quiet"]) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import need
 
 from benchmark import cli
 from benchmark.claims import ClaimSettings, claim_events, parse_shard, select_shard, try_claim
@@ -75,6 +76,7 @@ def test_three_concurrent_workers_train_each_run_once_with_the_serial_numbers(se
 
 @pytest.mark.slow
 def test_submit_local_executor_two_tasks_then_resubmit_submits_nothing(serial, tmp_path, capsys, monkeypatch):
+    need("submitit", extra="slurm")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # submitit's local tasks inherit it: the serial run's thread count
     assert cli.main(["submit", *GRID, "--output", str(tmp_path), "--executor", "local", "--tasks", "2",
                      "--wait"]) == 0
