@@ -42,9 +42,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
+from benchmark.compute import count_flops
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, load_dataset
 from benchmark.data.registry import portable_path
@@ -237,28 +236,6 @@ def measure_interleaved(steps_by_name: dict[str, Step], device: torch.device, wa
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
-
-
-def count_flops(model: nn.Module, input_size: int, in_channels: int, device: torch.device,
-                dtype: torch.dtype | None, train: bool = True, batch: int = 2) -> float:
-    """Model FLOPs per image of one forward (+ backward when `train`), counted by `FlopCounterMode`.
-
-    Attention runs on the math SDPA kernel while counting, so its matmuls are counted on every device (the
-    counter knows the CUDA flash/efficient kernels but not the CPU one); the count is the same either way.
-    Gradients are cleared afterwards.
-    """
-    was_training = model.training
-    model.train(train)
-    pixels = torch.randn(batch, in_channels, input_size, input_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with sdpa_kernel(SDPBackend.MATH), counter, torch.set_grad_enabled(train):
-        with autocast(device, dtype):
-            logits = model(pixels).float()
-        if train:
-            nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device)).backward()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return counter.get_total_flops() / batch
 
 
 def peak_tflops_for(device: torch.device, override: float | None) -> tuple[float | None, str | None]:

@@ -37,6 +37,7 @@ from PIL import Image
 
 from benchmark import distributed
 from benchmark.claims import Claim, ClaimSettings, try_claim
+from benchmark.compute import compute_block
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.environment import device_name, git_commit, package_versions
@@ -301,6 +302,8 @@ class GridRunner:
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
+            compute=compute_block(built, outcome, spec.scheme.name, self.accelerator.device,
+                                  autocast_dtype(spec.recipe, self.accelerator.device), self.accelerator.num_processes),
             environment=environment(self.accelerator, dtype, self.commit, self.data_placement),
             error=None,
             **({"calibration": outcome.calibration} if outcome.calibration is not None else {}),
