@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "this tracker, under OUTPUT/tensorboard/ (needs the `track` extra)")
     run.add_argument("--shard", help="only shard i of n of the grid, 'i/n' with 0 <= i < n (every n-th run from "
                                      "the i-th); workers without --shard share the grid through claims")
+    run.add_argument("--workers", type=int, help="start N worker processes here that share the grid through claims "
+                     "(small runs packed on one device); threads per worker = $OMP_NUM_THREADS or cores / N")
+    run.add_argument("--gpus", help="with --workers: worker i on GPU i mod len(GPUS), e.g. 0,1 [every worker on "
+                                    "the visible GPUs]")
 
     verbs.add_parser("list", help="show datasets, models and suites")
 
@@ -239,6 +243,12 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(dry_run_table(suite))
         return 0
+    from benchmark.launch.workers import is_worker, parse_gpus, run_workers
+
+    if args.gpus and not args.workers:
+        raise UserError("--gpus places the workers of --workers N; add --workers")
+    if args.workers and not is_worker():
+        return run_workers(args.argv, args.workers, parse_gpus(args.gpus))
     summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
                         quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track,
                         claim_timeout=args.claim_timeout)
@@ -430,7 +440,9 @@ COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `run --workers` starts the same command in each worker
     configure_logging(args.quiet, args.verbose)
     try:
         if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve", "data-check"):
