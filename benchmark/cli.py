@@ -147,7 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto = the GPU when there is one [auto]")
     perf.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default="auto",
                       help="auto = bf16 autocast on a GPU that supports it, else full precision [auto]")
-    perf.add_argument("--compile", action="store_true", help="torch.compile the model for (a) and (b)")
+    perf.add_argument("--compile", nargs="?", const="model", default="none",
+                      choices=("none", "model", "regional", "reduce-overhead"),
+                      help="torch.compile for (a) and (b): the whole model (--compile alone), each repeated block "
+                           "(regional), or the whole model with CUDA graphs (reduce-overhead); untimed warm-up [none]")
+    perf.add_argument("--compile-backend", default="inductor",
+                      help="torch.compile backend for --compile (eager / aot_eager: trace only, no code generation) "
+                           "[inductor]")
+    perf.add_argument("--profile", action="store_true",
+                      help="also profile (a)'s training steps: the top 20 ops by self device time (CPU time on a "
+                           "CPU) into a .profile.txt beside the JSON")
     perf.add_argument("--skip-tutorial", action="store_true", help="skip (c), the Trainer pipeline")
     perf.add_argument("--peak-tflops", type=float,
                       help="the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)")
