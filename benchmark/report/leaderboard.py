@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.records import Record, atomic_write_bytes, training_class_counts
-from benchmark.report import aggregate, render
+from benchmark.report import aggregate, compute, render
 from benchmark.report.load import SuiteData, by_suite, load_published, load_suites
 
 HOW_TO_READ = f"""## How to read these tables
@@ -141,6 +141,11 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
                 details.append(render.markdown(table))
                 tex.append(render.latex(table))
         csv_rows += render.per_class_csv_rows(per_class, suite)
+        cost = compute.compute_table(data.records, suite)
+        if cost is not None:  # only suites with records that hold a compute block
+            details += ["### Compute", "", compute.INTRO, "", render.markdown(cost)]
+            tex.append(render.latex(cost))
+            csv_rows += compute.compute_csv_rows(data.records, suite)
     md += details + [HOW_TO_READ, _references_md(published)]
     return "\n".join(md).rstrip("\n") + "\n", render.csv_text(csv_rows), "\n".join(tex).rstrip("\n") + "\n"
 
