@@ -479,8 +479,9 @@ def trainer_model(built: BuiltModel) -> nn.Module:
 
 @contextlib.contextmanager
 def own_accelerate_state():
-    """accelerate keeps one process-wide state that refuses another precision once set: the Trainer (bf16 on a
-    GPU) gets a fresh one, and whatever runs after it (the next test, a training run) gets a fresh one again."""
+    """accelerate keeps one process-wide state that refuses another precision or device once set: (a)/(b) on
+    their device and the Trainer (bf16 on a GPU) each get a fresh one, and whatever runs after them (the next
+    test, a training run) gets a fresh one again."""
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         yield
@@ -627,8 +628,9 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         infer_flops = count_flops(model, built.input_size, built.in_channels, device, dtype, train=False)
         split = DeviceSplit.from_split(data.train, device)
         timed_model, compiled_regions = compiled(model, config.compile, config.compile_backend)
-        train, infer, loss, profile = measure_ours_and_random(built, timed_model, split, recipe, device, dtype,
-                                                              channels_last, data.n_classes, config)
+        with own_accelerate_state():  # its own device (--device cpu on a CUDA machine), whatever ran before
+            train, infer, loss, profile = measure_ours_and_random(built, timed_model, split, recipe, device, dtype,
+                                                                  channels_last, data.n_classes, config)
         if not math.isfinite(loss):
             raise RuntimeError(f"training loss became {loss} while timing; the step is broken")
         del timed_model

@@ -223,3 +223,12 @@ def test_compiled_regions_and_the_profile_beside_the_json(tmp_path):
 def test_profile_and_compile_need_a_model(tmp_path):
     with pytest.raises(UserError, match="drop them with --data-only"):
         perf.run_perf(parse("--data-only", "--profile", "--output", str(tmp_path)))
+
+
+def test_perf_gets_its_own_accelerate_state_whatever_ran_before(tmp_path):
+    """A process whose accelerate state says bf16 (a notebook that trained, a Trainer; on a CUDA machine also a
+    state on the GPU before `--device cpu`) must not make (a)'s full-precision Accelerator refuse to start."""
+    Accelerator(cpu=True, mixed_precision="bf16")
+    result, _ = perf.run_perf(parse("--model", "vit_tiny", "--skip-tutorial", "--batch", "4", "--steps", "1",
+                                    "--warmup", "1", "--rounds", "1", "--threads", "1", "--output", str(tmp_path)))
+    assert result["mixed_precision"] == "no" and set(result["pipelines"]) == {"ours", "random"}
