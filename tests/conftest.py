@@ -8,6 +8,7 @@ Shuffled order: `python -m pytest --random-order` (pytest-random-order, in the `
 import logging
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,6 @@ def reset_accelerate_state() -> None:
     """accelerate's process-wide singletons (device, cpu flag, mixed precision, gradient accumulation): a test that
     built an `Accelerator(cpu=True)` or a Trainer in bf16 would otherwise decide the device and precision of every
     later `Accelerator` in the process, or make it refuse to start ("already initialized")."""
-    import sys
-
     if "accelerate" not in sys.modules:
         return
     from accelerate.state import AcceleratorState, GradientState
@@ -165,8 +164,6 @@ def set_logger_state(name: str, state: tuple) -> None:
 
 
 def transformers_verbosity():
-    import sys
-
     if "transformers" not in sys.modules:
         return None
     from transformers.utils import logging as hf_logging
@@ -215,7 +212,7 @@ _session_rng: dict = {}
 def isolated_process_state(request):
     """Every test starts from the same process-wide state, whatever ran before it (in any order): the RNG states of
     the session's start, a fresh accelerate state, and the torch flags, logging setup and environment variables as
-    they were before the test; afterwards those are put back (names of what a test changed are logged at debug
+    they were before the test; afterwards those are put back and torch.compile's caches emptied (names of what a test changed are logged at debug
     level: `-o log_cli_level=DEBUG` shows them)."""
     if not _session_rng:
         _session_rng.update(rng_states())
@@ -224,6 +221,8 @@ def isolated_process_state(request):
     reset_accelerate_state()
     yield
     reset_accelerate_state()
+    if "torch._dynamo" in sys.modules:  # compiled code and its guards (a backend, a recompile limit) are per process
+        torch._dynamo.reset()
     changed = restore_process_state(saved)
     if changed:
         logging.getLogger("tests.isolation").debug(f"{request.node.nodeid} changed {', '.join(changed)}; restored")
