@@ -42,6 +42,7 @@ def measure(workers: int, grid: list[str], suite: str, gpus: str | None, scratch
     output = scratch / f"workers-{workers}"
     command = [sys.executable, "-m", "benchmark", "run", *grid, "--workers", str(workers), "--output", str(output),
                "--quiet", *(["--gpus", gpus] if gpus else [])]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     done = subprocess.run(command, cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True,
                           text=True)
@@ -51,6 +52,7 @@ def measure(workers: int, grid: list[str], suite: str, gpus: str | None, scratch
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // workers))
     result = {"workers": workers, "exit_status": done.returncode, "wall_seconds": seconds, "runs_completed": completed,
               "runs_per_hour": 3600 * completed / seconds if seconds > 0 else None, "threads_per_worker": int(threads),
+              "load_average_at_start": load,
               "log_tail": (done.stdout + done.stderr)[-1500:] if done.returncode else ""}
     return result, found
 
