@@ -80,10 +80,11 @@ def compute_block(built: BuiltModel, outcome: TrainOutcome, scheme: str, device:
     """The record's `compute` block of a finished run (see the module docstring for each key)."""
     module = built.module
     inference = train = None
+    where = next(module.parameters()).device  # a scheme may have left the model off the training device
     try:
-        inference = count_flops(module, built.input_size, built.in_channels, device, dtype, train=False)
+        inference = count_flops(module, built.input_size, built.in_channels, where, dtype, train=False)
         if scheme in WHOLE_MODEL_SCHEMES:  # every parameter trains, as in each of its steps
-            train = count_flops(module, built.input_size, built.in_channels, device, dtype, train=True)
+            train = count_flops(module, built.input_size, built.in_channels, where, dtype, train=True)
     except Exception as err:  # a model the counter cannot run must not cost the finished run its record
         logger.warning(f"FLOPs not counted ({type(err).__name__}: {' '.join(str(err).split())[:200]}); the record's "
                        f"compute block leaves them empty")

@@ -51,9 +51,11 @@ BUDGET=${GPU_CHECK_BUDGET:-540}
 START=$(date +%s)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT"
-if compgen -G ".whl/*.whl" > /dev/null; then  # one at a time: the wheels for other Python versions fail, the rest install
+# One at a time, in name order with --upgrade: a newer Python's wheel fails, an older compatible one is replaced by
+# the next (multiprocess-...-py310, py311, ...), so the newest one this Python takes stays.
+if compgen -G ".whl/*.whl" > /dev/null; then
   for wheel in .whl/*.whl; do
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$wheel" >> "$OUT/wheels.log" 2>&1 \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheel" >> "$OUT/wheels.log" 2>&1 \
       || echo "not installed: $wheel" >> "$OUT/wheels.log"
   done
   export PYTHONPATH="$ROOT:/tmp/site"

@@ -212,8 +212,8 @@ _session_rng: dict = {}
 def isolated_process_state(request):
     """Every test starts from the same process-wide state, whatever ran before it (in any order): the RNG states of
     the session's start, a fresh accelerate state, and the torch flags, logging setup and environment variables as
-    they were before the test; afterwards those are put back and torch.compile's caches emptied (names of what a test changed are logged at debug
-    level: `-o log_cli_level=DEBUG` shows them)."""
+    they were before the test; afterwards those are put back and torch.compile's caches emptied (the names of
+    what a test changed are logged at debug level: `-o log_cli_level=DEBUG` shows them)."""
     if not _session_rng:
         _session_rng.update(rng_states())
     saved = process_state()
