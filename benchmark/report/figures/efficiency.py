@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from benchmark.report.compute import compute_frame
 from benchmark.report.figures.style import SINGLE, new_figure, palette, short
 
-AXES = {"train_flops": "training FLOPs (forward + backward, all images)", "device_seconds": "training device-seconds"}
+AXES = {"train_flops": "training FLOPs (fwd + bwd)", "device_seconds": "training device-seconds"}
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def plot_efficiency(records: Sequence[dict], dataset: str, suite: str) -> Figure
     points, x = efficiency_points(records, dataset)
     if x is None or points.empty:
         return None
-    fig = new_figure(SINGLE, 2.9)
+    fig = new_figure(SINGLE, 2.6 + 0.16 * (len(points) + 1))  # the legend goes below the axes
     ax = fig.subplots()
     colors = palette(len(points))
     for color, row in zip(colors, points.itertuples(index=False)):
@@ -64,5 +64,5 @@ def plot_efficiency(records: Sequence[dict], dataset: str, suite: str) -> Figure
     ax.set_xlabel(AXES[x])
     ax.set_ylabel("test ACC")
     ax.set_title(f"{suite}: {dataset} — ACC vs compute", fontsize="medium")
-    ax.legend(fontsize="x-small", loc="best", frameon=False)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0.0, -0.22), frameon=False)
     return fig
