@@ -15,6 +15,10 @@ FLOPs utilisation. `--data-only` times the data pipelines alone at `--input-size
 images, per sample in one process — alone (``tutorial_transform``) and behind the tutorials' `datasets` +
 `set_transform` + `DataLoader(num_workers=0)` (``tutorial_loader``).
 
+`--compile model|regional|reduce-overhead` times (a) and (b) on a compiled model (the whole model, each repeated
+block, or the whole model with CUDA graphs); `--profile` adds a profile of (a)'s training steps, its top ops by
+self device time in a `.profile.txt` beside the JSON.
+
 Timings are steady state: warm-up steps run first and are not timed; on CUDA every timed block is bracketed
 by `torch.cuda.synchronize`. Pipelines measured by our own loop are timed in interleaved rounds (a, b, a, b,
 ...) so that a busy machine slows them alike. `--threads 1` gives per-core CPU figures. Each run writes one
@@ -34,7 +38,7 @@ import shlex
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +140,8 @@ class PerfConfig:
 
 def run_perf(config: PerfConfig) -> tuple[dict, Path]:
     """Measure what `config` says and write the JSON result; returns the result and the file written."""
+    if isinstance(config.compile, bool):  # the API's earlier `compile=True/False`
+        config = replace(config, compile="model" if config.compile else "none")
     _check_args(config)
     quiet_libraries()
     device = _pick_device(config.device)
