@@ -209,6 +209,9 @@ def test_imbalance_options_enter_the_hash_only_when_set(tmp_path):
 
 # --- the embedding cache ---------------------------------------------------------------------------------------
 
+FLOP_COUNT_IMAGES = 2  # the batch `benchmark.compute.count_flops` runs the model on
+
+
 def test_cached_embeddings_spare_the_backbone_and_a_new_preprocessing_misses(tmp_path, monkeypatch):
     # "pretrained" weights saved locally: every seed shares one backbone, so one forward pass serves them all
     ctx = context(tmp_path, [{"name": "vit_tiny", "recipe": SHORT}])
@@ -221,20 +224,23 @@ def test_cached_embeddings_spare_the_backbone_and_a_new_preprocessing_misses(tmp
     output = tmp_path / "results"
     suite = write_suite(tmp_path, models, seeds=(0, 1))
     assert cli.main(["run", "--suite", str(suite), "--output", str(output), "--limit", "40", "--quiet"]) == 0
-    assert sum(calls) == 3 * 40  # train, val and test embedded once, for 2 seeds × 2 schemes
+    # train, val and test embedded once, for 2 seeds × 2 schemes; and each run's compute block counts the model's
+    # FLOPs on one forward of 2 random images (benchmark.compute)
+    embedded = [n for n in calls if n != FLOP_COUNT_IMAGES]
+    assert sum(embedded) == 3 * 40 and len(calls) - len(embedded) == 4
     cache = {r["run_id"].split("-s")[0] + f"-s{r['seed']}": r["scheme_details"]["embedding_cache"]
              for r in records(output).values()}
     assert sorted(cache.values()) == ["hit", "hit", "hit", "miss"]
     assert len(list((output / "cache" / "embeddings").glob("*.pt"))) == 3
 
-    calls.clear()  # a second grid (other seeds): the backbone is not called at all
+    calls.clear()  # a second grid (other seeds): the backbone is not called at all (but to count FLOPs)
     assert cli.main(["run", "--suite", str(suite), "--output", str(output), "--limit", "40", "--quiet",
                      "--seeds", "5"]) == 0
-    assert calls == []
+    assert calls == [FLOP_COUNT_IMAGES] * 2
     calls.clear()  # other preprocessing (pad instead of resize): a miss, never the stale entry
     padded = write_suite(tmp_path, [{**entry, "resize": "pad", "scheme": "linear_probe"}])
     assert cli.main(["run", "--suite", str(padded), "--output", str(output), "--limit", "40", "--quiet"]) == 0
-    assert sum(calls) == 3 * 40
+    assert sum(calls) == 3 * 40 + FLOP_COUNT_IMAGES
     assert len(list((output / "cache" / "embeddings").glob("*.pt"))) == 6
 
 
