@@ -7,15 +7,16 @@
 #   scripts/gpu_check.sh --prepare    here, before: the wheels the GPU machine lacks into .whl/ (pip wheel,
 #                                     no dependencies) and the MedMNIST files into .gpudata/ (both git-ignored)
 #
-# Steps, each under its own time limit, and never past the whole budget ($GPU_CHECK_BUDGET seconds, 540):
+# Steps, each under its own time limit, and never past the whole budget ($GPU_CHECK_BUDGET seconds, 570):
 #   env          nvidia-smi, torch / CUDA / transformers / accelerate versions
-#   tests        python -m pytest -q -m "not slow" (plain order), junit XML + log
+#   tests        python -m pytest -q -m "not slow" twice at once, half the cores each: in the plain order
+#                (tests-plain.log, tests.xml) and shuffled (--random-order, seed 19: tests-shuffled.log / .xml)
 #   perf-vit     perf --model vit_b16 (random weights, 224 px, batch 256, bf16) with --profile
 #   perf-vit-rc  the same with --compile regional
 #   perf-resnet  perf --model resnet18_28 --dataset retinamnist --batch 128
 #   workers      scripts/workers_throughput.py: runs/hour at --workers 1,2,4,8 on a medmnist-v2 Breast+Retina grid
-#   tests-shuf   the quick test pass again in a shuffled order (--random-order, seed 19)
 #   perf-resnet-ro  (if time is left) resnet18_28 with --compile reduce-overhead (CUDA graphs)
+# The perf and workers steps run alone (after the tests), so nothing else competes for the GPU while they time.
 # Everything goes to $OUT (default ./gpu-check-out): one log per step, perf JSON + profile tables, the workers
 # JSON, junit XML, and summary.txt (each step's exit status and seconds). The machine lacks medmnist, fire,
 # termcolor, datasets, dill, multiprocess (and pytest-random-order): they come from .whl/ (installed with
@@ -47,7 +48,7 @@ fi
 
 OUT=${OUT:-$ROOT/gpu-check-out}
 mkdir -p "$OUT"
-BUDGET=${GPU_CHECK_BUDGET:-540}
+BUDGET=${GPU_CHECK_BUDGET:-570}
 START=$(date +%s)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT"
@@ -68,7 +69,7 @@ if [ "$MODE" = gpu ]; then
   PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 128 --steps 30 --warmup 5 --rounds 3)
   COMPILE_BACKEND=inductor
   WORKERS=(--workers 1,2,4,8 --datasets breastmnist,retinamnist --models resnet18_28 --seeds 0,1,2,3 --epochs 2)
-  LIMITS=(tests:240 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:150 tests-shuf:200 perf-resnet-ro:60)
+  LIMITS=(tests:270 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:120 perf-resnet-ro:60)
 else  # tiny settings on the CPU: each step's plumbing, not its numbers
   DATA_ROOT=bundled
   TEST_ARGS=(tests/test_isolation.py)
@@ -76,7 +77,7 @@ else  # tiny settings on the CPU: each step's plumbing, not its numbers
   PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 8 --steps 2 --warmup 1 --rounds 1 --device cpu --threads 1)
   COMPILE_BACKEND=eager
   WORKERS=(--workers 1,2 --suite smoke --datasets breastmnist --models resnet18_28 --seeds 0,1 --epochs 1 --limit 32)
-  LIMITS=(tests:300 perf-vit:300 perf-vit-rc:600 perf-resnet:300 workers:600 tests-shuf:300 perf-resnet-ro:600)
+  LIMITS=(tests:300 perf-vit:300 perf-vit-rc:600 perf-resnet:300 workers:600 perf-resnet-ro:600)
   BUDGET=${GPU_CHECK_BUDGET:-3600}
 fi
 
@@ -94,7 +95,11 @@ step() {
   fi
   echo "== $name (limit ${limit} s): $*"
   local began; began=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  if declare -F "$1" > /dev/null; then  # a function of this script: it applies the limit itself
+    STEP_LIMIT=$limit "$@" > "$OUT/$name.log" 2>&1
+  else
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  fi
   local status=$?
   local note=""; [ "$status" = 124 ] && note=" (timed out)"
   echo "$name: exit $status$note in $(( $(date +%s) - began )) s" | tee -a "$OUT/summary.txt"
@@ -111,18 +116,36 @@ transformers.__version__, 'accelerate', accelerate.__version__, 'cpus', len(__im
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
+# The quick pass in the plain and in a shuffled order, at once, half the cores each; exit 1 if either failed.
+tests_both_orders() {
+  local half=$(( $("$PY" -c "import os; print(len(os.sched_getaffinity(0)))") / 2 ))
+  [ "$half" -lt 1 ] && half=1
+  local pytest=(timeout --kill-after=10 "$STEP_LIMIT" env OMP_NUM_THREADS="$half" "$PY" -m pytest -q -p no:randomly
+                -p no:cacheprovider -rfE)
+  "${pytest[@]}" --junitxml="$OUT/tests.xml" "${TEST_ARGS[@]}" > "$OUT/tests-plain.log" 2>&1 &
+  local plain=$!
+  local shuffled=""
+  if "$PY" -c "import random_order" 2> /dev/null; then
+    "${pytest[@]}" --random-order --random-order-seed=19 --junitxml="$OUT/tests-shuffled.xml" "${TEST_ARGS[@]}" \
+      > "$OUT/tests-shuffled.log" 2>&1 &
+    shuffled=$!
+  else
+    echo "shuffled order: not run (pytest-random-order is not installed)"
+  fi
+  wait "$plain"; local plain_status=$?
+  local shuffled_status=0
+  [ -n "$shuffled" ] && { wait "$shuffled"; shuffled_status=$?; }
+  echo "plain order: exit $plain_status ($(tail -n 1 "$OUT/tests-plain.log"))"
+  [ -n "$shuffled" ] && echo "shuffled order: exit $shuffled_status ($(tail -n 1 "$OUT/tests-shuffled.log"))"
+  [ "$plain_status" = 0 ] && [ "$shuffled_status" = 0 ]
+}
+
 PERF=("$PY" -m benchmark perf --data-root "$DATA_ROOT" --skip-tutorial --output "$OUT/perf")
-step tests "$PY" -m pytest -q -p no:randomly -p no:cacheprovider -rfE --junitxml="$OUT/tests.xml" "${TEST_ARGS[@]}"
+step tests tests_both_orders
 step perf-vit "${PERF[@]}" "${PERF_VIT[@]}" --profile
 step perf-vit-rc "${PERF[@]}" "${PERF_VIT[@]}" --compile regional --compile-backend "$COMPILE_BACKEND"
 step perf-resnet "${PERF[@]}" "${PERF_RESNET[@]}"
 step workers "$PY" scripts/workers_throughput.py --data-root "$DATA_ROOT" --output "$OUT" "${WORKERS[@]}"
-if "$PY" -c "import random_order" 2> /dev/null; then
-  step tests-shuf "$PY" -m pytest -q -p no:randomly -p no:cacheprovider -rfE --random-order --random-order-seed=19 \
-    --junitxml="$OUT/tests-shuffled.xml" "${TEST_ARGS[@]}"
-else
-  echo "tests-shuf: skipped (pytest-random-order is not installed)" | tee -a "$OUT/summary.txt"
-fi
 step perf-resnet-ro "${PERF[@]}" "${PERF_RESNET[@]}" --compile reduce-overhead --compile-backend "$COMPILE_BACKEND"
 
 echo "total $(( $(date +%s) - START )) s" | tee -a "$OUT/summary.txt"
