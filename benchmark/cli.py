@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "this tracker, under OUTPUT/tensorboard/ (needs the `track` extra)")
     run.add_argument("--shard", help="only shard i of n of the grid, 'i/n' with 0 <= i < n (every n-th run from "
                                      "the i-th); workers without --shard share the grid through claims")
+    run.add_argument("--workers", type=int, help="start N worker processes here that share the grid through claims "
+                     "(small runs packed on one device); threads per worker = $OMP_NUM_THREADS or cores / N")
+    run.add_argument("--gpus", help="with --workers: worker i on GPU i mod len(GPUS), e.g. 0,1 [every worker on "
+                                    "the visible GPUs]")
 
     verbs.add_parser("list", help="show datasets, models and suites")
 
@@ -148,7 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto = the GPU when there is one [auto]")
     perf.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default="auto",
                       help="auto = bf16 autocast on a GPU that supports it, else full precision [auto]")
-    perf.add_argument("--compile", action="store_true", help="torch.compile the model for (a) and (b)")
+    perf.add_argument("--compile", nargs="?", const="model", default="none",
+                      choices=("none", "model", "regional", "reduce-overhead"),
+                      help="torch.compile for (a) and (b): the whole model (--compile alone), each repeated block "
+                           "(regional), or the whole model with CUDA graphs (reduce-overhead); untimed warm-up [none]")
+    perf.add_argument("--compile-backend", default="inductor",
+                      help="torch.compile backend for --compile (eager / aot_eager: trace only, no code generation) "
+                           "[inductor]")
+    perf.add_argument("--profile", action="store_true",
+                      help="also profile (a)'s training steps: the top 20 ops by self device time (CPU time on a "
+                           "CPU) into a .profile.txt beside the JSON")
     perf.add_argument("--skip-tutorial", action="store_true", help="skip (c), the Trainer pipeline")
     perf.add_argument("--peak-tflops", type=float,
                       help="the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)")
@@ -260,6 +273,12 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(dry_run_table(suite))
         return 0
+    from benchmark.launch.workers import is_worker, parse_gpus, run_workers
+
+    if args.gpus and not args.workers:
+        raise UserError("--gpus places the workers of --workers N; add --workers")
+    if args.workers and not is_worker():
+        return run_workers(args.argv, args.workers, parse_gpus(args.gpus))
     summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
                         quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track,
                         claim_timeout=args.claim_timeout, checkpoint_every=args.checkpoint_every)
@@ -466,7 +485,9 @@ COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `run --workers` starts the same command in each worker
     configure_logging(args.quiet, args.verbose)
     try:
         if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve", "data-check"):

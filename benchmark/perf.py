@@ -15,6 +15,10 @@ FLOPs utilisation. `--data-only` times the data pipelines alone at `--input-size
 images, per sample in one process — alone (``tutorial_transform``) and behind the tutorials' `datasets` +
 `set_transform` + `DataLoader(num_workers=0)` (``tutorial_loader``).
 
+`--compile model|regional|reduce-overhead` times (a) and (b) on a compiled model (the whole model, each repeated
+block, or the whole model with CUDA graphs); `--profile` adds a profile of (a)'s training steps, its top ops by
+self device time in a `.profile.txt` beside the JSON.
+
 Timings are steady state: warm-up steps run first and are not timed; on CUDA every timed block is bracketed
 by `torch.cuda.synchronize`. Pipelines measured by our own loop are timed in interleaved rounds (a, b, a, b,
 ...) so that a busy machine slows them alike. `--threads 1` gives per-core CPU figures. Each run writes one
@@ -34,7 +38,7 @@ import shlex
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +46,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
+from benchmark.compute import count_flops
 from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, load_dataset
 from benchmark.data.registry import portable_path
@@ -95,6 +98,12 @@ VIT_ARCHITECTURES: dict[str, dict] = {
 }
 
 TRAIN_PIPELINES = ("ours", "random", "tutorial")
+# --compile: how (a) and (b) run the model. `model`: torch.compile of the whole model; `regional`: of each repeated
+# block (ViT encoder layers, ResNet blocks) in place, so each block's code compiles once and the rest stays eager;
+# `reduce-overhead`: the whole model with CUDA graphs (few kernel launches for small models; on a CPU it is the
+# same as `model`). Compilation happens in the warm-up steps, which are not timed (their seconds are reported).
+COMPILE_MODES = ("none", "model", "regional", "reduce-overhead")
+PROFILE_ROWS = 20
 DATA_PIPELINES = ("ours", "tutorial_transform", "tutorial_loader")
 
 
@@ -119,7 +128,9 @@ class PerfConfig:
     input_size: int = 224
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: str = "auto"  # auto | no | bf16
-    compile: bool = False
+    compile: str = "none"  # none | model | regional | reduce-overhead (see COMPILE_MODES)
+    compile_backend: str = "inductor"  # torch.compile's backend (e.g. eager / aot_eager: tracing without codegen)
+    profile: bool = False  # also write the top ops of `steps` profiled training steps of (a) beside the JSON
     skip_tutorial: bool = False
     peak_tflops: float | None = None  # the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -129,6 +140,8 @@ class PerfConfig:
 
 def run_perf(config: PerfConfig) -> tuple[dict, Path]:
     """Measure what `config` says and write the JSON result; returns the result and the file written."""
+    if isinstance(config.compile, bool):  # the API's earlier `compile=True/False`
+        config = replace(config, compile="model" if config.compile else "none")
     _check_args(config)
     quiet_libraries()
     device = _pick_device(config.device)
@@ -154,7 +167,13 @@ def run_perf(config: PerfConfig) -> tuple[dict, Path]:
         "environment": env,
         "created_at": now_iso(),
     }
-    path = write_result(result, Path(config.output), result_name(config, device))
+    name = result_name(config, device)
+    if "profile" in result:  # the table beside the JSON, its rows in it
+        table_name = name.removesuffix(".json") + ".profile.txt"
+        table = result["profile"].pop("table")
+        write_result_text(table, Path(config.output), table_name)
+        result["profile"]["table_file"] = table_name
+    path = write_result(result, Path(config.output), name)
     return result, path
 
 
@@ -166,6 +185,10 @@ def _check_args(config: PerfConfig) -> None:
     for name, low in (("steps", 1), ("warmup", 1), ("rounds", 1), ("input_size", 1), ("eval_batch", 0), ("threads", 0)):
         if getattr(config, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(config, name)})")
+    if config.compile not in COMPILE_MODES:
+        raise UserError(f"--compile {config.compile!r} is not one of {', '.join(COMPILE_MODES)}")
+    if config.data_only and (config.profile or config.compile != "none"):
+        raise UserError("--profile and --compile time a model's training step; drop them with --data-only")
     if config.peak_tflops is not None and not config.peak_tflops > 0:
         raise UserError(f"--peak-tflops must be > 0 (got {config.peak_tflops})")
 
@@ -199,6 +222,7 @@ class Timing:
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
     round_rates: list[float] = field(default_factory=list)
+    warmup_seconds: float | None = None  # the untimed warm-up steps (with --compile: the compilation)
 
     @property
     def images_per_second(self) -> float:
@@ -206,7 +230,8 @@ class Timing:
 
     def to_dict(self) -> dict:
         return {"images": self.images, "seconds": self.seconds, "images_per_second": self.images_per_second,
-                "round_images_per_second": self.round_rates, "peak_memory_mb": self.peak_memory_mb}
+                "round_images_per_second": self.round_rates, "peak_memory_mb": self.peak_memory_mb,
+                "warmup_seconds": self.warmup_seconds}
 
 
 Step = Callable[[], int]  # runs one batch, returns its number of images
@@ -216,9 +241,13 @@ def measure_interleaved(steps_by_name: dict[str, Step], device: torch.device, wa
                         rounds: int) -> dict[str, Timing]:
     """Warm each pipeline up, then time `steps` batches of each in turn, `rounds` times."""
     timings = {name: Timing() for name in steps_by_name}
-    for step in steps_by_name.values():
+    for name, step in steps_by_name.items():
+        synchronize(device)
+        started = time.perf_counter()
         for _ in range(warmup):
             step()
+        synchronize(device)
+        timings[name].warmup_seconds = time.perf_counter() - started
     for _ in range(rounds):
         for name, step in steps_by_name.items():
             synchronize(device)
@@ -237,28 +266,6 @@ def measure_interleaved(steps_by_name: dict[str, Step], device: torch.device, wa
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
-
-
-def count_flops(model: nn.Module, input_size: int, in_channels: int, device: torch.device,
-                dtype: torch.dtype | None, train: bool = True, batch: int = 2) -> float:
-    """Model FLOPs per image of one forward (+ backward when `train`), counted by `FlopCounterMode`.
-
-    Attention runs on the math SDPA kernel while counting, so its matmuls are counted on every device (the
-    counter knows the CUDA flash/efficient kernels but not the CPU one); the count is the same either way.
-    Gradients are cleared afterwards.
-    """
-    was_training = model.training
-    model.train(train)
-    pixels = torch.randn(batch, in_channels, input_size, input_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with sdpa_kernel(SDPBackend.MATH), counter, torch.set_grad_enabled(train):
-        with autocast(device, dtype):
-            logits = model(pixels).float()
-        if train:
-            nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device)).backward()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return counter.get_total_flops() / batch
 
 
 def peak_tflops_for(device: torch.device, override: float | None) -> tuple[float | None, str | None]:
@@ -345,10 +352,13 @@ def forward_only(model: nn.Module, pixels: torch.Tensor, device: torch.device, d
 def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSplit, recipe: Recipe,
                             device: torch.device, dtype: torch.dtype | None, channels_last: bool,
                             n_classes: int, config: PerfConfig
-                            ) -> tuple[dict[str, Timing], dict[str, Timing], float]:
-    """Training and inference timings of (a) ours and (b) random, interleaved; and the mean training loss."""
+                            ) -> tuple[dict[str, Timing], dict[str, Timing], float, dict | None]:
+    """Training and inference timings of (a) ours and (b) random, interleaved; the mean training loss; and with
+    `config.profile`, the top ops of `config.steps` more training steps of (a) under the profiler."""
     batch, eval_batch = config.batch, config.eval_batch or 2 * config.batch
-    total = config.warmup + config.steps * config.rounds
+    total = config.warmup + config.steps * config.rounds + (config.steps if config.profile else 0)
+    # CUDA graphs (reduce-overhead) reuse their output memory: each step must say it starts a new iteration
+    new_step = torch.compiler.cudagraph_mark_step_begin if config.compile == "reduce-overhead" else (lambda: None)
     # fit's settings (runner.py): precision and accumulation are the recipe's business, not accelerate's
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no", gradient_accumulation_steps=1)
     optimizer = accelerator.prepare(make_optimizer(recipe, model, device))
@@ -366,6 +376,7 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
     random_eval = prepare_pixels(torch.randn(eval_batch, *shape, device=device), channels_last)
 
     def train_on(pixels: torch.Tensor, labels: torch.Tensor) -> int:
+        new_step()
         weighted_losses.append(step(pixels, labels) * len(labels))
         batch_sizes.append(len(labels))
         return len(labels)
@@ -377,16 +388,44 @@ def measure_ours_and_random(built: BuiltModel, model: nn.Module, split: DeviceSp
 
     def ours_infer() -> int:
         index = next(eval_indices)
+        new_step()
         return forward_only(model, prepare_pixels(eval_transform(split.images[index]), channels_last), device, dtype)
 
     model.train()
     train = measure_interleaved({"ours": ours_train, "random": lambda: train_on(random_pixels, random_labels)},
                                 device, config.warmup, config.steps, config.rounds)
     model.eval()
-    infer = measure_interleaved({"ours": ours_infer, "random": lambda: forward_only(model, random_eval, device, dtype)},
+    infer = measure_interleaved({"ours": ours_infer, "random": lambda: (new_step(), forward_only(model, random_eval,
+                                                                                                 device, dtype))[1]},
                                 device, config.warmup, config.steps, config.rounds)
     mean_loss = torch.stack(weighted_losses).sum().item() / sum(batch_sizes)
-    return train, infer, mean_loss
+    profile = None
+    if config.profile:
+        model.train()
+        profile = profile_steps(ours_train, config.steps, device)
+    return train, infer, mean_loss, profile
+
+
+def profile_steps(step: Step, steps: int, device: torch.device) -> dict:
+    """`steps` calls of `step` under torch.profiler: the top PROFILE_ROWS ops by self time on the device (the CPU's
+    on a CPU), as a table (text) and as rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    on_device = device.type == "cuda"
+    key = "self_device_time_total" if on_device else "self_cpu_time_total"
+    averages = profiler.key_averages()
+    events = sorted(averages, key=lambda event: getattr(event, key), reverse=True)[:PROFILE_ROWS]
+    total = sum(getattr(event, key) for event in averages) or math.nan
+    rows = [{"name": event.key, "calls": event.count, "self_us": getattr(event, key),
+             "self_share": getattr(event, key) / total} for event in events]
+    return {"steps": steps, "sorted_by": key, "table": averages.table(sort_by=key, row_limit=PROFILE_ROWS),
+            "top": rows}
 
 
 # ---------------------------------------------------------------------------------------------- (c)
@@ -446,8 +485,9 @@ def trainer_model(built: BuiltModel) -> nn.Module:
 
 @contextlib.contextmanager
 def own_accelerate_state():
-    """accelerate keeps one process-wide state that refuses another precision once set: the Trainer (bf16 on a
-    GPU) gets a fresh one, and whatever runs after it (the next test, a training run) gets a fresh one again."""
+    """accelerate keeps one process-wide state that refuses another precision or device once set: (a)/(b) on
+    their device and the Trainer (bf16 on a GPU) each get a fresh one, and whatever runs after them (the next
+    test, a training run) gets a fresh one again."""
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         yield
@@ -546,9 +586,42 @@ def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, dev
 # ---------------------------------------------------------------------------------------------- modes
 
 
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks a model repeats: the children of each outermost ModuleList / Sequential holding two or more
+    modules of one class (ViT encoder layers, each ResNet stage's blocks)."""
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            kinds = [type(c) for c in child.children()]
+            if isinstance(child, (nn.ModuleList, nn.Sequential)) and len(kinds) >= 2 and len(set(kinds)) == 1:
+                found.extend(child.children())
+            else:
+                visit(child)
+
+    visit(model)
+    return found
+
+
+def compiled(model: nn.Module, mode: str, backend: str = "inductor") -> tuple[nn.Module, int]:
+    """The model as `--compile mode` runs it, and how many regions were compiled (0: none, 1: the whole model)."""
+    if mode == "none":
+        return model, 0
+    options = {"backend": backend, **({"mode": "reduce-overhead"} if mode == "reduce-overhead" else {})}
+    if mode == "regional":
+        blocks = repeated_blocks(model)
+        if not blocks:
+            raise UserError("--compile regional found no repeated blocks in this model; use --compile model")
+        for block in blocks:
+            block.compile(**options)  # in place: parameter names and the state dict stay the model's
+        return model, len(blocks)
+    return torch.compile(model, **options), 1
+
+
 def measure_training(data: DatasetSplits, device: torch.device, config: PerfConfig) -> dict:
     # one "epoch" of 2 × (warm-up + timed) steps per pipeline: the schedule spans the whole measurement
-    recipe = Recipe(epochs=1, batch_size=config.batch, mixed_precision=config.mixed_precision, compile=config.compile)
+    recipe = Recipe(epochs=1, batch_size=config.batch, mixed_precision=config.mixed_precision,
+                    compile=config.compile != "none")
     dtype = autocast_dtype(recipe, device)
     with tempfile.TemporaryDirectory(prefix="perf-") as tmp:
         workdir = Path(tmp)
@@ -560,9 +633,10 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         train_flops = count_flops(model, built.input_size, built.in_channels, device, dtype, train=True)
         infer_flops = count_flops(model, built.input_size, built.in_channels, device, dtype, train=False)
         split = DeviceSplit.from_split(data.train, device)
-        timed_model = torch.compile(model) if config.compile else model
-        train, infer, loss = measure_ours_and_random(built, timed_model, split, recipe, device, dtype,
-                                                     channels_last, data.n_classes, config)
+        timed_model, compiled_regions = compiled(model, config.compile, config.compile_backend)
+        with own_accelerate_state():  # its own device (--device cpu on a CUDA machine), whatever ran before
+            train, infer, loss, profile = measure_ours_and_random(built, timed_model, split, recipe, device, dtype,
+                                                                  channels_last, data.n_classes, config)
         if not math.isfinite(loss):
             raise RuntimeError(f"training loss became {loss} while timing; the step is broken")
         del timed_model
@@ -593,6 +667,9 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         "mixed_precision": str(dtype).removeprefix("torch.") if dtype else "no",
         "channels_last": channels_last,
         "compile": config.compile,
+        "compiled_regions": compiled_regions,
+        "compile_backend": config.compile_backend if config.compile != "none" else None,
+        "optimizer_fused": device.type == "cuda" and recipe.optimizer in ("adam", "adamw"),  # make_optimizer's rule
         "timed_steps": config.steps * config.rounds,
         "warmup_steps": config.warmup,
         "train_loss_while_timing": loss,
@@ -602,6 +679,7 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         "memory_kind": peak_memory(device)[1],
         "pipelines": pipelines,
         "ratios": ratios(pipelines, "ours", {"random": "ours_over_random", "tutorial": "ours_over_tutorial"}),
+        **({"profile": profile} if profile else {}),
     }
 
 
@@ -707,16 +785,21 @@ def result_name(config: PerfConfig, device: torch.device) -> str:
     where = "cpu" if device.type == "cpu" else slug(device_name(device))
     if config.data_only:
         return f"data-{config.dataset}-{config.size}to{config.input_size}-b{config.batch}-{where}.json"
-    return f"train-{slug(Path(config.model).name)}-{config.dataset}-{config.size}-b{config.batch}-{where}.json"
+    compile_mode = "" if config.compile == "none" else f"-compile-{config.compile}"
+    return f"train-{slug(Path(config.model).name)}-{config.dataset}-{config.size}-b{config.batch}{compile_mode}-{where}.json"
 
 
 def write_result(result: dict, output: Path, name: str) -> Path:
+    return write_result_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=True) + "\n", output, name)
+
+
+def write_result_text(text: str, output: Path, name: str) -> Path:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create output folder {output}: {err.strerror}; choose another --output") from None
     path = output / name
-    atomic_write_bytes(path, (json.dumps(result, indent=1, sort_keys=True, allow_nan=True) + "\n").encode())
+    atomic_write_bytes(path, text.encode())
     return path
 
 
@@ -733,8 +816,9 @@ def summary(result: dict) -> str:
         for name, p in result["pipelines"].items():
             lines.append(f"  {name:<20} {_fmt(p['images_per_second']):>10} images/s")
     else:
+        compile_mode = f", compile {result['compile']}" if result.get("compile", "none") != "none" else ""
         lines.append(f"{result['model']['name']} at {result['model']['input_size']} px, batch {result['batch']} "
-                     f"(eval {result['eval_batch']}), {result['mixed_precision']}, "
+                     f"(eval {result['eval_batch']}), {result['mixed_precision']}{compile_mode}, "
                      f"{result['flops_per_image']['train'] / 1e9:.3g} GFLOP/image fwd+bwd")
         lines.append(f"  {'pipeline':<10} {'train img/s':>12} {'s/epoch':>9} {'infer img/s':>12} "
                      f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6}")
@@ -745,4 +829,9 @@ def summary(result: dict) -> str:
                          f"{_fmt(i['images_per_second']):>12} {_fmt(t['peak_memory_mb'], '.0f'):>9} "
                          f"{_fmt(t['achieved_tflops'], '.3g'):>8} {mfu:>6}")
     lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+    if "profile" in result:
+        top = result["profile"]["top"][:3]
+        lines.append(f"profile ({result['profile']['steps']} steps of ours): top ops by {result['profile']['sorted_by']}: "
+                     + ", ".join(f"{row['name']} {100 * row['self_share']:.0f}%" for row in top)
+                     + f"; table in {result['profile']['table_file']}")
     return "\n".join(lines)

@@ -164,6 +164,29 @@ def _seconds(value: float) -> str:
     return f"{value:.0f} s" if value >= 100 else f"{value:.1f} s" if value >= 1 else f"{value:.2f} s"
 
 
+class FlopsPerImage(TypedDict):
+    inference: float | None
+    train: float | None  # forward + backward; None unless the scheme trains the whole model every step
+
+
+class ComputeBlock(TypedDict, total=False):
+    """What a completed run cost (`benchmark.compute`, which documents the FLOP convention); records written before
+    it existed have none."""
+
+    n_params: int
+    trainable_params: int | None
+    flops_per_image: FlopsPerImage
+    train_images: int
+    train_flops: float | None
+    train_images_per_second: float | None
+    devices: int
+    device_seconds: float
+    peak_memory_mb: float
+    peak_memory_kind: str
+    device: str
+    device_name: str
+
+
 class ErrorBlock(TypedDict):
     type: str
     message: str
@@ -197,6 +220,7 @@ class Record(TypedDict, total=False):
     test_predictions: TestPredictions
     samples: Samples
     timing: Timing
+    compute: ComputeBlock
     environment: dict[str, Any]
     error: ErrorBlock | None
     calibration: CalibrationBlock

@@ -40,6 +40,7 @@ from PIL import Image
 from benchmark import checkpoint, distributed
 from benchmark.checkpoint import Interrupted, RunCheckpoints
 from benchmark.claims import Claim, ClaimLost, ClaimSettings, try_claim
+from benchmark.compute import compute_block
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.environment import device_name, git_commit, package_versions
@@ -316,6 +317,8 @@ class GridRunner:
                 "peak_memory_mb": outcome.peak_memory_mb,
                 "peak_memory_kind": outcome.peak_memory_kind,
             },
+            compute=compute_block(built, outcome, spec.scheme.name, self.accelerator.device,
+                                  autocast_dtype(spec.recipe, self.accelerator.device), self.accelerator.num_processes),
             environment=environment(self.accelerator, dtype, self.commit, self.data_placement)
             | ({} if outcome.sync_batchnorm is None else {"sync_batchnorm": outcome.sync_batchnorm}),
             error=None,

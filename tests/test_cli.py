@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import need
 
 import benchmark
 from benchmark import cli
@@ -78,6 +79,7 @@ def test_import_benchmark_does_not_import_torch():
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, module_logs):
     """One tiny run through the API with tensorboard tracking, its messages captured from the logger."""
+    need("tensorboard", extra="track")
     root = tmp_path_factory.mktemp("tracked")
     suite = benchmark.load_suite(str(write_suite(root)), limit=32)
     logging.getLogger("benchmark").setLevel(logging.INFO)  # what a notebook user sets to see the messages

@@ -18,8 +18,9 @@ TRAIN_PHASE_KEYS = {"images", "seconds", "images_per_second", "round_images_per_
 
 
 def parse(*argv: str) -> perf.PerfConfig:
-    """The API's config, built from the verb's options as the CLI does."""
-    return perf_config(build_parser().parse_args(["perf", *argv]))
+    """The API's config, built from the verb's options as the CLI does; on the CPU also on a CUDA machine (these
+    tests pin CPU results: file names, full precision)."""
+    return perf_config(build_parser().parse_args(["perf", "--device", "cpu", *argv]))
 
 
 def positive_finite(value) -> bool:
@@ -45,7 +46,7 @@ def test_train_mode_writes_every_figure(train_result):
     r = train_result
     assert r["mode"] == "train" and r["schema_version"] == perf.SCHEMA_VERSION
     assert r["command"] == ("python -m benchmark perf --model vit_tiny --batch 4 --steps 2 --warmup 1 --rounds 1 "
-                            "--threads 1 --output " + r["settings"]["output"])
+                            "--device cpu --threads 1 --output " + r["settings"]["output"])
     assert r["settings"]["model"] == "vit_tiny" and r["settings"]["batch"] == 4
     assert r["model"]["input_size"] == 32 and r["model"]["n_params"] > 0
     assert r["dataset"] == {**r["dataset"], "name": "breastmnist", "size": 28}
@@ -183,3 +184,51 @@ def test_bf16_with_the_tutorial_then_a_full_precision_accelerator(tmp_path):
     r = json.loads((tmp_path / "train-vit-tiny-breastmnist-28-b4-cpu.json").read_text())
     assert r["mixed_precision"] == "bfloat16" and set(r["pipelines"]) == {"ours", "random", "tutorial"}
     assert Accelerator(cpu=True, mixed_precision="no", gradient_accumulation_steps=1).mixed_precision == "no"
+
+
+def test_regional_compilation_compiles_each_repeated_block_in_place():
+    vit = build_model(resolve_model("vit_tiny"), ["a", "b"], 1).module
+    blocks = perf.repeated_blocks(vit)
+    assert len(blocks) == 2 and {type(b).__name__ for b in blocks} == {"ViTLayer"}  # its two encoder layers
+    resnet = build_model(resolve_model("resnet18_28"), ["a", "b"], 1).module
+    assert [type(b).__name__ for b in perf.repeated_blocks(resnet)] == ["BasicBlock"] * 8  # 4 stages x 2
+    names = list(vit.state_dict())
+    model, regions = perf.compiled(vit, "regional", "eager")
+    assert model is vit and regions == 2 and list(vit.state_dict()) == names  # checkpoints stay loadable
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    with pytest.raises(UserError, match="no repeated blocks"):
+        perf.compiled(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "regional")
+
+
+def test_compiled_regions_and_the_profile_beside_the_json(tmp_path):
+    """Regional compilation (traced, no code generation: fast on CPU) outside the timing, and --profile's table."""
+    args = parse("--model", "vit_tiny", "--compile", "regional", "--compile-backend", "eager", "--profile",
+                 "--skip-tutorial", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "1", "--threads", "1",
+                 "--output", str(tmp_path))
+    result, path = perf.run_perf(args)
+    assert path.name == "train-vit-tiny-breastmnist-28-b4-compile-regional-cpu.json"
+    assert (result["compile"], result["compiled_regions"], result["compile_backend"]) == ("regional", 2, "eager")
+    assert "--compile regional --compile-backend eager --profile" in result["command"]
+    ours = result["pipelines"]["ours"]["train"]
+    assert ours["images"] == 4 * 2 and ours["warmup_seconds"] > 0  # the first (compiling) step is not timed
+    profile = result["profile"]
+    assert profile["steps"] == 2 and profile["sorted_by"] == "self_cpu_time_total" and len(profile["top"]) == 20
+    times = [row["self_us"] for row in profile["top"]]
+    assert times == sorted(times, reverse=True) and 0 < sum(row["self_share"] for row in profile["top"]) <= 1 + 1e-9
+    table = (tmp_path / profile["table_file"]).read_text()
+    assert profile["table_file"] == path.name.replace(".json", ".profile.txt") and "Self CPU" in table
+    assert profile["top"][0]["name"] in table and "profile (2 steps of ours)" in perf.summary(result)
+
+
+def test_profile_and_compile_need_a_model(tmp_path):
+    with pytest.raises(UserError, match="drop them with --data-only"):
+        perf.run_perf(parse("--data-only", "--profile", "--output", str(tmp_path)))
+
+
+def test_perf_gets_its_own_accelerate_state_whatever_ran_before(tmp_path):
+    """A process whose accelerate state says bf16 (a notebook that trained, a Trainer; on a CUDA machine also a
+    state on the GPU before `--device cpu`) must not make (a)'s full-precision Accelerator refuse to start."""
+    Accelerator(cpu=True, mixed_precision="bf16")
+    result, _ = perf.run_perf(parse("--model", "vit_tiny", "--skip-tutorial", "--batch", "4", "--steps", "1",
+                                    "--warmup", "1", "--rounds", "1", "--threads", "1", "--output", str(tmp_path)))
+    assert result["mixed_precision"] == "no" and set(result["pipelines"]) == {"ours", "random"}

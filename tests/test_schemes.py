@@ -13,6 +13,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from checkpoint_spy import keep_checkpoints
+from conftest import need
 from scipy.stats import chisquare
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -98,6 +99,7 @@ def test_knn_is_deterministic_and_equals_sklearn_on_the_same_embeddings(tmp_path
 # --- LoRA ------------------------------------------------------------------------------------------------------
 
 def test_lora_trains_adapters_and_head_only_and_merging_keeps_the_outputs(tmp_path):
+    need("peft", extra="lora")
     options = {"name": "lora", "rank": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
     ctx = context(tmp_path, [{"name": "vit_tiny", "recipe": SHORT, "scheme": options}])
     add_lora(ctx.built, ctx.spec.scheme.options)
@@ -207,6 +209,9 @@ def test_imbalance_options_enter_the_hash_only_when_set(tmp_path):
 
 # --- the embedding cache ---------------------------------------------------------------------------------------
 
+FLOP_COUNT_IMAGES = 2  # the batch `benchmark.compute.count_flops` runs the model on
+
+
 def test_cached_embeddings_spare_the_backbone_and_a_new_preprocessing_misses(tmp_path, monkeypatch):
     # "pretrained" weights saved locally: every seed shares one backbone, so one forward pass serves them all
     ctx = context(tmp_path, [{"name": "vit_tiny", "recipe": SHORT}])
@@ -219,20 +224,23 @@ def test_cached_embeddings_spare_the_backbone_and_a_new_preprocessing_misses(tmp
     output = tmp_path / "results"
     suite = write_suite(tmp_path, models, seeds=(0, 1))
     assert cli.main(["run", "--suite", str(suite), "--output", str(output), "--limit", "40", "--quiet"]) == 0
-    assert sum(calls) == 3 * 40  # train, val and test embedded once, for 2 seeds × 2 schemes
+    # train, val and test embedded once, for 2 seeds × 2 schemes; and each run's compute block counts the model's
+    # FLOPs on one forward of 2 random images (benchmark.compute)
+    embedded = [n for n in calls if n != FLOP_COUNT_IMAGES]
+    assert sum(embedded) == 3 * 40 and len(calls) - len(embedded) == 4
     cache = {r["run_id"].split("-s")[0] + f"-s{r['seed']}": r["scheme_details"]["embedding_cache"]
              for r in records(output).values()}
     assert sorted(cache.values()) == ["hit", "hit", "hit", "miss"]
     assert len(list((output / "cache" / "embeddings").glob("*.pt"))) == 3
 
-    calls.clear()  # a second grid (other seeds): the backbone is not called at all
+    calls.clear()  # a second grid (other seeds): the backbone is not called at all (but to count FLOPs)
     assert cli.main(["run", "--suite", str(suite), "--output", str(output), "--limit", "40", "--quiet",
                      "--seeds", "5"]) == 0
-    assert calls == []
+    assert calls == [FLOP_COUNT_IMAGES] * 2
     calls.clear()  # other preprocessing (pad instead of resize): a miss, never the stale entry
     padded = write_suite(tmp_path, [{**entry, "resize": "pad", "scheme": "linear_probe"}])
     assert cli.main(["run", "--suite", str(padded), "--output", str(output), "--limit", "40", "--quiet"]) == 0
-    assert sum(calls) == 3 * 40
+    assert sum(calls) == 3 * 40 + FLOP_COUNT_IMAGES
     assert len(list((output / "cache" / "embeddings").glob("*.pt"))) == 6
 
 
@@ -268,6 +276,8 @@ def test_k_beyond_the_training_split_fails_that_run_only_and_exits_2(tmp_path, c
 
 @pytest.mark.parametrize("scheme", ["gradual_unfreeze", "lora", "linear_probe"])
 def test_an_interrupted_scheme_run_resumes_to_the_same_record(tmp_path, monkeypatch, scheme):
+    if scheme == "lora":
+        need("peft", extra="lora")
     suite = write_suite(tmp_path, [{"name": "vit_tiny", "recipe": {**SHORT, "epochs": 3}, "scheme": scheme}])
     saved = keep_checkpoints(monkeypatch)
     args = ["run", "--suite", str(suite), "--limit", "48", "--quiet"]
@@ -316,6 +326,7 @@ def test_the_medmnist_plus_grid_is_complete():
 
 
 def test_the_schemes_suite_runs_end_to_end_with_one_leaderboard_row_per_model_and_scheme(tmp_path):
+    need("peft", extra="lora")
     output = tmp_path / "results"
     assert cli.main(["run", "--suite", "schemes", "--datasets", "breastmnist", "--output", str(output),
                      "--limit", "64", "--epochs", "1", "--quiet"]) == 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import need
 from PIL import Image
 
 from benchmark.cli import main
@@ -102,6 +103,7 @@ models:
 @pytest.fixture(scope="module")
 def scheme_results(tmp_path_factory):
     """Tiny real runs of the schemes whose best.pt is not the whole model (seed 1: not the default RNG state)."""
+    need("peft", extra="lora")
     root = tmp_path_factory.mktemp("use-schemes")
     (root / "use-schemes.yaml").write_text(SCHEMES_SUITE)
     assert main(["run", "--suite", str(root / "use-schemes.yaml"), "--limit", "32", "--output",
@@ -121,6 +123,7 @@ def test_linear_probe_and_lora_runs_predict_their_records_test_probabilities(sch
 
 
 def test_a_linear_probe_run_exports_to_onnx(scheme_results, tmp_path):
+    need("onnx", "onnxruntime", extra="export")
     from benchmark.use.export import export_model
 
     loaded = load_run("breastmnist-28-vit_tiny-linear_probe", scheme_results)
@@ -174,6 +177,8 @@ def _ort_probs(path, pixels):
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch(results, tmp_path, model, fmt):
+    if fmt == "onnx":
+        need("onnx", "onnxruntime", extra="export")
     from benchmark.use.export import export_model
 
     loaded = load_run(f"breastmnist-28-{model}", results[0])
@@ -217,6 +222,7 @@ def test_card_summary_is_the_leaderboard_cell_of_the_runs_seeds():
 
 
 def test_an_export_that_differs_from_pytorch_fails_loudly(results, tmp_path, monkeypatch):
+    need("onnx", "onnxruntime", extra="export")
     from benchmark.use import export
 
     loaded = load_run("breastmnist-28-resnet18_28", results[0])
@@ -236,6 +242,7 @@ def test_an_export_that_differs_from_pytorch_fails_loudly(results, tmp_path, mon
 
 @pytest.mark.parametrize("fmt", ["onnx"])
 def test_int8_export_loads_predicts_and_records_its_measured_change(results, tmp_path, fmt):
+    need("onnx", "onnxruntime", extra="export")
     from benchmark.use.export import export_model
 
     loaded = load_run("breastmnist-28-vit_tiny", results[0])
@@ -261,6 +268,7 @@ def test_int8_export_loads_predicts_and_records_its_measured_change(results, tmp
 
 
 def test_grad_cam_has_the_images_size_and_depends_on_the_class(results, tmp_path):
+    need("pytorch_grad_cam", extra="explain")
     from benchmark.use.explain import explain, saliency
 
     results_dir, pngs = results
@@ -304,6 +312,8 @@ def test_a_verb_without_its_extra_names_the_pip_install(results, monkeypatch, ca
 def served(results):
     """The API on a free loopback port, served by uvicorn in a thread: its URL and the app. Upload limit 0.05 MB;
     batches of up to 8 images gathered for up to 100 ms, so that concurrent requests share forward passes."""
+    need("fastapi", "uvicorn", extra="serve")
+    need("httpx", extra="test")
     import uvicorn
 
     from benchmark.use.serve import create_app

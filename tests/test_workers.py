@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import need
 
 from benchmark import cli
 from benchmark.claims import ClaimSettings, claim_events, parse_shard, select_shard, try_claim
 from benchmark.config import load_suite
 from benchmark.errors import UserError
+from benchmark.launch import workers as workers_module
 
 PROJECT = Path(__file__).resolve().parents[1]
 GRID = ["--suite", "smoke", "--limit", "32", "--epochs", "1"]
@@ -74,7 +76,41 @@ def test_three_concurrent_workers_train_each_run_once_with_the_serial_numbers(se
 
 
 @pytest.mark.slow
+def test_run_with_two_workers_trains_each_run_once_with_the_serial_numbers(serial, tmp_path):
+    """`run --workers 2`: one command, two processes on this machine, the serial run's records."""
+    result = subprocess.run([sys.executable, "-m", "benchmark", "run", *SMOKE, "--workers", "2", "--output",
+                             str(tmp_path)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert outcomes(tmp_path) == serial
+    assert_each_trained_once(tmp_path, serial)
+    workers = {e["worker"] for e in claim_events(tmp_path, "smoke") if e["event"] == "claim"}
+    assert len(workers) == 2  # both workers trained runs
+    printed = result.stdout
+    assert printed.count("smoke: ") == 2 and sum(int(part.split(" completed")[0]) for part in
+                                                  printed.split("smoke: ")[1:]) == 6
+
+
+def test_workers_get_their_threads_and_gpus(monkeypatch):
+    monkeypatch.setattr(workers_module, "usable_cores", lambda: 8)
+    envs = workers_module.worker_environments(3, ["0", "1"], base={"PATH": "/bin"})
+    assert [e[workers_module.WORKER_ENV] for e in envs] == ["0/3", "1/3", "2/3"]
+    assert [e["OMP_NUM_THREADS"] for e in envs] == ["2"] * 3  # 8 cores // 3
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"] and all(e["PATH"] == "/bin" for e in envs)
+    envs = workers_module.worker_environments(16, [], base={"OMP_NUM_THREADS": "1"})
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"1"} and "CUDA_VISIBLE_DEVICES" not in envs[0]
+    assert workers_module.parse_gpus("0, 2") == ["0", "2"]
+    with pytest.raises(UserError, match="--gpus 'a,b' is not"):
+        workers_module.parse_gpus("a,b")
+
+
+def test_gpus_without_workers_is_a_user_error(capsys):
+    assert cli.main(["run", *SMOKE, "--gpus", "0"]) == 2
+    assert "add --workers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_submit_local_executor_two_tasks_then_resubmit_submits_nothing(serial, tmp_path, capsys, monkeypatch):
+    need("submitit", extra="slurm")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # submitit's local tasks inherit it: the serial run's thread count
     assert cli.main(["submit", *GRID, "--output", str(tmp_path), "--executor", "local", "--tasks", "2",
                      "--wait"]) == 0

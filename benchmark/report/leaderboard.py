@@ -16,7 +16,7 @@ import pandas as pd
 
 from benchmark.metrics import DETECTION_ALPHA, DETECTION_POWER, ECE_BINS, MIN_SEEDS_TO_TEST
 from benchmark.records import NONFINITE, Record, atomic_write_bytes, training_class_counts
-from benchmark.report import aggregate, ranking, render
+from benchmark.report import aggregate, compute, ranking, render
 from benchmark.report.load import SuiteData, by_suite, load_published, load_suites
 
 HOW_TO_READ = f"""## How to read these tables
@@ -185,6 +185,11 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
                 details.append(render.markdown(table))
                 tex.append(render.latex(table))
         csv_rows += render.per_class_csv_rows(per_class, suite)
+        cost = compute.compute_table(data.records, suite)
+        if cost is not None:  # only suites with records that hold a compute block
+            details += ["### Compute", "", compute.INTRO, "", render.markdown(cost)]
+            tex.append(render.latex(cost))
+            csv_rows += compute.compute_csv_rows(data.records, suite)
     across = [render.ranking_table(r) for r in ranking.all_rankings(suites)]
     tex += [render.latex(t) for t in across]
     md += details + _across_datasets_md(across) + [HOW_TO_READ, _references_md(published)]

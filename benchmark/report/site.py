@@ -32,7 +32,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from benchmark.errors import UserError
 from benchmark.metrics import CALIBRATION_METRICS, PROBABILITY_FREE_SCHEMES
 from benchmark.records import FRAME_COLUMNS, Record, atomic_write_bytes, timing_line, training_class_counts
-from benchmark.report import aggregate, ranking, render
+from benchmark.report import aggregate, compute, ranking, render
 from benchmark.report.load import SuiteData, load_published, load_suites
 
 SITE_FILES = Path(__file__).with_name("site_files")
@@ -263,7 +263,8 @@ class SiteBuilder:
         }
         seeds = aggregate.expected_seeds(data.frame, data.plan)
         extra = [render.incomplete_table(aggregate.incomplete_groups(data.frame, data.plan), suite, seeds, data.plan),
-                 render.failed_table(aggregate.failed_runs(data.frame), suite), render.seeds_table(trusted, suite)]
+                 render.failed_table(aggregate.failed_runs(data.frame), suite), render.seeds_table(trusted, suite),
+                 compute.compute_table(data.records, suite)]
         failed_links = {str(r): link(page, run_page(suite, str(r)))
                         for r in data.frame.loc[data.frame["status"] == "failed", "run_id"]}
         extra_tables = []

@@ -15,10 +15,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmark.errors import UserError
-from benchmark.records import atomic_write_bytes
+from benchmark.records import atomic_write_bytes, test_set
 from benchmark.report.aggregate import HEADLINE_METRICS
 from benchmark.report.figures.calibration import plot_reliability, plot_reliability_suite
 from benchmark.report.figures.comparison import plot_avg_rank, plot_heatmap, plot_per_class_recall, plot_resolution
+from benchmark.report.figures.efficiency import plot_efficiency
 from benchmark.report.figures.ranking import plot_published_critical_difference, plot_suite_critical_difference
 from benchmark.report.figures.runs import plot_confidence, plot_confusion, plot_curves, plot_roc
 from benchmark.report.figures.samples import plot_predictions, plot_samples, sample_sets, sample_size
@@ -68,6 +69,9 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
     for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
         jobs.append(FigureJob(f"per_class_recall_{safe_stem(ds)}", f"per-class recall {ds}", "per_class_recall",
                               partial(plot_per_class_recall, recs, ds, suite_name, plan)))
+    for ds in sorted({test_set(r) for r in recs if r["status"] == "completed" and r.get("compute")}):
+        jobs.append(FigureJob(f"efficiency_{safe_stem(ds)}", f"ACC vs compute {ds}", "efficiency",
+                              partial(plot_efficiency, recs, ds, suite_name)))
     jobs.append(FigureJob("resolution_acc", "ACC vs resolution", "resolution_acc",
                           partial(plot_resolution, recs, suite_name, "acc", plan)))
     jobs.append(FigureJob("avg_rank", "average rank", "avg_rank", partial(plot_avg_rank, recs, suite_name, plan)))

@@ -1,0 +1,85 @@
+"""`benchmark run --workers N`: N worker processes on this machine share one grid (small runs packed on a device).
+
+Each worker is the same `benchmark run` command in a process of its own, marked by $BENCHMARK_WORKER so that it
+trains instead of starting workers again; the claims (`benchmark.claims`) give every run to exactly one of them,
+so the records are those of one worker (same config hashes; on CPU the same numbers at the same thread count).
+
+- Threads: each worker gets $OMP_NUM_THREADS when it is set, else the usable cores divided by N (at least one):
+  N workers then use the cores one worker would. CPU numbers depend on the thread count (float sums), so compare
+  with a serial run under the same $OMP_NUM_THREADS.
+- GPUs: `--gpus 0,1` puts worker i on GPU `gpus[i % len(gpus)]` (CUDA_VISIBLE_DEVICES); without it every worker
+  uses the GPU(s) the command sees, i.e. N workers share one device, which is the point for runs too small to fill it.
+
+The command's exit status is the first non-zero status of a worker (0 when every worker succeeded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from benchmark.errors import UserError
+
+WORKER_ENV = "BENCHMARK_WORKER"  # set in each worker: "i/N"
+
+logger = logging.getLogger(__name__)
+
+
+def is_worker() -> bool:
+    """This process is one of `run --workers`' workers (it trains; it does not start workers)."""
+    return bool(os.environ.get(WORKER_ENV))
+
+
+def parse_gpus(text: str | None) -> list[str]:
+    if not text:
+        return []
+    gpus = [item.strip() for item in text.split(",") if item.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus):
+        raise UserError(f"--gpus {text!r} is not a comma-separated list of GPU indices such as 0,1")
+    return gpus
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_environments(workers: int, gpus: list[str], base: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The environment of each worker: its index, its thread count and, with `gpus`, its GPU."""
+    base = dict(os.environ if base is None else base)
+    threads = base.get("OMP_NUM_THREADS") or str(max(1, usable_cores() // workers))
+    environments = []
+    for index in range(workers):
+        env = {**base, WORKER_ENV: f"{index}/{workers}", "OMP_NUM_THREADS": threads}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        environments.append(env)
+    return environments
+
+
+def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
+    """Start `workers` processes of `python -m benchmark <argv>` (the same `run` command) and wait for all of them."""
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1 (got {workers})")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--workers starts its own processes; do not combine it with accelerate launch / torchrun")
+    command = [sys.executable, "-m", "benchmark", *argv]
+    environments = worker_environments(workers, gpus)
+    logger.info(f"starting {workers} workers ({environments[0]['OMP_NUM_THREADS']} threads each"
+                + (f", GPUs {','.join(gpus)}" if gpus else "") + ")")
+    processes = [subprocess.Popen(command, env=env) for env in environments]
+    try:
+        codes = [process.wait() for process in processes]
+    except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too; give them time to stop cleanly
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            process.wait()
+        raise
+    failed = [(index, code) for index, code in enumerate(codes) if code]
+    if failed:
+        logger.warning("workers that failed: " + ", ".join(f"{index} (exit status {code})" for index, code in failed))
+    return failed[0][1] if failed else 0

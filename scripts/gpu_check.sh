@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The GPU check of issue 19 ("GPU first") as one script: run it from the repository root on a CUDA machine.
+#
+#   scripts/gpu_check.sh              on the GPU machine: everything below, about 9 minutes in all
+#   scripts/gpu_check.sh --cpu-dry    here, on a CPU: every step with tiny settings (the script must not break on
+#                                     first use); nothing it measures means anything
+#   scripts/gpu_check.sh --prepare    here, before: the wheels the GPU machine lacks into .whl/ (pip wheel,
+#                                     no dependencies) and the MedMNIST files into .gpudata/ (both git-ignored)
+#
+# Steps, each under its own time limit, and never past the whole budget ($GPU_CHECK_BUDGET seconds, 570):
+#   env          nvidia-smi, torch / CUDA / transformers / accelerate versions
+#   tests        python -m pytest -q -m "not slow" twice at once, half the cores each: in the plain order
+#                (tests-plain.log, tests.xml) and shuffled (--random-order, seed 19: tests-shuffled.log / .xml)
+#   perf-vit     perf --model vit_b16 (random weights, 224 px, batch 256, bf16) with --profile
+#   perf-vit-rc  the same with --compile regional
+#   perf-resnet  perf --model resnet18_28 --dataset retinamnist --batch 128
+#   workers      scripts/workers_throughput.py: runs/hour at --workers 1,2,4,8 on a medmnist-v2 Breast+Retina grid
+#   perf-resnet-ro  (if time is left) resnet18_28 with --compile reduce-overhead (CUDA graphs)
+# The perf and workers steps run alone (after the tests), so nothing else competes for the GPU while they time.
+# Everything goes to $OUT (default ./gpu-check-out): one log per step, perf JSON + profile tables, the workers
+# JSON, junit XML, and summary.txt (each step's exit status and seconds). The machine lacks medmnist, fire,
+# termcolor, datasets, dill, multiprocess (and pytest-random-order): they come from .whl/ (installed with
+# --no-deps into /tmp/site); the .npz files from .gpudata/.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODE=gpu
+case "${1:-}" in
+  --cpu-dry) MODE=cpu ;;
+  --prepare) MODE=prepare ;;
+  "") ;;
+  *) echo "usage: scripts/gpu_check.sh [--cpu-dry | --prepare]" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+WHEELS=(medmnist fire termcolor datasets dill multiprocess pytest-random-order)
+
+if [ "$MODE" = prepare ]; then
+  DATA=${MEDMNIST_DATA:-../shared/data/medmnist}
+  mkdir -p .whl .gpudata
+  "$PY" -m pip wheel -q --no-deps -w .whl "${WHEELS[@]}" || exit 1   # builds a wheel where PyPI has only an sdist
+  for version in 3.10 3.11 3.12 3.13; do  # multiprocess ships one wheel per Python version: the GPU machine's may differ
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$version" -d .whl multiprocess || exit 1
+  done
+  cp "$DATA/breastmnist.npz" "$DATA/retinamnist.npz" .gpudata/ || exit 1
+  ls -la .whl .gpudata
+  exit 0
+fi
+
+OUT=${OUT:-$ROOT/gpu-check-out}
+mkdir -p "$OUT"
+BUDGET=${GPU_CHECK_BUDGET:-570}
+START=$(date +%s)
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error MPLBACKEND=Agg PYTHONUNBUFFERED=1
+export PYTHONPATH="$ROOT"
+# One at a time, in name order with --upgrade: a newer Python's wheel fails, an older compatible one is replaced by
+# the next (multiprocess-...-py310, py311, ...), so the newest one this Python takes stays.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  for wheel in .whl/*.whl; do
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheel" >> "$OUT/wheels.log" 2>&1 \
+      || echo "not installed: $wheel" >> "$OUT/wheels.log"
+  done
+  export PYTHONPATH="$ROOT:/tmp/site"
+fi
+
+if [ "$MODE" = gpu ]; then
+  DATA_ROOT=.gpudata
+  TEST_ARGS=(-m "not slow")
+  PERF_VIT=(--model vit_b16 --dataset breastmnist --size 28 --batch 256 --steps 10 --warmup 3 --rounds 2)
+  PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 128 --steps 30 --warmup 5 --rounds 3)
+  COMPILE_BACKEND=inductor
+  WORKERS=(--workers 1,2,4,8 --datasets breastmnist,retinamnist --models resnet18_28 --seeds 0,1,2,3 --epochs 2)
+  LIMITS=(tests:270 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:120 perf-resnet-ro:60)
+else  # tiny settings on the CPU: each step's plumbing, not its numbers
+  DATA_ROOT=bundled
+  TEST_ARGS=(tests/test_isolation.py)
+  PERF_VIT=(--model vit_tiny --dataset breastmnist --size 28 --batch 4 --steps 2 --warmup 1 --rounds 1 --device cpu --threads 1)
+  PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 8 --steps 2 --warmup 1 --rounds 1 --device cpu --threads 1)
+  COMPILE_BACKEND=eager
+  WORKERS=(--workers 1,2 --suite smoke --datasets breastmnist --models resnet18_28 --seeds 0,1 --epochs 1 --limit 32)
+  LIMITS=(tests:300 perf-vit:300 perf-vit-rc:600 perf-resnet:300 workers:600 perf-resnet-ro:600)
+  BUDGET=${GPU_CHECK_BUDGET:-3600}
+fi
+
+limit_of() { for item in "${LIMITS[@]}"; do [ "${item%%:*}" = "$1" ] && echo "${item#*:}"; done; }
+
+# step NAME COMMAND...: runs COMMAND under min(its limit, what is left of the budget), logs to $OUT/NAME.log
+step() {
+  local name=$1; shift
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  local limit; limit=$(limit_of "$name")
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 20 ]; then
+    echo "$name: skipped (budget spent)" | tee -a "$OUT/summary.txt"
+    return
+  fi
+  echo "== $name (limit ${limit} s): $*"
+  local began; began=$(date +%s)
+  if declare -F "$1" > /dev/null; then  # a function of this script: it applies the limit itself
+    STEP_LIMIT=$limit "$@" > "$OUT/$name.log" 2>&1
+  else
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  fi
+  local status=$?
+  local note=""; [ "$status" = 124 ] && note=" (timed out)"
+  echo "$name: exit $status$note in $(( $(date +%s) - began )) s" | tee -a "$OUT/summary.txt"
+  tail -n 4 "$OUT/$name.log"
+}
+
+: > "$OUT/summary.txt"
+{
+  echo "mode: $MODE, $(date -u +%FT%TZ), commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi 2>/dev/null || echo "no nvidia-smi"
+  "$PY" -c "import torch, transformers, accelerate, platform; print(platform.python_version(), 'torch', torch.__version__, \
+'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0), 'transformers', \
+transformers.__version__, 'accelerate', accelerate.__version__, 'cpus', len(__import__('os').sched_getaffinity(0)))"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# The quick pass in the plain and in a shuffled order, at once, half the cores each; exit 1 if either failed.
+tests_both_orders() {
+  local half=$(( $("$PY" -c "import os; print(len(os.sched_getaffinity(0)))") / 2 ))
+  [ "$half" -lt 1 ] && half=1
+  local pytest=(timeout --kill-after=10 "$STEP_LIMIT" env OMP_NUM_THREADS="$half" "$PY" -m pytest -q -p no:randomly
+                -p no:cacheprovider -rfE)
+  "${pytest[@]}" --junitxml="$OUT/tests.xml" "${TEST_ARGS[@]}" > "$OUT/tests-plain.log" 2>&1 &
+  local plain=$!
+  local shuffled=""
+  if "$PY" -c "import random_order" 2> /dev/null; then
+    "${pytest[@]}" --random-order --random-order-seed=19 --junitxml="$OUT/tests-shuffled.xml" "${TEST_ARGS[@]}" \
+      > "$OUT/tests-shuffled.log" 2>&1 &
+    shuffled=$!
+  else
+    echo "shuffled order: not run (pytest-random-order is not installed)"
+  fi
+  wait "$plain"; local plain_status=$?
+  local shuffled_status=0
+  [ -n "$shuffled" ] && { wait "$shuffled"; shuffled_status=$?; }
+  echo "plain order: exit $plain_status ($(tail -n 1 "$OUT/tests-plain.log"))"
+  [ -n "$shuffled" ] && echo "shuffled order: exit $shuffled_status ($(tail -n 1 "$OUT/tests-shuffled.log"))"
+  [ "$plain_status" = 0 ] && [ "$shuffled_status" = 0 ]
+}
+
+PERF=("$PY" -m benchmark perf --data-root "$DATA_ROOT" --skip-tutorial --output "$OUT/perf")
+step tests tests_both_orders
+step perf-vit "${PERF[@]}" "${PERF_VIT[@]}" --profile
+step perf-vit-rc "${PERF[@]}" "${PERF_VIT[@]}" --compile regional --compile-backend "$COMPILE_BACKEND"
+step perf-resnet "${PERF[@]}" "${PERF_RESNET[@]}"
+step workers "$PY" scripts/workers_throughput.py --data-root "$DATA_ROOT" --output "$OUT" "${WORKERS[@]}"
+step perf-resnet-ro "${PERF[@]}" "${PERF_RESNET[@]}" --compile reduce-overhead --compile-backend "$COMPILE_BACKEND"
+
+echo "total $(( $(date +%s) - START )) s" | tee -a "$OUT/summary.txt"
+ls "$OUT" "$OUT/perf" 2> /dev/null
