@@ -132,8 +132,10 @@ def test_two_processes_train_a_batchnorm_model_as_one_process_does(tmp_path):
     assert record["config_hash"] == single["config_hash"]
     probs, reference = np.array(record["test_predictions"]["probs"]), np.array(single["test_predictions"]["probs"])
     np.testing.assert_allclose(probs, reference, atol=BATCHNORM_TOLERANCE, rtol=0)
-    for key in ("acc", "auc", "loss"):
-        assert record["test"][key] == pytest.approx(single["test"][key], abs=BATCHNORM_TOLERANCE)
+    # The loss is smooth in the probabilities; AUC and ACC are not: two near-tied test images swapped by a 1e-4
+    # difference move AUC by one pair in n_pos x n_neg (0.0043 here, seen once on a loaded machine), so they are
+    # compared through the probabilities above, not to BATCHNORM_TOLERANCE.
+    assert record["test"]["loss"] == pytest.approx(single["test"]["loss"], abs=BATCHNORM_TOLERANCE)
     assert record["history"][0]["train_loss"] == pytest.approx(single["history"][0]["train_loss"], abs=TOLERANCE)
     for two_epoch, one_epoch in zip(record["history"], single["history"], strict=True):
         assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], abs=BATCHNORM_TOLERANCE)
