@@ -82,12 +82,14 @@ def test_installed_wheel_runs_the_smoke_suite_outside_the_checkout(wheel, tmp_pa
     # The dependencies: this interpreter's site-packages, after the fresh one (the wheel's benchmark wins).
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (purelib / "zz_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(deps)))
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], tmp_path, timeout=300)
+    # Without PYTHONPATH: a checkout on it (its egg-info) would make pip skip the wheel as "already installed".
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], tmp_path, env,
+        timeout=300)
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     where = run([python, "-c", "import benchmark; print(benchmark.__file__)"], work, env).stdout.strip()
     assert Path(where).is_relative_to(env_dir), where  # the installed copy, not the checkout
     run([python, "-m", "benchmark", "run", "--suite", "smoke", "--limit", "40", "--epochs", "1",
