@@ -172,6 +172,7 @@ class Record(TypedDict, total=False):
     environment: dict[str, Any]
     error: ErrorBlock | None
     calibration: CalibrationBlock
+    robustness: dict[str, Any]  # added after the run by `benchmark robustness` (benchmark.use.robustness)
 
 
 RECORD_KEYS = frozenset(Record.__annotations__)
@@ -227,6 +228,18 @@ def remove_temp_files(path: Path) -> None:
 
 def write_record(path: Path, record: Record) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=True).encode())
+
+
+def add_block(path: Path, key: str, block: Any) -> None:
+    """Set one top-level block of the record at `path` (e.g. `robustness`, computed after the run) and rewrite it
+    atomically; every other key keeps its value, the run id and hash included. Raises ValueError for a key
+    outside the schema or one that identifies the run."""
+    if key not in RECORD_KEYS or key in REQUIRED_KEYS:
+        raise ValueError(f"{key!r} is not a block that may be added to a finished record")
+    record = read_record(path)
+    if record is None:
+        raise UserError(f"{path} is not a readable run record; nothing was written")
+    write_record(path, {**record, key: block})
 
 
 def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks: Any) -> Record:
