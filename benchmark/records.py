@@ -54,6 +54,7 @@ class DatasetBlock(TypedDict, total=False):
     synthetic: bool
     split: SplitBlock  # only where the loader cut the splits itself (image folders)
     class_counts: dict[str, list[int]]  # images per class in train / val / test (the baselines' training labels)
+    train_subset: dict[str, Any]  # label-efficiency runs: kind, value, seed, n_train, n_train_full, sha256 of the ids
 
 
 class SplitBlock(TypedDict, total=False):
@@ -250,6 +251,7 @@ def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks
     if unknown:
         raise ValueError(f"not record keys: {sorted(unknown)}")
     from benchmark.data.registry import portable_path  # the builder runs beside torch; readers stay light
+    from benchmark.data.subsets import subset_label
     from benchmark.schemes.spec import record_scheme
 
     config = spec.to_dict()
@@ -265,7 +267,8 @@ def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks
         "seed": spec.seed,
         "dataset": {"name": spec.dataset, "size": spec.size},
         "model": spec.to_dict()["model"],
-        "scheme": record_scheme(spec.scheme, spec.model.pretrained),
+        "scheme": record_scheme(spec.scheme, spec.model.pretrained) + subset_label(spec.train_fraction,
+                                                                                   spec.shots_per_class),
         "selection_metric": spec.recipe.selection_metric,
         "created_at": now_iso(),
         **blocks,

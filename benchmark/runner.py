@@ -39,6 +39,8 @@ from benchmark import distributed
 from benchmark.claims import Claim, ClaimSettings, try_claim
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
+from benchmark.data.subsets import labelled_subset, subset_tag
+from benchmark.use.robustness import after_run as robustness_after_run
 from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
@@ -156,11 +158,14 @@ class GridRunner:
         return self.output / "checkpoints" / spec.suite / spec.run_id
 
     def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit | HostSplit]]:
-        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit, spec.split)
+        subset = (spec.train_fraction, spec.shots_per_class, spec.seed) if subset_tag(spec.train_fraction,
+                                                                                       spec.shots_per_class) else None
+        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit, spec.split, subset)
         if key != self._data_key:
             self._data_key, self._data = None, None  # free the previous dataset first
             data = load_dataset(spec.dataset, size=spec.size, data_root=spec.data_root, download=spec.download,
                                 limit=spec.limit or None, split=spec.split)
+            data = labelled_subset(data, spec.seed, spec.train_fraction, spec.shots_per_class)
             splits, self.data_placement = place_splits(data, self.accelerator.device)
             self._data_key, self._data = key, (data, splits)
         return self._data
@@ -203,6 +208,8 @@ class GridRunner:
                 continue
             if error is None:
                 summary.completed.append(spec.run_id)
+                if suite.robustness and main:  # MedMNIST-C on the run's best weights, into its record
+                    robustness_after_run(record_path(self.output, spec.suite, spec.run_id), self.output, spec.data_root)
                 continue
             summary.failed.append((spec.run_id, error[1]))
             if error[0]:
@@ -247,7 +254,7 @@ class GridRunner:
         self.remove_leftovers(spec, path)
         try:
             data, device_splits = self.data_for(spec)
-            if spec.recipe.batch_size > len(data.train.labels):
+            if spec.recipe.batch_size > len(data.train.labels) and not data.train_subset:  # a subset: one batch
                 raise UserError(
                     f"batch_size {spec.recipe.batch_size} is larger than the {len(data.train.labels)}-image train split "
                     f"of {spec.dataset}; lower batch_size in the suite's recipe"
