@@ -251,7 +251,7 @@ def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks
     if unknown:
         raise ValueError(f"not record keys: {sorted(unknown)}")
     from benchmark.data.registry import portable_path  # the builder runs beside torch; readers stay light
-    from benchmark.data.subsets import subset_label
+    from benchmark.suites import subset_label
     from benchmark.schemes.spec import record_scheme
 
     config = spec.to_dict()

@@ -56,6 +56,14 @@ def test_set_name(dataset: str, split: str | None) -> str:
     return dataset + RANDOM_SPLIT_SUFFIX if split == "random" else dataset
 
 
+def subset_label(train_fraction: float = 1.0, shots_per_class: int = 0) -> str:
+    """What a subset adds to the record's `scheme` (so tables keep its runs in rows of their own): '' for the
+    full split, ' (5% labels)' or ' (10 per class)'."""
+    if shots_per_class:
+        return f" ({shots_per_class} per class)"
+    return "" if train_fraction == 1.0 else f" ({train_fraction * 100:g}% labels)"
+
+
 def default_size(dataset: str) -> int:
     return DEFAULT_SIZES.get(dataset, DEFAULT_SIZE)
 

@@ -25,14 +25,6 @@ def subset_tag(train_fraction: float = 1.0, shots_per_class: int = 0) -> str:
     return "" if train_fraction == 1.0 else f"f{train_fraction:g}"
 
 
-def subset_label(train_fraction: float = 1.0, shots_per_class: int = 0) -> str:
-    """What a subset adds to the record's `scheme` (so tables keep its runs in rows of their own): '' for the
-    full split, ' (5% labels)' or ' (10 per class)'."""
-    if shots_per_class:
-        return f" ({shots_per_class} per class)"
-    return "" if train_fraction == 1.0 else f" ({train_fraction * 100:g}% labels)"
-
-
 def check_subset(train_fraction: float, shots_per_class: int, where: str) -> None:
     if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) or not 0 < train_fraction <= 1:
         raise UserError(f"{where}: train_fraction must be in (0, 1] (got {train_fraction!r}); fix it in the suite file")

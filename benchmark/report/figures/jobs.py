@@ -19,6 +19,9 @@ from benchmark.records import atomic_write_bytes
 from benchmark.report.aggregate import HEADLINE_METRICS
 from benchmark.report.figures.calibration import plot_reliability, plot_reliability_suite
 from benchmark.report.figures.comparison import plot_avg_rank, plot_heatmap, plot_per_class_recall, plot_resolution
+from benchmark.report.figures.learning import METRIC_LABELS as LEARNING_METRICS
+from benchmark.report.figures.learning import plot_learning_curves
+from benchmark.report.figures.robustness import plot_robustness_heatmap, plot_severity_curves, robustness_test_sets
 from benchmark.report.figures.runs import plot_confidence, plot_confusion, plot_curves, plot_roc
 from benchmark.report.figures.samples import plot_predictions, plot_samples, sample_sets, sample_size
 from benchmark.report.figures.style import FORMATS, RC, safe_stem, save_figure
@@ -70,6 +73,13 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
                           partial(plot_resolution, recs, suite_name, "acc", plan)))
     jobs.append(FigureJob("avg_rank", "average rank", "avg_rank", partial(plot_avg_rank, recs, suite_name, plan)))
     jobs.append(FigureJob("reliability", "reliability", "reliability", partial(plot_reliability_suite, recs, suite_name)))
+    for ts in robustness_test_sets(recs):
+        jobs.append(FigureJob(safe_stem(f"robustness_severity_{ts}"), f"severity curves {ts}", "robustness_severity",
+                              partial(plot_severity_curves, recs, ts, suite_name)))
+        jobs.append(FigureJob(safe_stem(f"robustness_heatmap_{ts}"), f"robustness heatmap {ts}", "robustness_heatmap",
+                              partial(plot_robustness_heatmap, recs, ts, suite_name)))
+    jobs += [FigureJob(f"learning_curve_{m}", f"learning curve {m}", f"learning_curve_{m}",
+                       partial(plot_learning_curves, recs, suite_name, m)) for m in LEARNING_METRICS]
     for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
         jobs.append(FigureJob(safe_stem(f"samples_{ds}-{size}"), f"samples {ds} {size}px", "samples",
                               partial(plot_samples, ds, sample_size(recs, ds, size), names, imgs, suite_name)))
