@@ -173,3 +173,25 @@ def learning_table(records: Sequence[Record], suite: str) -> Table | None:
                  "llrllrrrrr", rows,
                  caption=f"Suite {suite}: test metrics by labelled training images (stratified, nested subsets); "
                          f"seed mean [95 % t-interval].", label=f"tab:label-efficiency-{suite}")
+
+
+ROBUSTNESS_NOTE = ("Each run's best weights on the MedMNIST-C corruptions of its test split (5 severities each; "
+                   "`benchmark robustness`). BE = balanced error, 1 − balanced accuracy; *Corrupted BE*: mean over "
+                   "the corruptions and severities; *mCE* = mean over corruptions of the run's mean BE divided by "
+                   "MedMNIST-C's AlexNet BE, *relative mCE* the same for the increase over the clean BE (1 = "
+                   "AlexNet's degradation). Cells: seed mean [95 % t-interval over seeds].")
+LEARNING_NOTE = ("Runs trained on stratified, seeded, nested subsets of the training split (`train_fractions` / "
+                 "`shots_per_class`), validated and tested on the full splits. Cells: seed mean [95 % t-interval "
+                 "over seeds]; *Train images* = labelled images of the subset.")
+
+
+def leaderboard_sections(records: Sequence[Record], suite: str) -> list[tuple[str, str, Table]]:
+    """(title, note, table) of the sections this suite's records call for (none for most suites)."""
+    sections = []
+    table = robustness_table(records, suite)
+    if table is not None:
+        sections.append(("Corruption robustness (MedMNIST-C)", ROBUSTNESS_NOTE, table))
+    table = learning_table(records, suite)
+    if table is not None:
+        sections.append(("Label efficiency", LEARNING_NOTE, table))
+    return sections

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.records import Record, atomic_write_bytes, training_class_counts
-from benchmark.report import aggregate, render
+from benchmark.report import aggregate, beyond_clean, render
 from benchmark.report.load import SuiteData, by_suite, load_published, load_suites
 
 HOW_TO_READ = f"""## How to read these tables
@@ -140,6 +140,9 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
             for table in section:
                 details.append(render.markdown(table))
                 tex.append(render.latex(table))
+        for title, note, table in beyond_clean.leaderboard_sections(data.records, suite):
+            details += [f"### {title}", "", note, "", render.markdown(table)]
+            tex.append(render.latex(table))
         csv_rows += render.per_class_csv_rows(per_class, suite)
     md += details + [HOW_TO_READ, _references_md(published)]
     return "\n".join(md).rstrip("\n") + "\n", render.csv_text(csv_rows), "\n".join(tex).rstrip("\n") + "\n"
