@@ -251,8 +251,8 @@ def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks
     if unknown:
         raise ValueError(f"not record keys: {sorted(unknown)}")
     from benchmark.data.registry import portable_path  # the builder runs beside torch; readers stay light
-    from benchmark.suites import subset_label
     from benchmark.schemes.spec import record_scheme
+    from benchmark.suites import subset_label
 
     config = spec.to_dict()
     if config["data_root"] is not None:  # not part of the run's identity: kept free of this machine's paths

@@ -40,7 +40,6 @@ from benchmark.claims import Claim, ClaimSettings, try_claim
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.data.subsets import labelled_subset, subset_tag
-from benchmark.use.robustness import after_run as robustness_after_run
 from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
@@ -60,6 +59,7 @@ from benchmark.schemes.context import SchemeContext
 from benchmark.schemes.embeddings import cache_dir
 from benchmark.schemes.run import run_scheme
 from benchmark.train import DeviceSplit, autocast_dtype, pending_best_path
+from benchmark.use.robustness import after_run as robustness_after_run
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
