@@ -166,3 +166,15 @@ def test_add_block_refuses_identity_keys_and_keeps_the_file_whole(tiny_run):
     with pytest.raises(ValueError):
         records.add_block(path, "not_a_key", {})
     assert records.read_record(path) is not None
+
+
+@pytest.mark.slow
+def test_suite_option_evaluates_each_finished_run(tmp_path):
+    suite = SUITE.replace("name: robust-tiny", "name: robust-hook") + "robustness: true\n"
+    (tmp_path / "robust-hook.yaml").write_text(suite)
+    assert main(["run", "--suite", str(tmp_path / "robust-hook.yaml"), "--limit", "16", "--output",
+                 str(tmp_path / "results"), "--quiet"]) == 0
+    (path,) = (tmp_path / "results" / "runs" / "robust-hook").glob("*.json")
+    block = json.loads(path.read_text())["robustness"]
+    assert set(block["corruptions"]) | set(block["skipped"]) == set(rb.corruptions("breastmnist"))
+    assert block["n_test"] == 16 and block["clean_matches_record"] is True
