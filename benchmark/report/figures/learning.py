@@ -41,5 +41,5 @@ def plot_learning_curves(records: Sequence[dict], suite: str, metric: str = "auc
         ax.legend(loc="lower right", fontsize="x-small")
     n = frame.groupby(["test_set", "model", "kind", "value"])["seed"].nunique()
     seeds = f"{n.min()}–{n.max()}" if n.min() != n.max() else f"{n.min()}"
-    fig.suptitle(f"Suite {suite}: label efficiency\nline: seed mean; band: 95 % t-interval ({seeds} seeds per point)")
+    fig.suptitle(f"{suite}: label efficiency\nseed mean, 95 % t-interval ({seeds} seeds)")
     return fig

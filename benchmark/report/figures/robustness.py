@@ -54,8 +54,8 @@ def plot_severity_curves(records: Sequence[dict], test_set_name: str, suite: str
     axes[0].legend(loc="best", fontsize="x-small")
     seeds = frame.groupby("row")["seed"].nunique()
     count = f"{seeds.min()}–{seeds.max()}" if seeds.min() != seeds.max() else f"{seeds.min()}"
-    fig.suptitle(f"Suite {suite}: {test_set_name}, MedMNIST-C corruptions (line: seed mean; band: seed min–max, "
-                 f"{count} seed(s))")
+    fig.suptitle(f"{suite} · {test_set_name}: MedMNIST-C corruptions\nline: seed mean; band: seed min–max ({count} "
+                 f"seed(s))")
     return fig
 
 
@@ -66,12 +66,12 @@ def plot_robustness_heatmap(records: Sequence[dict], test_set_name: str, suite: 
         return None
     table = corruption_errors(frame, test_set_name)
     data = table.to_numpy(dtype=float)
-    fig = new_figure(DOUBLE, 0.9 + 0.35 * len(table))
+    fig = new_figure(DOUBLE, 1.9 + 0.3 * len(table))
     ax = fig.subplots()
     annot = [[("—" if not np.isfinite(v) else f"{v:.3f}") for v in row] for row in data]
     draw_heatmap(ax, data, annot, "rocket_r", 0.0, max(0.5, float(np.nanmax(data))), "Balanced error", 6)
     ax.set_xticks(np.arange(data.shape[1]) + 0.5, [c.replace("_", " ") for c in table.columns], rotation=30,
                   ha="right")
     ax.set_yticks(np.arange(data.shape[0]) + 0.5, [short(r, 34) for r in table.index])
-    ax.set_title(f"Suite {suite}: {test_set_name}, balanced error per corruption (mean over severities 1-5 and seeds)")
+    ax.set_title(f"{suite} · {test_set_name}: balanced error per corruption\n(mean over severities 1-5 and seeds)")
     return fig
