@@ -44,6 +44,7 @@ _API = {
     "explain": "benchmark.use.explain",
     "create_app": "benchmark.use.serve",
     "serve": "benchmark.use.serve",
+    "robustness": "benchmark.use.robustness",
     "write_site": "benchmark.report.site",
 }
 

@@ -199,6 +199,16 @@ def add_use_verbs(verbs) -> None:
     explain.add_argument("--target", help="class name or index to explain [the predicted class]")
     explain.add_argument("--output", type=Path, help="folder for the overlays [<results>/explanations/<run_id>]")
 
+    robust = verbs.add_parser("robustness", help="MedMNIST-C corruption robustness of finished runs, written into "
+                                                 "their records (needs the `robustness` extra)")
+    robust.add_argument("runs", nargs="+", metavar="RUN",
+                        help="run ids (or unique prefixes) under --results, record .json paths or folders of records")
+    robust.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
+    robust.add_argument("--data-root", help="data folder of the runs' datasets [each run's]")
+    robust.add_argument("--seed", type=int, default=0, help="seed of the corruptions' randomness (noise, blur angle) [0]")
+    robust.add_argument("--corruptions", type=_csv(str), help="only these corruptions, comma-separated [all of the set]")
+    robust.add_argument("--force", action="store_true", help="evaluate runs that have a robustness block already")
+
     serve = run_parser("serve", "REST API: POST /predict, GET /health, GET /model")
     serve.add_argument("--host", default="127.0.0.1", help="[127.0.0.1: this machine only]")
     serve.add_argument("--port", type=int, default=8000, help="[8000]")
@@ -470,6 +480,15 @@ def cmd_explain(args) -> int:
     return 1 if errors else 0
 
 
+def cmd_robustness(args) -> int:
+    from benchmark.use.robustness import robustness, summary_table
+
+    done = robustness(args.runs, results=args.results, data_root=args.data_root, seed=args.seed, force=args.force,
+                      corruption_names=args.corruptions, progress=not args.quiet)
+    print(summary_table(done))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from benchmark.use.serve import serve
 
@@ -481,7 +500,7 @@ def cmd_serve(args) -> int:
 COMMANDS = {"run": cmd_run, "submit": cmd_submit, "perf": cmd_perf, "list": cmd_list, "status": cmd_status,
             "leaderboard": cmd_leaderboard, "figures": cmd_figures, "predict": cmd_predict, "export": cmd_export,
             "explain": cmd_explain, "serve": cmd_serve, "data-check": cmd_data_check,
-            "report": cmd_report}
+            "report": cmd_report, "robustness": cmd_robustness}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # `run --workers` starts the same command in each worker
     configure_logging(args.quiet, args.verbose)
     try:
-        if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve", "data-check"):
+        if args.verb in ("run", "list", "status", "submit", "predict", "export", "explain", "serve", "data-check",
+                         "robustness"):
             from benchmark.environment import quiet_libraries
 
             quiet_libraries()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from benchmark.data import dataset_sizes, dataset_split_kinds
+from benchmark.data.subsets import check_subset, subset_tag
 from benchmark.data.transforms import RESIZES, UPSAMPLES
 from benchmark.errors import UserError
 from benchmark.metrics import CALIBRATIONS
@@ -99,6 +100,8 @@ class RunSpec:
     data_root: str | None = field(default=None, compare=False)
     download: bool = field(default=False, compare=False)
     scheme: SchemeSpec = field(default_factory=SchemeSpec)
+    train_fraction: float = 1.0  # label efficiency: this stratified, seeded, nested fraction of the training split
+    shots_per_class: int = 0  # ... or this many training images per class (0 = off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +119,9 @@ class RunSpec:
                 identity["recipe"].pop(key)
         if self.scheme.is_default:
             identity.pop("scheme")
+        for key, default in (("train_fraction", 1.0), ("shots_per_class", 0)):  # the full split: hash as before
+            if identity[key] == default:
+                identity.pop(key)
         if identity["split"] in (None, "random"):  # records from before split kinds cut randomly
             identity.pop("split")
         if data_variant(self.data_root):
@@ -125,7 +131,9 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         scheme = "" if self.scheme.is_default else f"-{self.scheme.name}"
-        return f"{self.dataset}-{self.size}-{self.model.name}{scheme}-s{self.seed}-{self.config_hash[:8]}"
+        subset = subset_tag(self.train_fraction, self.shots_per_class)
+        return (f"{self.dataset}-{self.size}-{self.model.name}{scheme}{'-' + subset if subset else ''}-s{self.seed}-"
+                f"{self.config_hash[:8]}")
 
 
 def data_variant(data_root: str | None) -> str | None:
@@ -144,6 +152,7 @@ class Suite:
     path: Path
     runs: list[RunSpec]
     launcher: dict = field(default_factory=dict)  # `benchmark submit` defaults (suites.LAUNCHER_KEYS)
+    robustness: bool = False  # evaluate each finished run on MedMNIST-C (benchmark.use.robustness.after_run)
 
 
 def _check_choice(value, choices, where: str) -> None:
@@ -292,15 +301,22 @@ def load_suite(
 
     root = data_root if data_root is not None else parsed.data_root
     fetch = download if download is not None else parsed.download
+    for fraction in parsed.train_fractions:
+        check_subset(fraction, 0, f"{path.name}: train_fractions")
+    for shots in parsed.shots_per_class:
+        check_subset(1.0, shots, f"{path.name}: shots_per_class")
+    subsets = [(float(f), 0) for f in parsed.train_fractions] + [(1.0, k) for k in parsed.shots_per_class]
     runs = [
-        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, split, root, fetch, scheme=scheme)
+        RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, split, root, fetch, scheme=scheme,
+                train_fraction=fraction, shots_per_class=shots)
         for ds, size, split in selected_datasets
         for spec, recipe, scheme in selected_models
+        for fraction, shots in dict.fromkeys(subsets or [(1.0, 0)])
         for seed in selected_seeds
     ]
     if not runs:
         raise UserError(f"{path.name}: the grid is empty; check the suite's datasets, models and seeds and the filters")
-    return Suite(suite_name, path, runs, dict(parsed.launcher))
+    return Suite(suite_name, path, runs, dict(parsed.launcher), robustness=parsed.robustness)
 
 
 def check_overrides(*, seeds: list[int] | None, epochs: int | None, batch_size: int | None,

@@ -56,6 +56,7 @@ class DatasetBlock(TypedDict, total=False):
     synthetic: bool
     split: SplitBlock  # only where the loader cut the splits itself (image folders)
     class_counts: dict[str, list[int]]  # images per class in train / val / test (the baselines' training labels)
+    train_subset: dict[str, Any]  # label-efficiency runs: kind, value, seed, n_train, n_train_full, sha256 of the ids
 
 
 class SplitBlock(TypedDict, total=False):
@@ -225,6 +226,7 @@ class Record(TypedDict, total=False):
     error: ErrorBlock | None
     calibration: CalibrationBlock
     protocol: dict[str, str]  # `protocol_of(record)`: what a published number must share to be compared with it
+    robustness: dict[str, Any]  # added after the run by `benchmark robustness` (benchmark.use.robustness)
 
 
 RECORD_KEYS = frozenset(Record.__annotations__)
@@ -317,6 +319,18 @@ def write_record(path: Path, record: Record, fence: Callable[[], bool] | None = 
     atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=True).encode(), fence)
 
 
+def add_block(path: Path, key: str, block: Any) -> None:
+    """Set one top-level block of the record at `path` (e.g. `robustness`, computed after the run) and rewrite it
+    atomically; every other key keeps its value, the run id and hash included. Raises ValueError for a key
+    outside the schema or one that identifies the run."""
+    if key not in RECORD_KEYS or key in REQUIRED_KEYS:
+        raise ValueError(f"{key!r} is not a block that may be added to a finished record")
+    record = read_record(path)
+    if record is None:
+        raise UserError(f"{path} is not a readable run record; nothing was written")
+    write_record(path, {**record, key: block})
+
+
 def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks: Any) -> Record:
     """The record of one run of `spec`: the identity every record has, then `blocks` (schema keys only; a
     completed run's `dataset`/`model` blocks replace the names-only ones). Raises ValueError for a key outside
@@ -326,6 +340,7 @@ def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks
         raise ValueError(f"not record keys: {sorted(unknown)}")
     from benchmark.data.registry import portable_path  # the builder runs beside torch; readers stay light
     from benchmark.schemes.spec import record_scheme
+    from benchmark.suites import subset_label
 
     config = spec.to_dict()
     if config["data_root"] is not None:  # not part of the run's identity: kept free of this machine's paths
@@ -340,7 +355,8 @@ def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks
         "seed": spec.seed,
         "dataset": {"name": spec.dataset, "size": spec.size},
         "model": spec.to_dict()["model"],
-        "scheme": record_scheme(spec.scheme, spec.model.pretrained),
+        "scheme": record_scheme(spec.scheme, spec.model.pretrained) + subset_label(spec.train_fraction,
+                                                                                   spec.shots_per_class),
         "selection_metric": spec.recipe.selection_metric,
         "created_at": now_iso(),
         **blocks,

@@ -43,6 +43,7 @@ from benchmark.claims import Claim, ClaimLost, ClaimSettings, try_claim
 from benchmark.compute import compute_block
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
+from benchmark.data.subsets import labelled_subset, subset_tag
 from benchmark.environment import device_name, git_commit, package_versions
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
@@ -65,6 +66,7 @@ from benchmark.schemes.embeddings import cache_dir
 from benchmark.schemes.run import run_scheme
 from benchmark.schemes.spec import check_batch_fits
 from benchmark.train import DeviceSplit, autocast_dtype
+from benchmark.use.robustness import after_run as robustness_after_run
 
 SAMPLES_PER_CLASS = 8
 SAMPLE_MAX_SIDE = 64
@@ -155,11 +157,14 @@ class GridRunner:
         return self.output / "checkpoints" / spec.suite / spec.run_id
 
     def data_for(self, spec: RunSpec) -> tuple[DatasetSplits, dict[str, DeviceSplit | HostSplit]]:
-        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit, spec.split)
+        subset = (spec.train_fraction, spec.shots_per_class, spec.seed) if subset_tag(spec.train_fraction,
+                                                                                       spec.shots_per_class) else None
+        key = (spec.dataset, spec.size, spec.data_root, spec.download, spec.limit, spec.split, subset)
         if key != self._data_key:
             self._data_key, self._data = None, None  # free the previous dataset first
             data = load_dataset(spec.dataset, size=spec.size, data_root=spec.data_root, download=spec.download,
                                 limit=spec.limit or None, split=spec.split)
+            data = labelled_subset(data, spec.seed, spec.train_fraction, spec.shots_per_class)
             splits, self.data_placement = place_splits(data, self.accelerator.device)
             self._data_key, self._data = key, (data, splits)
         return self._data
@@ -175,12 +180,15 @@ class GridRunner:
         check_writable(self.output)
         with checkpoint.stop_on_signals():
             for index, spec in enumerate(suite.runs, start=1):
-                if not self.run_next(spec, f"[{index}/{len(suite.runs)}] {spec.run_id}", done, summary):
+                if not self.run_next(spec, f"[{index}/{len(suite.runs)}] {spec.run_id}", done, summary,
+                                     suite.robustness):
                     break
         return summary
 
-    def run_next(self, spec: RunSpec, label: str, done: set[str], summary: GridSummary) -> bool:
-        """Skip, claim and run one spec of the grid into `summary`; False when the grid stops here."""
+    def run_next(self, spec: RunSpec, label: str, done: set[str], summary: GridSummary, robustness: bool = False
+                 ) -> bool:
+        """Skip, claim and run one spec of the grid into `summary` (`robustness`: then evaluate the finished run on
+        MedMNIST-C, into its record); False when the grid stops here."""
         stop = distributed.agree(self.accelerator, checkpoint.stop_requested())
         if stop:
             raise Interrupted(stop)
@@ -211,6 +219,8 @@ class GridRunner:
             return True
         if error is None:
             summary.completed.append(spec.run_id)
+            if robustness and self.accelerator.is_main_process:  # MedMNIST-C on the best weights, into the record
+                robustness_after_run(record_path(self.output, spec.suite, spec.run_id), self.output, spec.data_root)
             return True
         summary.failed.append((spec.run_id, error[1]))
         if error[0]:
@@ -258,7 +268,8 @@ class GridRunner:
         fence = checkpoints.held
         try:
             data, device_splits = self.data_for(spec)
-            check_batch_fits(spec.scheme, spec.recipe.batch_size, len(data.train), spec.dataset)
+            if not data.train_subset:  # a labelled subset smaller than a batch trains on one batch a step
+                check_batch_fits(spec.scheme, spec.recipe.batch_size, len(data.train), spec.dataset)
             set_seed(spec.seed)
             built = build_model(spec.model, data.class_names, data.train.images.shape[-1])
             if self.track:

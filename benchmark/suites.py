@@ -14,6 +14,9 @@ datasets:                        # a name (its default size: 28, breast_ultrasou
   - {name: breast_ultrasound, size: 224}   # split: grouped (default, leakage-free) or random
 models:                          # a preset name, or {name, recipe, source, pretrained, input_size, family, ...}
   - {name: resnet18_28, recipe: v2, published_as: resnet18_28}
+train_fractions: [0.01, 0.1, 1.0] # optional label-efficiency axis: stratified, seeded, nested training subsets
+shots_per_class: [1, 5, 10]      # optional, the same by images per class (both lists: both kinds of runs)
+robustness: true                 # optional: evaluate every finished run on MedMNIST-C (`benchmark robustness`)
 ```
 """
 
@@ -38,7 +41,7 @@ DEFAULT_SIZES: dict[str, int] = {"breast_ultrasound": 224}
 
 SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's seeding accept
 SUITE_KEYS = {"name", "description", "data_root", "download", "seeds", "limit", "recipes", "datasets", "models",
-              "launcher"}
+              "launcher", "train_fractions", "shots_per_class", "robustness"}
 # `launcher:` — job settings for `benchmark submit` (its options of the same names override them)
 LAUNCHER_KEYS = {"executor", "partition", "time", "gpus_per_task", "cpus_per_task", "mem", "account", "qos",
                  "array_parallelism", "tasks", "processes_per_task", "sbatch"}
@@ -52,6 +55,14 @@ def test_set_name(dataset: str, split: str | None) -> str:
     """How the reports name a dataset's test set: the dataset, with " (random split)" where an image folder was
     cut at random instead of by its default leakage-free (grouped) split, so the two never share a cell."""
     return dataset + RANDOM_SPLIT_SUFFIX if split == "random" else dataset
+
+
+def subset_label(train_fraction: float = 1.0, shots_per_class: int = 0) -> str:
+    """What a subset adds to the record's `scheme` (so tables keep its runs in rows of their own): '' for the
+    full split, ' (5% labels)' or ' (10 per class)'."""
+    if shots_per_class:
+        return f" ({shots_per_class} per class)"
+    return "" if train_fraction == 1.0 else f" ({train_fraction * 100:g}% labels)"
 
 
 def default_size(dataset: str) -> int:
@@ -130,6 +141,9 @@ class SuiteFile:
     download: bool = False
     limit: int = 0
     launcher: dict = field(default_factory=dict)  # LAUNCHER_KEYS; checked for values by benchmark.launch
+    train_fractions: tuple = ()  # label-efficiency axis (values checked in config)
+    shots_per_class: tuple = ()
+    robustness: bool = False
 
     @property
     def dataset_sizes(self) -> tuple[tuple[str, int], ...]:
@@ -178,9 +192,12 @@ def read_suite(path: Path | str) -> SuiteFile:
     limit = raw.get("limit") or 0
     if type(limit) is not int or limit < 0:
         raise UserError(f"{path.name}: limit must be an integer >= 0 (got {limit!r}); fix the suite's `limit:`")
+    axes = {key: tuple(_section(raw, key, list, path.name)) for key in ("train_fractions", "shots_per_class")}
+    if not isinstance(raw.get("robustness", False), bool):
+        raise UserError(f"{path.name}: robustness must be true or false (got {raw['robustness']!r})")
     launcher = _section(raw, "launcher", dict, path.name)
     check_keys(launcher, LAUNCHER_KEYS, f"{path.name}: launcher")
     return SuiteFile(path=path, name=str(raw.get("name", path.stem)), seeds=tuple(seeds), datasets=tuple(datasets),
                      models=models, recipes=dict(recipes), description=raw.get("description"),
                      data_root=raw.get("data_root"), download=bool(raw.get("download", False)), limit=limit,
-                     launcher=dict(launcher))
+                     launcher=dict(launcher), **axes, robustness=raw.get("robustness", False))

@@ -97,7 +97,8 @@ def test_pages_and_no_dead_internal_link(site):
     records = sorted(p.stem for p in (site / "runs" / SUITE).glob("*.json"))
     cells = {f"{SUITE}/cells/{m}-28-{s}-{d}.html" for m, s in (("resnet18_28", "from_scratch"), ("vit_b16", "fine_tune"))
              for d in DATASETS}
-    assert pages == {"index.html", "compare.html", "ranking.html", *cells, *(f"{SUITE}/runs/{r}.html" for r in records)}
+    assert pages == {"index.html", "compare.html", "ranking.html", "robustness.html", "learning.html", *cells,
+                     *(f"{SUITE}/runs/{r}.html" for r in records)}
     assert {p.name for p in (out / "assets").iterdir()} == {"site.css", "site.js"}
     linked_figures = set()
     for page in sorted(out.rglob("*.html")):

@@ -57,6 +57,7 @@ class DatasetSplits:
     md5: str | None
     synthetic: bool = False
     split: dict | None = None  # how a loader cut its own splits: {"kind", "seed", "n_groups", "sha256"}
+    train_subset: dict | None = None  # a label-efficiency subset of the training split (`benchmark.data.subsets`)
 
     @property
     def n_classes(self) -> int:
@@ -69,7 +70,8 @@ class DatasetSplits:
                 "source": portable_path(self.source), "md5": self.md5, "synthetic": self.synthetic,
                 "class_counts": {name: np.bincount(getattr(self, name).labels, minlength=self.n_classes).tolist()
                                  for name in SPLIT_NAMES},
-                **({"split": self.split} if self.split else {})}
+                **({"split": self.split} if self.split else {}),
+                **({"train_subset": self.train_subset} if self.train_subset else {})}
 
 
 def portable_path(path: str | Path) -> str:

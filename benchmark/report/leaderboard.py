@@ -16,7 +16,7 @@ import pandas as pd
 
 from benchmark.metrics import DETECTION_ALPHA, DETECTION_POWER, ECE_BINS, MIN_SEEDS_TO_TEST
 from benchmark.records import NONFINITE, Record, atomic_write_bytes, training_class_counts
-from benchmark.report import aggregate, compute, ranking, render
+from benchmark.report import aggregate, beyond_clean, compute, ranking, render
 from benchmark.report.load import SuiteData, by_suite, load_published, load_suites
 
 HOW_TO_READ = f"""## How to read these tables
@@ -184,6 +184,9 @@ def build_leaderboard(records: Sequence[Record] | dict[str, SuiteData], publishe
             for table in section:
                 details.append(render.markdown(table))
                 tex.append(render.latex(table))
+        for title, note, table in beyond_clean.leaderboard_sections(data.records, suite):
+            details += [f"### {title}", "", note, "", render.markdown(table)]
+            tex.append(render.latex(table))
         csv_rows += render.per_class_csv_rows(per_class, suite)
         cost = compute.compute_table(data.records, suite)
         if cost is not None:  # only suites with records that hold a compute block

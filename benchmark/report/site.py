@@ -32,7 +32,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from benchmark.errors import UserError
 from benchmark.metrics import CALIBRATION_METRICS, PROBABILITY_FREE_SCHEMES
 from benchmark.records import FRAME_COLUMNS, Record, atomic_write_bytes, timing_line, training_class_counts
-from benchmark.report import aggregate, compute, ranking, render
+from benchmark.report import aggregate, beyond_clean, compute, ranking, render
 from benchmark.report.load import SuiteData, load_published, load_suites
 
 SITE_FILES = Path(__file__).with_name("site_files")
@@ -40,6 +40,11 @@ ASSETS = ("site.css", "site.js")
 RUN_FIGURE_TITLES = {"curves": "Training curves", "confusion": "Confusion matrix", "roc": "ROC curves",
                      "confidence": "Confidence histogram", "reliability": "Reliability diagram",
                      "predictions": "Test images with predictions"}
+# (page, section kind, title, lead) of the pages beyond clean accuracy
+BEYOND_CLEAN_PAGES = (
+    ("robustness.html", "robustness", "Robustness: MedMNIST-C corruptions", beyond_clean.ROBUSTNESS_NOTE),
+    ("learning.html", "learning", "Label efficiency: learning curves", beyond_clean.LEARNING_NOTE),
+)
 WEB_FORMATS = ("png", "svg")  # what a browser shows in <img>
 
 
@@ -229,10 +234,12 @@ class SiteBuilder:
     def build(self) -> dict[str, str]:
         overview = []
         compare = []
+        beyond = []
         for suite, data in self.suites.items():
             figures = self.figures_of[suite] = self.suite_figures(data)
             tables, trusted = aggregate.suite_tables(data, self.published, self.known_counts)
             overview.append(self.overview_section(suite, data, tables, trusted, figures))
+            beyond.append(self.beyond_clean_section(suite, data, figures))
             compare.append(self.compare_section(suite, data))
             for group, dataset in sorted(set(zip(map(tuple, data.frame[aggregate.GROUP].itertuples(index=False,
                                                                                                    name=None)),
@@ -248,7 +255,21 @@ class SiteBuilder:
         self.render("compare.html", "compare.html.j2", "Compare: measured vs published, paired comparisons",
                     sections=compare)
         self.ranking_page()
+        for page, kind, title, lead in BEYOND_CLEAN_PAGES:
+            sections = [{**s, "table": s["tables"].get(kind), "figures": s["figures"][kind]} for s in beyond]
+            self.render(page, "beyond_clean.html.j2", title, lead=lead,
+                        sections=[s for s in sections if s["table"] or s["figures"]])
         return dict(sorted(self.pages.items()))
+
+    def beyond_clean_section(self, suite: str, data: SuiteData, figures: list) -> dict:
+        """A suite's robustness and label-efficiency table and figures (pages robustness.html, learning.html)."""
+        tables = {("robustness" if "robustness" in title.lower() else "learning"): html_table(table)
+                  for title, _, table in beyond_clean.leaderboard_sections(data.records, suite)}
+        figs = {kind: [Figure(job.label, self.figure_src(page, path)) for job, path in figures
+                       if job.run_id is None and job.kind.startswith(prefix)]
+                for page, kind, prefix in (("robustness.html", "robustness", "robustness_"),
+                                           ("learning.html", "learning", "learning_curve_"))}
+        return {"suite": suite, "id": render.slug(suite), "tables": tables, "figures": figs}
 
     def overview_section(self, suite: str, data: SuiteData, tables: dict, trusted: pd.DataFrame,
                          figures: list) -> dict:

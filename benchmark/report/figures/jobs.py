@@ -20,7 +20,10 @@ from benchmark.report.aggregate import HEADLINE_METRICS
 from benchmark.report.figures.calibration import plot_reliability, plot_reliability_suite
 from benchmark.report.figures.comparison import plot_avg_rank, plot_heatmap, plot_per_class_recall, plot_resolution
 from benchmark.report.figures.efficiency import plot_efficiency
+from benchmark.report.figures.learning import METRIC_LABELS as LEARNING_METRICS
+from benchmark.report.figures.learning import plot_learning_curves
 from benchmark.report.figures.ranking import plot_published_critical_difference, plot_suite_critical_difference
+from benchmark.report.figures.robustness import plot_robustness_heatmap, plot_severity_curves, robustness_test_sets
 from benchmark.report.figures.runs import plot_confidence, plot_confusion, plot_curves, plot_roc
 from benchmark.report.figures.samples import plot_predictions, plot_samples, sample_sets, sample_size
 from benchmark.report.figures.style import FORMATS, RC, safe_stem, save_figure
@@ -78,6 +81,13 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
     jobs.append(FigureJob("reliability", "reliability", "reliability", partial(plot_reliability_suite, recs, suite_name)))
     jobs += [FigureJob(f"critical_difference_{m}", f"critical difference {m}", "critical_difference",
                        partial(plot_suite_critical_difference, data, m)) for m in ("acc", "auc")]
+    for ts in robustness_test_sets(recs):
+        jobs.append(FigureJob(safe_stem(f"robustness_severity_{ts}"), f"severity curves {ts}", "robustness_severity",
+                              partial(plot_severity_curves, recs, ts, suite_name)))
+        jobs.append(FigureJob(safe_stem(f"robustness_heatmap_{ts}"), f"robustness heatmap {ts}", "robustness_heatmap",
+                              partial(plot_robustness_heatmap, recs, ts, suite_name)))
+    jobs += [FigureJob(f"learning_curve_{m}", f"learning curve {m}", f"learning_curve_{m}",
+                       partial(plot_learning_curves, recs, suite_name, m)) for m in LEARNING_METRICS]
     for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
         jobs.append(FigureJob(safe_stem(f"samples_{ds}-{size}"), f"samples {ds} {size}px", "samples",
                               partial(plot_samples, ds, sample_size(recs, ds, size), names, imgs, suite_name)))
