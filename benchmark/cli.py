@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from dataclasses import fields, replace
@@ -527,3 +528,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # or SIGTERM (`checkpoint.Interrupted`): after a checkpoint
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return getattr(err, "exit_status", 130)
+    except BrokenPipeError:  # `benchmark list | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

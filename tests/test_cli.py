@@ -135,3 +135,14 @@ def test_a_library_user_silences_or_redirects_the_messages(tracked, caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "benchmark.runner"] == [
         f"[1/1] {tracked[2]['run_id']}: done already, skipped"]
     logger.setLevel(logging.NOTSET)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`benchmark list | head -1`: the pipe closes before the listing ends; the verb stops quietly (status 1)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    reader = subprocess.Popen([sys.executable, "-m", "benchmark", "list"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+    reader.stdout.close()  # as `head -1` does once it has its line: every write of the listing finds no reader
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
