@@ -52,17 +52,6 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(autouse=True)
-def benchmark_logger_restored():
-    """Each test ends with the `benchmark` logger as it began: `cli.main` installs its stderr handler and sets the
-    level (INFO without --quiet), which would otherwise print a later test's log lines into its stderr."""
-    logger = logging.getLogger("benchmark")
-    level, handlers = logger.level, list(logger.handlers)
-    yield
-    logger.setLevel(level)
-    logger.handlers[:] = handlers
-
-
 class LogLines(logging.Handler):
     """The messages logged under `benchmark` while installed (`.text`: one per line)."""
 
