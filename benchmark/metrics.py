@@ -197,6 +197,13 @@ def weighted_metrics(labels: np.ndarray, probs: np.ndarray, task: str, weights: 
     return out
 
 
+#: the values each metric can take; a seed interval is clipped to them (with 3 seeds a t-interval is wide
+#: enough to pass 1 for an accuracy near 1, which no model can reach)
+METRIC_RANGES = {
+    "acc": (0.0, 1.0), "auc": (0.0, 1.0), "balanced_acc": (0.0, 1.0), "f1_macro": (0.0, 1.0), "mcc": (-1.0, 1.0),
+    "qwk": (-1.0, 1.0), "ece": (0.0, 1.0), "brier": (0.0, 2.0), "nll": (0.0, np.inf),
+}
+
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
@@ -217,14 +224,16 @@ def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, task: str, *, lev
     return {name: np.nanpercentile(draws, [tail, 100 - tail]).tolist() for name, draws in values.items()}
 
 
-def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean across seeds and its Student-t interval (NaN bounds for fewer than two values)."""
+def mean_interval(values, level: float = 0.95, bounds: tuple[float, float] = (-np.inf, np.inf)
+                  ) -> tuple[float, float, float]:
+    """Mean across seeds and its Student-t interval, clipped to the values the quantity can take (`bounds`,
+    e.g. METRIC_RANGES[metric]); NaN bounds for fewer than two values."""
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean()) if len(values) else float("nan")
     if len(values) < 2:
         return mean, float("nan"), float("nan")
     half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return mean, float(mean - half), float(mean + half)
+    return mean, float(max(mean - half, bounds[0])), float(min(mean + half, bounds[1]))
 
 
 def paired_bootstrap_pvalue(labels: np.ndarray, probs_a: list, probs_b: list, task: str, metric: str, *,

@@ -108,3 +108,8 @@ def test_tiny_label_efficiency_grid_end_to_end(tmp_path):
     assert main(["figures", "--runs", str(results), "--output", str(tmp_path / "figures"), "--format", "png",
                  "--dpi", "40"]) == 0
     assert (tmp_path / "figures" / "le-tiny" / "learning_curve_auc.png").is_file()
+    assert main(["report", "--runs", str(results), "--output", str(tmp_path / "site"), "--figures",
+                 str(tmp_path / "figures"), "--dpi", "40", "--quiet"]) == 0
+    pages = {name: (tmp_path / "site" / name).read_text() for name in ("index.html", "learning.html")}
+    assert "learning_curve_auc.png" in pages["learning.html"]  # on its own page, not twice
+    assert "learning_curve_" not in pages["index.html"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmark.metrics import (
+    METRIC_RANGES,
     apply_temperature,
     baseline_probs,
     bootstrap_intervals,
@@ -142,3 +143,13 @@ def test_temperature_scaling_lowers_nll_on_held_out_images() -> None:
     assert block["after"]["ece"] < block["before"]["ece"]
     np.testing.assert_allclose(apply_temperature(probs, 1.0), probs, atol=1e-12)
     np.testing.assert_array_equal(apply_temperature(probs, 3.0).argmax(axis=1), probs.argmax(axis=1))
+
+
+def test_mean_interval_is_clipped_to_what_the_metric_can_take() -> None:
+    """Three seeds near 1: the raw t-interval passes 1, which no accuracy can reach."""
+    values = [0.97, 0.99, 1.0]
+    _, raw_low, raw_high = mean_interval(values)
+    assert raw_high > 1.0
+    _, low, high = mean_interval(values, bounds=METRIC_RANGES["acc"])
+    assert high == 1.0 and low == pytest.approx(raw_low)
+    assert mean_interval([0.0, 0.01, 0.05], bounds=METRIC_RANGES["ece"])[1] == 0.0

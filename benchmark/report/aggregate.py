@@ -28,6 +28,7 @@ from benchmark.metrics import (
     BOOTSTRAP_SEED,
     CALIBRATION_METRICS,
     HEADLINE_METRICS,
+    METRIC_RANGES,
     MIN_SEEDS_TO_TEST,
     PROBABILITY_FREE_SCHEMES,
     baseline_probs,
@@ -494,7 +495,7 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
                 continue
             per_seed = np.stack([d[metric] for d in draws])
             values = [float(p[metric][0]) for p in point]
-            mean, t_low, t_high = mean_interval(values)
+            mean, t_low, t_high = mean_interval(values, bounds=METRIC_RANGES[metric])
             std = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
             cell["draws"][metric] = hierarchical_draws(per_seed, indices)
             cell["image_draws"][metric] = per_seed.mean(axis=0)

@@ -13,13 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from benchmark.metrics import mean_interval
+from benchmark.metrics import METRIC_RANGES, mean_interval
 from benchmark.records import Record, test_set
 from benchmark.report.render import Cell, Table, fmt
 from benchmark.suites import subset_label
 
 ROBUSTNESS_COLUMNS = ("test_set", "model", "size", "scheme", "seed", "corruption", "severity", "acc", "auc",
                       "balanced_error")
+#: balanced errors lie in [0, 1], mCE is a ratio of errors (>= 0); the relative mCE can be negative (a model that
+#: does better corrupted than clean)
+ROBUSTNESS_RANGES = {"clean": (0.0, 1.0), "corrupted": (0.0, 1.0), "mce": (0.0, np.inf),
+                     "relative_mce": (-np.inf, np.inf)}
 LEARNING_METRICS = ("acc", "auc", "balanced_acc")
 LEARNING_COLUMNS = ("test_set", "model", "size", "scheme", "seed", "kind", "value", "n_train", *LEARNING_METRICS)
 CLEAN = "clean"
@@ -70,9 +74,9 @@ def robustness_summary(records: Sequence[Record]) -> pd.DataFrame:
         row = dict(zip(("test_set", "model", "size", "scheme"), key), n=len(group),
                    seeds=",".join(map(str, sorted(group["seed"]))), skipped=", ".join(sorted({
                        s for text in group["skipped"] for s in text.split(", ") if s})))
-        for column in ("clean", "corrupted", "mce", "relative_mce"):
+        for column, bounds in ROBUSTNESS_RANGES.items():
             values = pd.to_numeric(group[column], errors="coerce").dropna()
-            row[column], row[f"{column}_low"], row[f"{column}_high"] = mean_interval(values.to_numpy())
+            row[column], row[f"{column}_low"], row[f"{column}_high"] = mean_interval(values.to_numpy(), bounds=bounds)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -152,7 +156,8 @@ def learning_summary(frame: pd.DataFrame) -> pd.DataFrame:
     for key, group in frame.groupby(keys, sort=True):
         row = dict(zip(keys, key), n=len(group), n_train=float(group["n_train"].mean()))
         for metric in LEARNING_METRICS:
-            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean_interval(group[metric].dropna().to_numpy())
+            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean_interval(
+                group[metric].dropna().to_numpy(), bounds=METRIC_RANGES[metric])
         out.append(row)
     return pd.DataFrame(out)
 

@@ -45,6 +45,8 @@ BEYOND_CLEAN_PAGES = (
     ("robustness.html", "robustness", "Robustness: MedMNIST-C corruptions", beyond_clean.ROBUSTNESS_NOTE),
     ("learning.html", "learning", "Label efficiency: learning curves", beyond_clean.LEARNING_NOTE),
 )
+#: section kind -> prefix of its figure jobs' kinds: these figures live on their page, not in the overview gallery
+BEYOND_CLEAN_FIGURES = {"robustness": "robustness_", "learning": "learning_curve_"}
 WEB_FORMATS = ("png", "svg")  # what a browser shows in <img>
 
 
@@ -266,9 +268,8 @@ class SiteBuilder:
         tables = {("robustness" if "robustness" in title.lower() else "learning"): html_table(table)
                   for title, _, table in beyond_clean.leaderboard_sections(data.records, suite)}
         figs = {kind: [Figure(job.label, self.figure_src(page, path)) for job, path in figures
-                       if job.run_id is None and job.kind.startswith(prefix)]
-                for page, kind, prefix in (("robustness.html", "robustness", "robustness_"),
-                                           ("learning.html", "learning", "learning_curve_"))}
+                       if job.run_id is None and job.kind.startswith(BEYOND_CLEAN_FIGURES[kind])]
+                for page, kind, *_ in BEYOND_CLEAN_PAGES}
         return {"suite": suite, "id": render.slug(suite), "tables": tables, "figures": figs}
 
     def overview_section(self, suite: str, data: SuiteData, tables: dict, trusted: pd.DataFrame,
@@ -295,7 +296,8 @@ class SiteBuilder:
                 if row.cells and row.cells[0].text in failed_links:
                     row.cells[0].href = failed_links[row.cells[0].text]
             extra_tables.append(html)
-        suite_figs = [Figure(job.label, self.figure_src(page, path)) for job, path in figures if job.run_id is None]
+        suite_figs = [Figure(job.label, self.figure_src(page, path)) for job, path in figures  # beyond-clean
+                      if job.run_id is None and not job.kind.startswith(tuple(BEYOND_CLEAN_FIGURES.values()))]
         n_done = int((data.frame["status"] == "completed").sum())
         headline = html_table(render.compact_table(suite, tables, trusted), id=f"{render.slug(suite)}-headline")
         return {"suite": suite, "id": render.slug(suite), "headline": headline, "metrics": metrics, "filters": filters,
