@@ -48,9 +48,23 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons (device, cpu flag, mixed precision, gradient accumulation).
+    Whatever built an `Accelerator` before in this process (a notebook cell in bf16, a Trainer, a test) would
+    otherwise decide the device and precision of the next one, or make it refuse to start ("already
+    initialized")."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def make_accelerator(**options) -> Accelerator:
     """The training Accelerator (`options`: trackers); precision and accumulation come from each run's recipe,
-    never from `accelerate config` defaults."""
+    never from `accelerate config` defaults nor from an Accelerator built earlier in a single process (a launched
+    process keeps its state: it holds the process group)."""
+    if launched_processes() == 1:
+        reset_accelerate_state()
     cpu = launched_processes() > 1 and not torch.cuda.is_available()
     handler = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout()))
     return Accelerator(cpu=cpu, mixed_precision="no", gradient_accumulation_steps=1, kwargs_handlers=[handler],

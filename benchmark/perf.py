@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from torch import nn
 
 from benchmark.compute import count_flops
@@ -52,6 +51,7 @@ from benchmark.config import Recipe
 from benchmark.data import DatasetSplits, load_dataset
 from benchmark.data.registry import portable_path
 from benchmark.data.transforms import BatchTransform, reference_transform
+from benchmark.distributed import reset_accelerate_state
 from benchmark.environment import device_name, git_commit, package_versions, quiet_libraries
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel, build_model, list_models, resolve_model
@@ -488,11 +488,11 @@ def own_accelerate_state():
     """accelerate keeps one process-wide state that refuses another precision or device once set: (a)/(b) on
     their device and the Trainer (bf16 on a GPU) each get a fresh one, and whatever runs after them (the next
     test, a training run) gets a fresh one again."""
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate_state()
     try:
         yield
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate_state()
 
 
 def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, device: torch.device,

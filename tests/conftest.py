@@ -178,15 +178,11 @@ def set_rng_states(states: dict) -> None:
 
 
 def reset_accelerate_state() -> None:
-    """accelerate's process-wide singletons (device, cpu flag, mixed precision, gradient accumulation): a test that
-    built an `Accelerator(cpu=True)` or a Trainer in bf16 would otherwise decide the device and precision of every
-    later `Accelerator` in the process, or make it refuse to start ("already initialized")."""
-    if "accelerate" not in sys.modules:
-        return
-    from accelerate.state import AcceleratorState, GradientState
+    """See `benchmark.distributed.reset_accelerate_state`; nothing to reset where no test imported accelerate."""
+    if "accelerate" in sys.modules:
+        from benchmark import distributed
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+        distributed.reset_accelerate_state()
 
 
 def logger_state(name: str) -> tuple:

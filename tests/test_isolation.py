@@ -58,3 +58,14 @@ def test_restore_names_and_undoes_each_change():
                                                       "logger benchmark", "environment"}
     assert process_state() == saved
     assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_the_runners_accelerator_ignores_one_built_earlier_in_the_process():
+    """Library use (a notebook that used accelerate in bf16, then runs a suite): the runner's Accelerator gets
+    its own state instead of refusing to start or inheriting bf16."""
+    from benchmark.distributed import make_accelerator
+
+    Accelerator(cpu=True, mixed_precision="bf16")
+    accelerator = make_accelerator()
+    assert accelerator.mixed_precision == "no"
+    assert accelerator.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
