@@ -208,7 +208,7 @@ class GridRunner:
             error = self.run_one(spec, claim)
         except BaseException as err:
             if claim is not None:
-                claim.release("interrupted" if isinstance(err, KeyboardInterrupt) else "failed")
+                claim.release("interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed")
             raise
         if claim is not None:
             claim.release("completed" if error is None else "lost" if error == "lost" else "failed")

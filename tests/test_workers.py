@@ -22,7 +22,10 @@ from benchmark import cli
 from benchmark.claims import ClaimSettings, claim_events, parse_shard, select_shard, try_claim
 from benchmark.config import load_suite
 from benchmark.errors import UserError
+from benchmark import launch
+from benchmark.launch import GridTask, make_executor
 from benchmark.launch import workers as workers_module
+from benchmark.records import record_path
 
 PROJECT = Path(__file__).resolve().parents[1]
 GRID = ["--suite", "smoke", "--limit", "32", "--epochs", "1"]
@@ -121,6 +124,51 @@ def test_submit_local_executor_two_tasks_then_resubmit_submits_nothing(serial, t
     assert len(list((tmp_path / "submitit" / "smoke").glob("*_log.out"))) == 2  # a log per task
     assert cli.main(["submit", *GRID, "--output", str(tmp_path), "--executor", "local"]) == 0
     assert "nothing to submit" in capsys.readouterr().out
+
+
+class PacedGridTask(GridTask):
+    """The submitted task, its first attempt slowed by 1 s per training batch (numbers untouched), so that the run
+    (32 batches) outlasts the local executor's time-limit signal on any machine; the requeued attempt runs at
+    full speed."""
+
+    def __call__(self, suite_path, overrides, run_ids, output, claim_timeout):
+        from benchmark import train
+
+        first = Path(output) / "first-attempt"
+        if not first.exists():
+            first.parent.mkdir(parents=True, exist_ok=True)
+            first.touch()
+            pixels = train.prepare_pixels
+            train.prepare_pixels = lambda *a: (time.sleep(1.0), pixels(*a))[1]
+        return super().__call__(suite_path, overrides, run_ids, output, claim_timeout)
+
+
+@pytest.mark.slow
+def test_a_task_at_its_time_limit_is_requeued_and_resumes_its_run(tmp_path, monkeypatch):
+    """submitit signals a task (USR2) before its time limit: the task is requeued, not ended, and the requeued
+    task resumes the run from its checkpoint to the numbers of an uninterrupted run (before: the run was
+    recorded as failed, "Job not requeued because: timed-out and not checkpointable")."""
+    need("submitit", extra="slurm")
+    for name, value in {"OMP_NUM_THREADS": "1", "BENCHMARK_CHECKPOINT_EVERY": "2",
+                        "PYTHONPATH": os.pathsep.join([str(PROJECT), str(PROJECT / "tests")])}.items():
+        monkeypatch.setenv(name, value)  # the task's process inherits them (and imports this module from tests/)
+    grid = {"datasets": ["breastmnist"], "models": ["resnet18_28"], "seeds": None, "epochs": 4, "batch_size": 8,
+            "limit": 64, "data_root": None, "download": False}
+    (spec,) = load_suite("smoke", **grid).runs
+    executor = make_executor({**launch.DEFAULTS, "executor": "local", "time": 1, "cpus_per_task": 1, "sbatch": {}},
+                             tmp_path / "submitit")
+    job = executor.submit(PacedGridTask(), "smoke", grid, [spec.run_id], str(tmp_path / "task"), None)
+    result = job.result()
+    log = "".join(path.read_text() for path in (tmp_path / "submitit").glob("*_log.*"))
+    assert "Calling checkpoint method" in log and "Requeued job" in log, log[-3000:]
+    assert result["completed"] == [spec.run_id] and not result["failed"], result
+    releases = [e["outcome"] for e in claim_events(tmp_path / "task", "smoke") if e["event"] == "release"]
+    assert releases == ["interrupted", "completed"]  # the first attempt stopped, the requeued one finished the run
+    assert record_path(tmp_path / "task", "smoke", spec.run_id).is_file()
+    subprocess.run([sys.executable, "-m", "benchmark", "run", "--suite", "smoke", "--datasets", "breastmnist",
+                    "--models", "resnet18_28", "--epochs", "4", "--batch-size", "8", "--limit", "64", "--quiet",
+                    "--output", str(tmp_path / "plain")], cwd=tmp_path, env=ENV, check=True, timeout=600)
+    assert outcomes(tmp_path / "task") == outcomes(tmp_path / "plain")
 
 
 # `python -m benchmark` slowed down by 0.1 s per batch (numerics untouched), so it can be killed mid-run

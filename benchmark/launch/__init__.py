@@ -120,7 +120,7 @@ def submit_grid(suite: Suite, args) -> list:
     folder = Path(args.output) / "submitit" / suite.name
     executor = make_executor(settings, folder)
     with executor.batch():  # one job array
-        jobs = [executor.submit(run_task, str(suite.path), overrides, run_ids, str(args.output),
+        jobs = [executor.submit(GridTask(), str(suite.path), overrides, run_ids, str(args.output),
                                 args.claim_timeout) for run_ids in slices]
     print(f"{suite.name}: submitted {len(pending)} runs as {count} {settings['executor']} tasks "
           f"(job {jobs[0].job_id.split('_')[0]}); logs in {folder}")
@@ -141,23 +141,36 @@ def submit_grid(suite: Suite, args) -> list:
     return jobs
 
 
-def run_task(suite_path: str, overrides: dict, run_ids: list[str], output: str,
-             claim_timeout: float | None) -> dict:
-    """One array task: the runner on its runs (all processes of the task together when it has several)."""
-    import submitit
+class GridTask:
+    """One array task: the runner on its runs (all processes of the task together when it has several).
 
-    from benchmark.claims import ClaimSettings
-    from benchmark.config import load_suite
-    from benchmark.environment import quiet_libraries
-    from benchmark.runner import GridRunner
+    Checkpointable in submitit's sense (it has `checkpoint`): when the task's time runs out, submitit signals it
+    (USR2, 90 s before the limit), requeues it with the same arguments and ends it; the requeued task resumes the
+    interrupted run from its last checkpoint. Without `checkpoint`, submitit raises in the training step instead,
+    which recorded the run as failed and lost the task's remaining runs until a resubmission."""
 
-    if submitit.JobEnvironment().num_tasks > 1:  # RANK, WORLD_SIZE, MASTER_ADDR... for accelerate
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    quiet_libraries()
-    suite = load_suite(suite_path, **overrides)
-    wanted = set(run_ids)
-    suite = replace(suite, runs=[spec for spec in suite.runs if spec.run_id in wanted])
-    runner = GridRunner(Path(output), quiet=True, claims=ClaimSettings.from_env(claim_timeout))
-    summary = runner.run_grid(suite)
-    return {"completed": summary.completed, "skipped": summary.skipped, "busy": summary.busy,
-            "failed": summary.failed}
+    def __call__(self, suite_path: str, overrides: dict, run_ids: list[str], output: str,
+                 claim_timeout: float | None) -> dict:
+        import submitit
+
+        from benchmark.claims import ClaimSettings
+        from benchmark.config import load_suite
+        from benchmark.environment import quiet_libraries
+        from benchmark.runner import GridRunner
+
+        if submitit.JobEnvironment().num_tasks > 1:  # RANK, WORLD_SIZE, MASTER_ADDR... for accelerate
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        quiet_libraries()
+        suite = load_suite(suite_path, **overrides)
+        wanted = set(run_ids)
+        suite = replace(suite, runs=[spec for spec in suite.runs if spec.run_id in wanted])
+        runner = GridRunner(Path(output), quiet=True, claims=ClaimSettings.from_env(claim_timeout))
+        summary = runner.run_grid(suite)
+        return {"completed": summary.completed, "skipped": summary.skipped, "busy": summary.busy,
+                "failed": summary.failed}
+
+    def checkpoint(self, *args, **kwargs):
+        """The same task again (submitit requeues it at the time limit); the runs' own checkpoints hold the state."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
