@@ -18,11 +18,10 @@ import pytest
 import yaml
 from conftest import need
 
-from benchmark import cli
+from benchmark import cli, launch
 from benchmark.claims import ClaimSettings, claim_events, parse_shard, select_shard, try_claim
 from benchmark.config import load_suite
 from benchmark.errors import UserError
-from benchmark import launch
 from benchmark.launch import GridTask, make_executor
 from benchmark.launch import workers as workers_module
 from benchmark.records import record_path
