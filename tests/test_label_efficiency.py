@@ -3,6 +3,7 @@ and a tiny grid end to end (records, leaderboard section, learning-curve figure)
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from benchmark.config import load_suite
 from benchmark.data import load_dataset
 from benchmark.data.subsets import ids_hash, labelled_subset, subset_indices
 from benchmark.errors import UserError
+from benchmark.records import load_records
+from benchmark.report.figures.learning import plot_learning_curves
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 SHOTS = (1, 5, 10, 25)
@@ -113,3 +116,14 @@ def test_tiny_label_efficiency_grid_end_to_end(tmp_path):
     pages = {name: (tmp_path / "site" / name).read_text() for name in ("index.html", "learning.html")}
     assert "learning_curve_auc.png" in pages["learning.html"]  # on its own page, not twice
     assert "learning_curve_" not in pages["index.html"]
+
+
+def test_learning_curve_ticks_are_the_subset_sizes():
+    """One labelled tick per subset size on the log axis, no minor labels (they collided: 2×10¹ 3×10¹ 4×10¹ …)."""
+    runs = Path(__file__).resolve().parents[1] / "results" / "runs" / "label-efficiency-busi"
+    fig = plot_learning_curves(load_records(sorted(runs.glob("*.json"))), "label-efficiency-busi")
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert shown == ["23", "47", "118", "234", "468"]  # the committed BUSI subsets' training images
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))

@@ -6,12 +6,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, StrMethodFormatter
 
 from benchmark.report.beyond_clean import learning_frame, learning_summary
 from benchmark.report.figures.style import DOUBLE, SINGLE, new_figure, palette, short
 
 METRIC_LABELS = {"acc": "ACC", "auc": "AUC", "balanced_acc": "Balanced ACC"}
+
+
+def label_image_counts(ax: Axes, counts: Sequence[int], min_ratio: float = 1.35) -> None:
+    """Log x with a labelled tick at each subset size that is at least `min_ratio` times the last one ticked (one
+    tick per point, not matplotlib's minor labels, which collide at 2×10¹, 3×10¹, …)."""
+    ticks: list[int] = []
+    for count in sorted({int(c) for c in counts}):
+        if not ticks or count >= min_ratio * ticks[-1]:
+            ticks.append(count)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_learning_curves(records: Sequence[dict], suite: str, metric: str = "auc") -> Figure | None:
@@ -35,7 +51,7 @@ def plot_learning_curves(records: Sequence[dict], suite: str, metric: str = "auc
             low, high = line[f"{metric}_low"], line[f"{metric}_high"]
             if np.isfinite(low).any():
                 ax.fill_between(line["n_train"], low, high, color=colour, alpha=0.2, linewidth=0)
-        ax.set_xscale("log")
+        label_image_counts(ax, part["n_train"])
         ax.set(xlabel="Labelled training images (log)", ylabel=METRIC_LABELS.get(metric, metric),
                title=short(name, 40))
         ax.legend(loc="lower right", fontsize="x-small")
