@@ -107,6 +107,7 @@ def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
         "device_name": device_name(device),
         "mixed_precision": dtype_name,
         "num_processes": accelerator.num_processes,
+        "torch_threads": torch.get_num_threads(),  # their count changes the order of float sums, hence the numbers
         "versions": package_versions(),
         "git_commit": commit,
         "hostname": socket.gethostname(),

@@ -37,6 +37,7 @@ def test_host_resident_splits_give_the_device_resident_record(tmp_path, monkeypa
     on_host = run(tmp_path, "host")
     assert on_device["environment"]["data_placement"] == "device"
     assert on_host["environment"]["data_placement"] == "host"
+    assert on_device["environment"]["torch_threads"] == torch.get_num_threads()  # part of what a run reproduces under
     assert on_host["config_hash"] == on_device["config_hash"]
     assert learned(on_host) == learned(on_device)
 
