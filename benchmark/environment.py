@@ -37,6 +37,14 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
+def measured_on(device: torch.device) -> dict:
+    """What every record and perf result says of where it was measured: the device, its name, torch's intra-op
+    thread count (another count sums floats in another order, so a CPU run reproduces only under the same one) and
+    the package versions."""
+    return {"device": device.type, "device_name": device_name(device), "torch_threads": torch.get_num_threads(),
+            "versions": package_versions()}
+
+
 def git_commit() -> str | None:
     """The checkout's HEAD commit, or None outside a git checkout."""
     try:

@@ -52,7 +52,7 @@ from benchmark.data import DatasetSplits, load_dataset
 from benchmark.data.registry import portable_path
 from benchmark.data.transforms import BatchTransform, reference_transform
 from benchmark.distributed import reset_accelerate_state
-from benchmark.environment import device_name, git_commit, package_versions, quiet_libraries
+from benchmark.environment import device_name, git_commit, measured_on, quiet_libraries
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel, build_model, list_models, resolve_model
 from benchmark.records import atomic_write_bytes, now_iso
@@ -752,15 +752,12 @@ def tutorial_loader(data: DatasetSplits, transform, batch: int, seed: int, count
 
 def environment(device: torch.device) -> dict:
     return {
-        "device": device.type,
-        "device_name": device_name(device),
+        **measured_on(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
-        "versions": package_versions(),
         "git_commit": git_commit(),
     }
 

@@ -44,7 +44,7 @@ from benchmark.compute import compute_block
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.data.subsets import labelled_subset, subset_tag
-from benchmark.environment import device_name, git_commit, package_versions
+from benchmark.environment import git_commit, measured_on
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
 from benchmark.placement import HostSplit, place_splits
@@ -100,15 +100,11 @@ def check_inputs(specs: list[RunSpec]) -> None:
 
 def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
                 data_placement: str | None = None) -> dict:
-    device = accelerator.device
     return {
         "data_placement": data_placement,  # "device" or "host" (benchmark.placement); None = not loaded
-        "device": device.type,
-        "device_name": device_name(device),
+        **measured_on(accelerator.device),
         "mixed_precision": dtype_name,
         "num_processes": accelerator.num_processes,
-        "torch_threads": torch.get_num_threads(),  # their count changes the order of float sums, hence the numbers
-        "versions": package_versions(),
         "git_commit": commit,
         "hostname": socket.gethostname(),
     }
