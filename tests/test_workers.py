@@ -92,6 +92,57 @@ def test_run_with_two_workers_trains_each_run_once_with_the_serial_numbers(seria
                                                   printed.split("smoke: ")[1:]) == 6
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """The command lines of this machine's processes that contain `text` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        if text in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process table from /proc (Linux)")
+def test_sigterm_to_run_with_workers_stops_every_worker_after_a_checkpoint(tmp_path):
+    """SIGTERM sent to `run --workers 2` alone (as `kill PID`, `timeout` or a scheduler sends it): the command passes
+    it on, each worker checkpoints its run and releases it as interrupted, and the command ends 143 only once no
+    worker is left training (before the fix the workers trained on, orphaned, after the command had died)."""
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "benchmark", "run", "--suite", "smoke", "--epochs", "200", "--quiet",
+               "--workers", "2", "--output", str(output)]
+    log = tmp_path / "run.log"  # not a pipe: orphaned workers would hold it open
+    with log.open("w") as sink:
+        parent = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while len([e for e in claim_events(output, "smoke") if e["event"] == "claim"]) < 2:
+        assert parent.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the workers claimed no runs in 300 s"
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGTERM)
+    try:
+        parent.wait(timeout=120)
+    finally:
+        leftover = processes_mentioning(str(output))
+        if leftover:  # never leave a stray worker behind, even when the test fails
+            subprocess.run(["pkill", "-KILL", "-f", str(output)], check=False)
+    assert not leftover, leftover
+    err = log.read_text()
+    assert parent.returncode == 128 + signal.SIGTERM, err
+    assert "run the same command again to resume" in err
+    events = claim_events(output, "smoke")
+    claimed = [e["run_id"] for e in events if e["event"] == "claim"]
+    released = {e["run_id"]: e["outcome"] for e in events if e["event"] == "release"}
+    assert set(released) == set(claimed) and "interrupted" in released.values(), events
+    assert not list((output / "claims" / "smoke").glob("*.claim"))
+    for run_id, outcome in released.items():
+        if outcome == "interrupted":  # it stopped after a checkpoint, so the same command resumes it
+            assert (output / "checkpoints" / "smoke" / run_id / "last.pt").exists()
+
+
 def test_workers_get_their_threads_and_gpus(monkeypatch):
     monkeypatch.setattr(workers_module, "usable_cores", lambda: 8)
     envs = workers_module.worker_environments(3, ["0", "1"], base={"PATH": "/bin"})

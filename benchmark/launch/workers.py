@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 
+from benchmark.checkpoint import Interrupted
 from benchmark.errors import UserError
 
 WORKER_ENV = "BENCHMARK_WORKER"  # set in each worker: "i/N"
@@ -60,7 +61,13 @@ def worker_environments(workers: int, gpus: list[str], base: dict[str, str] | No
 
 
 def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
-    """Start `workers` processes of `python -m benchmark <argv>` (the same `run` command) and wait for all of them."""
+    """Start `workers` processes of `python -m benchmark <argv>` (the same `run` command) and wait for all of them.
+
+    The workers run in a session (and process group) of their own, so a signal reaches them once, from here: SIGTERM or SIGINT
+    sent to this process (by `kill`, `timeout`, a scheduler or the terminal's Ctrl-C) is passed on to every worker,
+    which checkpoints its run and stops (a second one stops them at once), and this process waits for them and
+    ends as an interrupted `run` does. Without this, a SIGTERM here would leave the workers training on, orphaned.
+    """
     if workers < 1:
         raise UserError(f"--workers must be >= 1 (got {workers})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -69,16 +76,27 @@ def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
     environments = worker_environments(workers, gpus)
     logger.info(f"starting {workers} workers ({environments[0]['OMP_NUM_THREADS']} threads each"
                 + (f", GPUs {','.join(gpus)}" if gpus else "") + ")")
-    processes = [subprocess.Popen(command, env=env) for env in environments]
-    try:
-        codes = [process.wait() for process in processes]
-    except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too; give them time to stop cleanly
+    received: list[int] = []
+    processes: list[subprocess.Popen] = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
         for process in processes:
             if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in processes:
-            process.wait()
-        raise
+                process.send_signal(signum)
+
+    stopping = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.signal(signum, pass_on) for signum in stopping}
+    try:
+        processes.extend(subprocess.Popen(command, env=env, start_new_session=True) for env in environments)
+        if received:  # a signal came while they started: pass it on to those that missed it
+            pass_on(received[-1], None)
+        codes = [process.wait() for process in processes]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise Interrupted(received[0])
     failed = [(index, code) for index, code in enumerate(codes) if code]
     if failed:
         logger.warning("workers that failed: " + ", ".join(f"{index} (exit status {code})" for index, code in failed))
