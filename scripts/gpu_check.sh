@@ -6,6 +6,9 @@
 #                                     first use); nothing it measures means anything
 #   scripts/gpu_check.sh --prepare    here, before: the wheels the GPU machine lacks into .whl/ (pip wheel,
 #                                     no dependencies) and the MedMNIST files into .gpudata/ (both git-ignored)
+#   scripts/gpu_check.sh --v2-table   on the GPU machine, in a device session of its own: item 6 instead of the
+#                                     steps below -- the medmnist-v2-gpu grid (see "The v2 table" at the end)
+#                                     (with --cpu-dry: its plumbing on the CPU, two one-epoch runs)
 #
 # Steps, each under its own time limit, and never past the whole budget ($GPU_CHECK_BUDGET seconds, 570):
 #   env          nvidia-smi, torch / CUDA / transformers / accelerate versions
@@ -25,12 +28,15 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODE=gpu
-case "${1:-}" in
-  --cpu-dry) MODE=cpu ;;
-  --prepare) MODE=prepare ;;
-  "") ;;
-  *) echo "usage: scripts/gpu_check.sh [--cpu-dry | --prepare]" >&2; exit 2 ;;
-esac
+PART=checks
+for arg in "$@"; do
+  case "$arg" in
+    --cpu-dry) MODE=cpu ;;
+    --prepare) MODE=prepare ;;
+    --v2-table) PART=v2-table ;;
+    *) echo "usage: scripts/gpu_check.sh [--cpu-dry | --prepare] [--v2-table]" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 WHEELS=(medmnist fire termcolor datasets dill multiprocess pytest-random-order)
 
@@ -69,7 +75,9 @@ if [ "$MODE" = gpu ]; then
   PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 128 --steps 30 --warmup 5 --rounds 3)
   COMPILE_BACKEND=inductor
   WORKERS=(--workers 1,2,4,8 --datasets breastmnist,retinamnist --models resnet18_28 --seeds 0,1,2,3 --epochs 2)
-  LIMITS=(tests:270 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:120 perf-resnet-ro:60)
+  LIMITS=(tests:270 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:120 perf-resnet-ro:60 v2-table:520)
+  V2_GRID=(--suite medmnist-v2-gpu)
+  V2_WORKERS=${V2_WORKERS:-4}
 else  # tiny settings on the CPU: each step's plumbing, not its numbers
   DATA_ROOT=bundled
   TEST_ARGS=(tests/test_isolation.py)
@@ -77,7 +85,10 @@ else  # tiny settings on the CPU: each step's plumbing, not its numbers
   PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 8 --steps 2 --warmup 1 --rounds 1 --device cpu --threads 1)
   COMPILE_BACKEND=eager
   WORKERS=(--workers 1,2 --suite smoke --datasets breastmnist --models resnet18_28 --seeds 0,1 --epochs 1 --limit 32)
-  LIMITS=(tests:300 perf-vit:300 perf-vit-rc:600 perf-resnet:300 workers:600 perf-resnet-ro:600)
+  LIMITS=(tests:300 perf-vit:300 perf-vit-rc:600 perf-resnet:300 workers:600 perf-resnet-ro:600 v2-table:600)
+  V2_GRID=(--suite medmnist-v2-gpu --datasets breastmnist --models resnet18_28,resnet18_224 --seeds 0 --epochs 1
+           --limit 16 --batch-size 16)
+  V2_WORKERS=2
   BUDGET=${GPU_CHECK_BUDGET:-3600}
 fi
 
@@ -140,13 +151,38 @@ tests_both_orders() {
   [ "$plain_status" = 0 ] && [ "$shuffled_status" = 0 ]
 }
 
+# The v2 table: the medmnist-v2-gpu grid (36 runs of 100 epochs) on $V2_WORKERS packed workers (default 4) under
+# the v2-table limit. The grid's results folder lies outside $OUT (checkpoints are too large to come back); what
+# comes back is medmnist-v2-gpu.tar.gz (the finished records and the claims log, whose claim/release times give
+# each run's place in the grid's wall time), v2-status.txt (`benchmark status`: every run's state and timing) and
+# v2-table.md (scripts/run_table.py). At its limit the grid gets SIGTERM: the running runs checkpoint and stop.
+# Runs left for later: copy the tarball to .gpudata/ and call again; its finished records are unpacked first, so
+# the grid resumes with the runs still missing (a stopped run starts over: its checkpoint did not come back).
+v2_table() {
+  local results=${V2_RESULTS:-/tmp/medmnist-v2-gpu-results}
+  mkdir -p "$results"
+  if [ -f .gpudata/medmnist-v2-gpu.tar.gz ]; then
+    tar -xzf .gpudata/medmnist-v2-gpu.tar.gz -C "$results" && echo "unpacked the finished runs of an earlier call"
+  fi
+  step v2-table "$PY" -m benchmark run "${V2_GRID[@]}" --workers "$V2_WORKERS" --data-root "$DATA_ROOT" \
+    --output "$results" --quiet
+  "$PY" -m benchmark status "${V2_GRID[@]}" --data-root "$DATA_ROOT" --output "$results" > "$OUT/v2-status.txt" 2>&1
+  "$PY" scripts/run_table.py "$results/runs/medmnist-v2-gpu" > "$OUT/v2-table.md" 2>&1
+  tar -czf "$OUT/medmnist-v2-gpu.tar.gz" -C "$results" runs/medmnist-v2-gpu claims/medmnist-v2-gpu
+  grep -c '^completed' "$OUT/v2-status.txt" | sed 's/$/ runs completed/' | tee -a "$OUT/summary.txt"
+}
+
 PERF=("$PY" -m benchmark perf --data-root "$DATA_ROOT" --skip-tutorial --output "$OUT/perf")
-step tests tests_both_orders
-step perf-vit "${PERF[@]}" "${PERF_VIT[@]}" --profile
-step perf-vit-rc "${PERF[@]}" "${PERF_VIT[@]}" --compile regional --compile-backend "$COMPILE_BACKEND"
-step perf-resnet "${PERF[@]}" "${PERF_RESNET[@]}"
-step workers "$PY" scripts/workers_throughput.py --data-root "$DATA_ROOT" --output "$OUT" "${WORKERS[@]}"
-step perf-resnet-ro "${PERF[@]}" "${PERF_RESNET[@]}" --compile reduce-overhead --compile-backend "$COMPILE_BACKEND"
+if [ "$PART" = v2-table ]; then
+  v2_table
+else
+  step tests tests_both_orders
+  step perf-vit "${PERF[@]}" "${PERF_VIT[@]}" --profile
+  step perf-vit-rc "${PERF[@]}" "${PERF_VIT[@]}" --compile regional --compile-backend "$COMPILE_BACKEND"
+  step perf-resnet "${PERF[@]}" "${PERF_RESNET[@]}"
+  step workers "$PY" scripts/workers_throughput.py --data-root "$DATA_ROOT" --output "$OUT" "${WORKERS[@]}"
+  step perf-resnet-ro "${PERF[@]}" "${PERF_RESNET[@]}" --compile reduce-overhead --compile-backend "$COMPILE_BACKEND"
+fi
 
 echo "total $(( $(date +%s) - START )) s" | tee -a "$OUT/summary.txt"
 ls "$OUT" "$OUT/perf" 2> /dev/null
