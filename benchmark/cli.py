@@ -179,7 +179,8 @@ def add_use_verbs(verbs) -> None:
     """predict / export / explain / serve: use a finished run (a run id, a unique prefix of one, or a record path)."""
     def run_parser(name: str, help: str) -> argparse.ArgumentParser:
         parser = verbs.add_parser(name, help=help)
-        parser.add_argument("run", help="run id (or a unique prefix) under --results, or a record .json path")
+        parser.add_argument("run", help="run id (or a unique prefix) under --results, SUITE/RUN_ID where suites "
+                                         "share a run id, or a record .json path")
         parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
         return parser
 
@@ -203,7 +204,8 @@ def add_use_verbs(verbs) -> None:
     robust = verbs.add_parser("robustness", help="MedMNIST-C corruption robustness of finished runs, written into "
                                                  "their records (needs the `robustness` extra)")
     robust.add_argument("runs", nargs="+", metavar="RUN",
-                        help="run ids (or unique prefixes) under --results, record .json paths or folders of records")
+                        help="run ids (or unique prefixes) under --results, SUITE/RUN_ID where suites share a run "
+                             "id, record .json paths or folders of records")
     robust.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder [results]")
     robust.add_argument("--data-root", help="data folder of the runs' datasets [each run's]")
     robust.add_argument("--seed", type=int, default=0, help="seed of the corruptions' randomness (noise, blur angle) [0]")

@@ -314,3 +314,24 @@ def test_quiet_drops_library_warnings(monkeypatch):
             warnings.simplefilter("always")
             assert main(["list", *flags]) == 0
         assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == expected
+
+
+def test_a_run_id_two_suites_share_is_named_as_suite_slash_run_id(tmp_path, capsys):
+    """A run's id does not depend on its suite, so two suites can hold the same run (medmnist-v2 and its
+    robustness twin): the bare id is refused with the choices spelled as SUITE/RUN_ID, and either choice works."""
+    from benchmark.errors import UserError
+    from benchmark.use import find_record
+
+    run_id = f"{RESNET}-s0-00849d17"
+    runs = tmp_path / "runs"
+    for suite in ("medmnist-v2", "medmnist-v2-robustness"):
+        (runs / suite).mkdir(parents=True)
+        (runs / suite / f"{run_id}.json").write_text("{}")
+    assert main(["predict", run_id, "breastmnist:test", "--results", str(tmp_path)]) == 2
+    message = one_error_line(capsys)
+    assert f"(medmnist-v2/{run_id}, medmnist-v2-robustness/{run_id})" in message and "SUITE/RUN_ID" in message
+    chosen = runs / "medmnist-v2-robustness" / f"{run_id}.json"
+    assert find_record(f"medmnist-v2-robustness/{run_id}", tmp_path) == chosen
+    assert find_record(f"medmnist-v2/{RESNET}-s0", tmp_path) == runs / "medmnist-v2" / f"{run_id}.json"  # a prefix
+    with pytest.raises(UserError, match="no run 'medmnist-v2-gpu/"):
+        find_record(f"medmnist-v2-gpu/{run_id}", tmp_path)

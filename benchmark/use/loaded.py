@@ -53,23 +53,25 @@ def require_extra(extra: str, modules: tuple[str, ...] | None = None) -> None:
 
 
 def find_record(run: str | Path, results: str | Path = DEFAULT_RESULTS) -> Path:
-    """The record file of `run`: a path to a record, or a run id (or unique prefix) under `<results>/runs/*/`."""
+    """The record file of `run`: a path to a record, or a run id (or unique prefix) under `<results>/runs/*/`, or
+    `SUITE/RUN_ID` for that suite's record where suites share a run id (a run's id does not depend on its suite)."""
     as_path = Path(run)
     if as_path.suffix == ".json" or as_path.is_file():
         if not as_path.is_file():
             raise UserError(f"record {as_path} does not exist; give a run id or the path of a record file")
         return as_path
     runs = Path(results) / "runs"
-    exact = sorted(runs.glob(f"*/{run}.json"))
-    matches = exact or sorted(runs.glob(f"*/{run}*.json"))
+    pattern = str(run) if "/" in str(run) else f"*/{run}"
+    exact = sorted(runs.glob(f"{pattern}.json"))
+    matches = exact or sorted(runs.glob(f"{pattern}*.json"))
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise UserError(f"no run '{run}' in {runs}; give a run id from `python -m benchmark status` "
                         f"(or --results for another results folder) or a record path")
-    names = ", ".join(str(m.relative_to(runs)) for m in matches[:4])
+    names = ", ".join(m.relative_to(runs).with_suffix("").as_posix() for m in matches[:4])
     raise UserError(f"'{run}' matches {len(matches)} records ({names}{', …' if len(matches) > 4 else ''}); "
-                    f"give the record path or a longer run id")
+                    f"give one of them as SUITE/RUN_ID, a longer run id or the record path")
 
 
 def stored_channels(record: dict) -> int:
