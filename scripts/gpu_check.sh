@@ -152,7 +152,9 @@ tests_both_orders() {
 }
 
 # The v2 table: the medmnist-v2-gpu grid (36 runs of 100 epochs) on $V2_WORKERS packed workers (default 4) under
-# the v2-table limit. The grid's results folder lies outside $OUT (checkpoints are too large to come back); what
+# the v2-table limit (the largest run, ResNet-50 at 224 px, batch 128, fp32, keeps 10.3 GiB of activations for
+# the backward pass -- counted on the CPU with saved_tensors_hooks -- so 4 at once fit an H100 or H200; the grid
+# is 25.8 PFLOP of training, counted with FlopCounterMode). The grid's results folder lies outside $OUT (checkpoints are too large to come back); what
 # comes back is medmnist-v2-gpu.tar.gz (the finished records and the claims log, whose claim/release times give
 # each run's place in the grid's wall time), v2-status.txt (`benchmark status`: every run's state and timing) and
 # v2-table.md (scripts/run_table.py). At its limit the grid gets SIGTERM: the running runs checkpoint and stop.
