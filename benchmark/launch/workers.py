@@ -25,6 +25,8 @@ from benchmark.checkpoint import Interrupted
 from benchmark.errors import UserError
 
 WORKER_ENV = "BENCHMARK_WORKER"  # set in each worker: "i/N"
+# Workers start in a process group of their own (in the same session, so whatever ends the session ends them too)
+OWN_PROCESS_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def worker_environments(workers: int, gpus: list[str], base: dict[str, str] | No
 def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
     """Start `workers` processes of `python -m benchmark <argv>` (the same `run` command) and wait for all of them.
 
-    The workers run in a session (and process group) of their own, so a signal reaches them once, from here: SIGTERM or SIGINT
+    The workers run in a process group of their own, so a signal reaches them once, from here: SIGTERM or SIGINT
     sent to this process (by `kill`, `timeout`, a scheduler or the terminal's Ctrl-C) is passed on to every worker,
     which checkpoints its run and stops (a second one stops them at once), and this process waits for them and
     ends as an interrupted `run` does. Without this, a SIGTERM here would leave the workers training on, orphaned.
@@ -88,7 +90,7 @@ def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
     stopping = (signal.SIGTERM, signal.SIGINT)
     previous = {signum: signal.signal(signum, pass_on) for signum in stopping}
     try:
-        processes.extend(subprocess.Popen(command, env=env, start_new_session=True) for env in environments)
+        processes.extend(subprocess.Popen(command, env=env, **OWN_PROCESS_GROUP) for env in environments)
         if received:  # a signal came while they started: pass it on to those that missed it
             pass_on(received[-1], None)
         codes = [process.wait() for process in processes]
