@@ -20,8 +20,11 @@
 #   workers      scripts/workers_throughput.py: runs/hour at --workers 1,2,4,8 on a medmnist-v2 Breast+Retina grid
 #   perf-resnet-ro  (if time is left) resnet18_28 with --compile reduce-overhead (CUDA graphs)
 # The perf and workers steps run alone (after the tests), so nothing else competes for the GPU while they time.
-# Everything goes to $OUT (default ./gpu-check-out): one log per step, perf JSON + profile tables, the workers
-# JSON, junit XML, and summary.txt (each step's exit status and seconds). The machine lacks medmnist, fire,
+# Everything goes to $WORK (default a new /tmp/gpu-check.XXXXXX): one log per step, perf JSON + profile tables, the workers
+# JSON, junit XML, and summary.txt (each step's exit status and seconds). After each step all of it is packed
+# into $OUT/gpu-check.tar.gz (default $OUT: ./gpu-check-out), beside a copy of summary.txt: a device machine
+# returns only a few files from $OUT (8 at most), so what comes back must be few files, and is complete even
+# when the call is cut off. The machine lacks medmnist, fire,
 # termcolor, datasets, dill, multiprocess (and pytest-random-order): they come from .whl/ (installed with
 # --no-deps into /tmp/site); the .npz files from .gpudata/.
 set -u
@@ -53,7 +56,8 @@ if [ "$MODE" = prepare ]; then
 fi
 
 OUT=${OUT:-$ROOT/gpu-check-out}
-mkdir -p "$OUT"
+WORK=${GPU_CHECK_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}  # a fresh folder: no stale logs
+mkdir -p "$OUT" "$WORK"
 BUDGET=${GPU_CHECK_BUDGET:-570}
 START=$(date +%s)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error MPLBACKEND=Agg PYTHONUNBUFFERED=1
@@ -62,8 +66,8 @@ export PYTHONPATH="$ROOT"
 # the next (multiprocess-...-py310, py311, ...), so the newest one this Python takes stays.
 if compgen -G ".whl/*.whl" > /dev/null; then
   for wheel in .whl/*.whl; do
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheel" >> "$OUT/wheels.log" 2>&1 \
-      || echo "not installed: $wheel" >> "$OUT/wheels.log"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$wheel" >> "$WORK/wheels.log" 2>&1 \
+      || echo "not installed: $wheel" >> "$WORK/wheels.log"
   done
   export PYTHONPATH="$ROOT:/tmp/site"
 fi
@@ -94,38 +98,45 @@ fi
 
 limit_of() { for item in "${LIMITS[@]}"; do [ "${item%%:*}" = "$1" ] && echo "${item#*:}"; done; }
 
-# step NAME COMMAND...: runs COMMAND under min(its limit, what is left of the budget), logs to $OUT/NAME.log
+# step NAME COMMAND...: runs COMMAND under min(its limit, what is left of the budget), logs to $WORK/NAME.log
 step() {
   local name=$1; shift
   local left=$(( BUDGET - ($(date +%s) - START) ))
   local limit; limit=$(limit_of "$name")
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 20 ]; then
-    echo "$name: skipped (budget spent)" | tee -a "$OUT/summary.txt"
+    echo "$name: skipped (budget spent)" | tee -a "$WORK/summary.txt"
     return
   fi
   echo "== $name (limit ${limit} s): $*"
   local began; began=$(date +%s)
   if declare -F "$1" > /dev/null; then  # a function of this script: it applies the limit itself
-    STEP_LIMIT=$limit "$@" > "$OUT/$name.log" 2>&1
+    STEP_LIMIT=$limit "$@" > "$WORK/$name.log" 2>&1
   else
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   fi
   local status=$?
   local note=""; [ "$status" = 124 ] && note=" (timed out)"
-  echo "$name: exit $status$note in $(( $(date +%s) - began )) s" | tee -a "$OUT/summary.txt"
-  tail -n 4 "$OUT/$name.log"
+  echo "$name: exit $status$note in $(( $(date +%s) - began )) s" | tee -a "$WORK/summary.txt"
+  tail -n 4 "$WORK/$name.log"
+  pack
 }
 
-: > "$OUT/summary.txt"
+# pack: all of $WORK into $OUT/gpu-check.tar.gz (written aside, then renamed), and summary.txt beside it
+pack() {
+  tar -czf "$OUT/gpu-check.tar.gz.part" -C "$WORK" . && mv "$OUT/gpu-check.tar.gz.part" "$OUT/gpu-check.tar.gz"
+  cp "$WORK/summary.txt" "$OUT/summary.txt"
+}
+
+: > "$WORK/summary.txt"
 {
   echo "mode: $MODE, $(date -u +%FT%TZ), commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
   nvidia-smi 2>/dev/null || echo "no nvidia-smi"
   "$PY" -c "import torch, transformers, accelerate, platform; print(platform.python_version(), 'torch', torch.__version__, \
 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0), 'transformers', \
 transformers.__version__, 'accelerate', accelerate.__version__, 'cpus', len(__import__('os').sched_getaffinity(0)))"
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} > "$WORK/env.txt" 2>&1
+cat "$WORK/env.txt"
 
 # The quick pass in the plain and in a shuffled order, at once, half the cores each; exit 1 if either failed.
 tests_both_orders() {
@@ -133,12 +144,12 @@ tests_both_orders() {
   [ "$half" -lt 1 ] && half=1
   local pytest=(timeout --kill-after=10 "$STEP_LIMIT" env OMP_NUM_THREADS="$half" "$PY" -m pytest -q -p no:randomly
                 -p no:cacheprovider -rfE)
-  "${pytest[@]}" --junitxml="$OUT/tests.xml" "${TEST_ARGS[@]}" > "$OUT/tests-plain.log" 2>&1 &
+  "${pytest[@]}" --junitxml="$WORK/tests.xml" "${TEST_ARGS[@]}" > "$WORK/tests-plain.log" 2>&1 &
   local plain=$!
   local shuffled=""
   if "$PY" -c "import random_order" 2> /dev/null; then
-    "${pytest[@]}" --random-order --random-order-seed=19 --junitxml="$OUT/tests-shuffled.xml" "${TEST_ARGS[@]}" \
-      > "$OUT/tests-shuffled.log" 2>&1 &
+    "${pytest[@]}" --random-order --random-order-seed=19 --junitxml="$WORK/tests-shuffled.xml" "${TEST_ARGS[@]}" \
+      > "$WORK/tests-shuffled.log" 2>&1 &
     shuffled=$!
   else
     echo "shuffled order: not run (pytest-random-order is not installed)"
@@ -146,20 +157,21 @@ tests_both_orders() {
   wait "$plain"; local plain_status=$?
   local shuffled_status=0
   [ -n "$shuffled" ] && { wait "$shuffled"; shuffled_status=$?; }
-  echo "plain order: exit $plain_status ($(tail -n 1 "$OUT/tests-plain.log"))"
-  [ -n "$shuffled" ] && echo "shuffled order: exit $shuffled_status ($(tail -n 1 "$OUT/tests-shuffled.log"))"
+  echo "plain order: exit $plain_status ($(tail -n 1 "$WORK/tests-plain.log"))"
+  [ -n "$shuffled" ] && echo "shuffled order: exit $shuffled_status ($(tail -n 1 "$WORK/tests-shuffled.log"))"
   [ "$plain_status" = 0 ] && [ "$shuffled_status" = 0 ]
 }
 
 # The v2 table: the medmnist-v2-gpu grid (36 runs of 100 epochs) on $V2_WORKERS packed workers (default 4) under
 # the v2-table limit (the largest run, ResNet-50 at 224 px, batch 128, fp32, keeps 10.3 GiB of activations for
 # the backward pass -- counted on the CPU with saved_tensors_hooks -- so 4 at once fit an H100 or H200; the grid
-# is 25.8 PFLOP of training, counted with FlopCounterMode). The grid's results folder lies outside $OUT (checkpoints are too large to come back); what
-# comes back is medmnist-v2-gpu.tar.gz (the finished records and the claims log, whose claim/release times give
-# each run's place in the grid's wall time), v2-status.txt (`benchmark status`: every run's state and timing) and
-# v2-table.md (scripts/run_table.py). At its limit the grid gets SIGTERM: the running runs checkpoint and stop.
-# Runs left for later: copy the tarball to .gpudata/ and call again; its finished records are unpacked first, so
-# the grid resumes with the runs still missing (a stopped run starts over: its checkpoint did not come back).
+# is 25.8 PFLOP of training, counted with FlopCounterMode). The grid's results folder lies outside $OUT
+# (checkpoints are too large to come back); $OUT/medmnist-v2-gpu.tar.gz holds the finished records and the claims
+# log (whose claim/release times give each run's place in the grid's wall time), and gpu-check.tar.gz also holds
+# v2-status.txt (`benchmark status`: every run's state and timing) and v2-table.md (scripts/run_table.py). At its
+# limit the grid gets SIGTERM: the running runs checkpoint and stop. Runs left for later: copy the records tarball
+# to .gpudata/ and call again; its finished records are unpacked first, so the grid resumes with the runs still
+# missing (a stopped run starts over: its checkpoint did not come back).
 v2_table() {
   local results=${V2_RESULTS:-/tmp/medmnist-v2-gpu-results}
   mkdir -p "$results"
@@ -168,13 +180,14 @@ v2_table() {
   fi
   step v2-table "$PY" -m benchmark run "${V2_GRID[@]}" --workers "$V2_WORKERS" --data-root "$DATA_ROOT" \
     --output "$results" --quiet
-  "$PY" -m benchmark status "${V2_GRID[@]}" --data-root "$DATA_ROOT" --output "$results" > "$OUT/v2-status.txt" 2>&1
-  "$PY" scripts/run_table.py "$results/runs/medmnist-v2-gpu" > "$OUT/v2-table.md" 2>&1
+  "$PY" -m benchmark status "${V2_GRID[@]}" --data-root "$DATA_ROOT" --output "$results" > "$WORK/v2-status.txt" 2>&1
+  "$PY" scripts/run_table.py "$results/runs/medmnist-v2-gpu" > "$WORK/v2-table.md" 2>&1
   tar -czf "$OUT/medmnist-v2-gpu.tar.gz" -C "$results" runs/medmnist-v2-gpu claims/medmnist-v2-gpu
-  grep -c '^completed' "$OUT/v2-status.txt" | sed 's/$/ runs completed/' | tee -a "$OUT/summary.txt"
+  grep -c '^completed' "$WORK/v2-status.txt" | sed 's/$/ runs completed/' | tee -a "$WORK/summary.txt"
+  pack
 }
 
-PERF=("$PY" -m benchmark perf --data-root "$DATA_ROOT" --skip-tutorial --output "$OUT/perf")
+PERF=("$PY" -m benchmark perf --data-root "$DATA_ROOT" --skip-tutorial --output "$WORK/perf")
 if [ "$PART" = v2-table ]; then
   v2_table
 else
@@ -182,9 +195,11 @@ else
   step perf-vit "${PERF[@]}" "${PERF_VIT[@]}" --profile
   step perf-vit-rc "${PERF[@]}" "${PERF_VIT[@]}" --compile regional --compile-backend "$COMPILE_BACKEND"
   step perf-resnet "${PERF[@]}" "${PERF_RESNET[@]}"
-  step workers "$PY" scripts/workers_throughput.py --data-root "$DATA_ROOT" --output "$OUT" "${WORKERS[@]}"
+  step workers "$PY" scripts/workers_throughput.py --data-root "$DATA_ROOT" --output "$WORK" "${WORKERS[@]}"
   step perf-resnet-ro "${PERF[@]}" "${PERF_RESNET[@]}" --compile reduce-overhead --compile-backend "$COMPILE_BACKEND"
 fi
 
-echo "total $(( $(date +%s) - START )) s" | tee -a "$OUT/summary.txt"
-ls "$OUT" "$OUT/perf" 2> /dev/null
+echo "total $(( $(date +%s) - START )) s" | tee -a "$WORK/summary.txt"
+pack
+echo "outputs in $WORK, packed into $OUT:"
+ls -l "$OUT"
