@@ -138,7 +138,11 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-_stop = {"signal": 0}
+_stop = {"signal": 0, "at": 0.0}
+#: a repeat sooner than this after the first signal is the same request delivered twice, not "stop at once":
+#: `timeout` signals its command and then its process group, a scheduler may signal every process of a job while
+#: `run --workers` also passes the signal on
+REPEAT_AFTER_SECONDS = 1.0
 
 
 def stop_requested() -> int:
@@ -148,18 +152,23 @@ def stop_requested() -> int:
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """While inside: SIGTERM/SIGINT ask the grid to stop at the next step boundary (after a checkpoint); a
-    second one stops at once (KeyboardInterrupt). Only the main thread can install handlers: elsewhere, a no-op."""
+    """While inside: SIGTERM/SIGINT ask the grid to stop at the next step boundary (after a checkpoint); another
+    one, a second or more later, stops at once (KeyboardInterrupt). Only the main thread can install handlers:
+    elsewhere, a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def request(signum, frame):
         if _stop["signal"]:
+            if time.monotonic() - _stop["at"] < REPEAT_AFTER_SECONDS:
+                logger.info(f"{signal.Signals(signum).name} again at once: the same stop request, delivered twice")
+                return
+            logger.warning(f"{signal.Signals(signum).name} again: stopping at once")
             raise KeyboardInterrupt
-        _stop["signal"] = signum
+        _stop["signal"], _stop["at"] = signum, time.monotonic()
         logger.warning(f"{signal.Signals(signum).name}: stopping at the next step, after a checkpoint "
-                       f"(send it again to stop at once)")
+                       f"(send it again, a second later or more, to stop at once)")
 
     previous = {signum: signal.signal(signum, request) for signum in (signal.SIGTERM, signal.SIGINT)}
     _stop["signal"] = 0

@@ -286,12 +286,14 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(dry_run_table(suite))
         return 0
-    from benchmark.launch.workers import is_worker, parse_gpus, run_workers
+    from benchmark.launch.workers import is_worker, parse_gpus, run_workers, stop_with_parent
 
     if args.gpus and not args.workers:
         raise UserError("--gpus places the workers of --workers N; add --workers")
     if args.workers and not is_worker():
         return run_workers(args.argv, args.workers, parse_gpus(args.gpus))
+    if is_worker():
+        stop_with_parent()
     summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
                         quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track,
                         claim_timeout=args.claim_timeout, checkpoint_every=args.checkpoint_every)

@@ -79,9 +79,10 @@ if [ "$MODE" = gpu ]; then
   PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 128 --steps 30 --warmup 5 --rounds 3)
   COMPILE_BACKEND=inductor
   WORKERS=(--workers 1,2,4,8 --datasets breastmnist,retinamnist --models resnet18_28 --seeds 0,1,2,3 --epochs 2)
-  LIMITS=(tests:270 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:120 perf-resnet-ro:60 v2-table:520)
+  LIMITS=(tests:270 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:120 perf-resnet-ro:60 v2-table:480)
   V2_GRID=(--suite medmnist-v2-gpu)
   V2_WORKERS=${V2_WORKERS:-4}
+  V2_TARBALL=medmnist-v2-gpu.tar.gz
 else  # tiny settings on the CPU: each step's plumbing, not its numbers
   DATA_ROOT=bundled
   TEST_ARGS=(tests/test_isolation.py)
@@ -93,6 +94,7 @@ else  # tiny settings on the CPU: each step's plumbing, not its numbers
   V2_GRID=(--suite medmnist-v2-gpu --datasets breastmnist --models resnet18_28,resnet18_224 --seeds 0 --epochs 1
            --limit 16 --batch-size 16)
   V2_WORKERS=2
+  V2_TARBALL=medmnist-v2-gpu-dry.tar.gz  # never mixed with a GPU tarball in .gpudata/
   BUDGET=${GPU_CHECK_BUDGET:-3600}
 fi
 
@@ -166,23 +168,23 @@ tests_both_orders() {
 # the v2-table limit (the largest run, ResNet-50 at 224 px, batch 128, fp32, keeps 10.3 GiB of activations for
 # the backward pass -- counted on the CPU with saved_tensors_hooks -- so 4 at once fit an H100 or H200; the grid
 # is 25.8 PFLOP of training, counted with FlopCounterMode). The grid's results folder lies outside $OUT
-# (checkpoints are too large to come back); $OUT/medmnist-v2-gpu.tar.gz holds the finished records and the claims
+# (checkpoints are too large to come back); $OUT/$V2_TARBALL holds the finished records and the claims
 # log (whose claim/release times give each run's place in the grid's wall time), and gpu-check.tar.gz also holds
 # v2-status.txt (`benchmark status`: every run's state and timing) and v2-table.md (scripts/run_table.py). At its
 # limit the grid gets SIGTERM: the running runs checkpoint and stop. Runs left for later: copy the records tarball
 # to .gpudata/ and call again; its finished records are unpacked first, so the grid resumes with the runs still
 # missing (a stopped run starts over: its checkpoint did not come back).
 v2_table() {
-  local results=${V2_RESULTS:-/tmp/medmnist-v2-gpu-results}
-  mkdir -p "$results"
-  if [ -f .gpudata/medmnist-v2-gpu.tar.gz ]; then
-    tar -xzf .gpudata/medmnist-v2-gpu.tar.gz -C "$results" && echo "unpacked the finished runs of an earlier call"
+  local results=${V2_RESULTS:-$(mktemp -d "${TMPDIR:-/tmp}/medmnist-v2-gpu.XXXXXX")}
+  if [ -f ".gpudata/$V2_TARBALL" ]; then
+    tar -xzf ".gpudata/$V2_TARBALL" -C "$results" && echo "unpacked the finished runs of an earlier call"
   fi
   step v2-table "$PY" -m benchmark run "${V2_GRID[@]}" --workers "$V2_WORKERS" --data-root "$DATA_ROOT" \
     --output "$results" --quiet
   "$PY" -m benchmark status "${V2_GRID[@]}" --data-root "$DATA_ROOT" --output "$results" > "$WORK/v2-status.txt" 2>&1
   "$PY" scripts/run_table.py "$results/runs/medmnist-v2-gpu" > "$WORK/v2-table.md" 2>&1
-  tar -czf "$OUT/medmnist-v2-gpu.tar.gz" -C "$results" runs/medmnist-v2-gpu claims/medmnist-v2-gpu
+  tar -czf "$OUT/$V2_TARBALL.part" -C "$results" runs/medmnist-v2-gpu claims/medmnist-v2-gpu \
+    && mv "$OUT/$V2_TARBALL.part" "$OUT/$V2_TARBALL"
   grep -c '^completed' "$WORK/v2-status.txt" | sed 's/$/ runs completed/' | tee -a "$WORK/summary.txt"
   pack
 }

@@ -335,3 +335,6 @@ def test_a_run_id_two_suites_share_is_named_as_suite_slash_run_id(tmp_path, caps
     assert find_record(f"medmnist-v2/{RESNET}-s0", tmp_path) == runs / "medmnist-v2" / f"{run_id}.json"  # a prefix
     with pytest.raises(UserError, match="no run 'medmnist-v2-gpu/"):
         find_record(f"medmnist-v2-gpu/{run_id}", tmp_path)
+    for neither in ("medmnist-v2/", f"runs/medmnist-v2/{run_id}", str(runs / "medmnist-v2" / run_id)):
+        with pytest.raises(UserError, match="neither a record file nor SUITE/RUN_ID"):
+            find_record(neither, tmp_path)

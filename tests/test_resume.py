@@ -336,3 +336,22 @@ def test_a_failed_forced_rerun_keeps_the_finished_record(tmp_path, monkeypatch):
     assert record_files(output) == [record] and record.read_bytes() == finished
     (failed,) = (record.parent / "superseded").glob(f"{record.stem}-failed-*.json")
     assert json.loads(failed.read_text())["error"]["message"] == "breastmnist.npz not found; pass --download to fetch it"
+
+
+def deliver(signum: int) -> None:
+    """Send `signum` to this process and let its Python handler run."""
+    os.kill(os.getpid(), signum)
+    time.sleep(0.01)  # the handler runs at the next bytecode boundary of the main thread
+
+
+def test_a_signal_delivered_twice_at_once_is_one_stop_request_and_a_later_one_stops_at_once(monkeypatch):
+    """`timeout` sends SIGTERM to its command and then to its process group (and `run --workers` passes signals
+    on): the copies arriving together must not turn "stop after a checkpoint" into "stop at once"."""
+    with checkpoint.stop_on_signals():
+        deliver(signal.SIGTERM)
+        deliver(signal.SIGTERM)  # the same request, delivered twice
+        assert checkpoint.stop_requested() == signal.SIGTERM
+        monkeypatch.setattr(checkpoint, "REPEAT_AFTER_SECONDS", 0.0)  # now it comes later: the user insists
+        with pytest.raises(KeyboardInterrupt):
+            deliver(signal.SIGINT)
+    assert checkpoint.stop_requested() == 0

@@ -105,42 +105,84 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process table from /proc (Linux)")
-def test_sigterm_to_run_with_workers_stops_every_worker_after_a_checkpoint(tmp_path):
-    """SIGTERM sent to `run --workers 2` alone (as `kill PID`, `timeout` or a scheduler sends it): the command passes
-    it on, each worker checkpoints its run and releases it as interrupted, and the command ends 143 only once no
-    worker is left training (before the fix the workers trained on, orphaned, after the command had died)."""
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(),
+                                reason="reads the process table from /proc (Linux)")
+
+
+def start_two_workers(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """`run --workers 2` on the smoke grid, long enough to be stopped in, once both workers have claimed a run:
+    (the command, in a session of its own as a shell's job would be; its results folder; its log)."""
     output = tmp_path / "out"
     command = [sys.executable, "-m", "benchmark", "run", "--suite", "smoke", "--epochs", "200", "--quiet",
                "--workers", "2", "--output", str(output)]
     log = tmp_path / "run.log"  # not a pipe: orphaned workers would hold it open
     with log.open("w") as sink:
-        parent = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
+        parent = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=sink, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     deadline = time.monotonic() + 300
     while len([e for e in claim_events(output, "smoke") if e["event"] == "claim"]) < 2:
         assert parent.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the workers claimed no runs in 300 s"
         time.sleep(0.05)
-    parent.send_signal(signal.SIGTERM)
-    try:
-        parent.wait(timeout=120)
-    finally:
-        leftover = processes_mentioning(str(output))
-        if leftover:  # never leave a stray worker behind, even when the test fails
-            subprocess.run(["pkill", "-KILL", "-f", str(output)], check=False)
-    assert not leftover, leftover
-    err = log.read_text()
-    assert parent.returncode == 128 + signal.SIGTERM, err
-    assert "run the same command again to resume" in err
+    return parent, output, log
+
+
+def wait_for_workers_to_end(output: Path, seconds: float) -> list[str]:
+    """Wait until no process names `output`; the ones still there after `seconds` are killed and returned."""
+    deadline = time.monotonic() + seconds
+    while (leftover := processes_mentioning(str(output))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if leftover:  # never leave a stray worker behind, even when the test fails
+        subprocess.run(["pkill", "-KILL", "-f", str(output)], check=False)
+    return leftover
+
+
+def assert_stopped_after_checkpoints(output: Path, log: str) -> None:
+    """Every claimed run was released; the interrupted ones left the last.pt that the same command resumes from
+    (a worker stopped at once, without its checkpoint, would leave none)."""
     events = claim_events(output, "smoke")
     claimed = [e["run_id"] for e in events if e["event"] == "claim"]
     released = {e["run_id"]: e["outcome"] for e in events if e["event"] == "release"}
     assert set(released) == set(claimed) and "interrupted" in released.values(), events
     assert not list((output / "claims" / "smoke").glob("*.claim"))
     for run_id, outcome in released.items():
-        if outcome == "interrupted":  # it stopped after a checkpoint, so the same command resumes it
-            assert (output / "checkpoints" / "smoke" / run_id / "last.pt").exists()
+        if outcome == "interrupted":
+            assert (output / "checkpoints" / "smoke" / run_id / "last.pt").exists(), log
+    assert "stopping at once" not in log
+
+
+@pytest.mark.slow
+@LINUX_PROC
+def test_sigterm_as_timeout_sends_it_stops_every_worker_after_a_checkpoint(tmp_path):
+    """SIGTERM sent to `run --workers 2` and then to its process group, as `timeout` sends it: the command passes
+    it on, each worker checkpoints its run and releases it as interrupted (the second copy is the same request,
+    not "stop at once"), and the command ends 143 once no worker is left (before, the workers trained on,
+    orphaned, after the command had died)."""
+    parent, output, log = start_two_workers(tmp_path)
+    parent.send_signal(signal.SIGTERM)
+    time.sleep(0.2)  # (two copies pending at once would merge into one)
+    os.killpg(parent.pid, signal.SIGTERM)
+    try:
+        parent.wait(timeout=120)
+    finally:
+        leftover = wait_for_workers_to_end(output, 0)
+    assert not leftover, leftover
+    assert parent.returncode == 128 + signal.SIGTERM, log.read_text()
+    assert "run the same command again to resume" in log.read_text()
+    assert_stopped_after_checkpoints(output, log.read_text())
+
+
+@pytest.mark.slow
+@LINUX_PROC
+def test_workers_of_a_killed_command_checkpoint_and_stop(tmp_path):
+    """SIGKILL leaves the command no chance to pass anything on: the kernel sends its workers SIGTERM
+    (PR_SET_PDEATHSIG), so they checkpoint, release their runs and stop instead of training on, orphaned."""
+    parent, output, log = start_two_workers(tmp_path)
+    parent.kill()
+    parent.wait()
+    leftover = wait_for_workers_to_end(output, 120)
+    assert not leftover, leftover
+    assert_stopped_after_checkpoints(output, log.read_text())
 
 
 def test_workers_get_their_threads_and_gpus(monkeypatch):

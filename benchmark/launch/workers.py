@@ -10,7 +10,14 @@ so the records are those of one worker (same config hashes; on CPU the same numb
 - GPUs: `--gpus 0,1` puts worker i on GPU `gpus[i % len(gpus)]` (CUDA_VISIBLE_DEVICES); without it every worker
   uses the GPU(s) the command sees, i.e. N workers share one device, which is the point for runs too small to fill it.
 
-The command's exit status is the first non-zero status of a worker (0 when every worker succeeded).
+Stopping: the workers run in a process group of their own, so a signal reaches them once, through the command.
+SIGTERM, SIGINT (Ctrl-C) or SIGHUP (a closed terminal) sent to the command is passed on to every worker (SIGHUP
+as SIGTERM), which checkpoints its run and stops; the command waits for them and ends as an interrupted `run`
+does (128 + the signal: 143, 130, 129). A worker whose command dies without passing anything on (SIGKILL) gets
+SIGTERM from the kernel (Linux: PR_SET_PDEATHSIG), so no worker trains on, orphaned.
+
+The command's exit status is otherwise the first non-zero status of a worker, 128 + N for one killed by signal N
+(0 when every worker succeeded).
 """
 
 from __future__ import annotations
@@ -25,8 +32,14 @@ from benchmark.checkpoint import Interrupted
 from benchmark.errors import UserError
 
 WORKER_ENV = "BENCHMARK_WORKER"  # set in each worker: "i/N"
-# Workers start in a process group of their own (in the same session, so whatever ends the session ends them too)
-OWN_PROCESS_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+PARENT_ENV = "BENCHMARK_WORKER_PARENT"  # the pid of the command that started the worker
+if sys.version_info >= (3, 11):
+    OWN_PROCESS_GROUP = {"process_group": 0}
+else:
+    OWN_PROCESS_GROUP = {"preexec_fn": os.setpgrp} if hasattr(os, "setpgrp") else {}
+# what the command passes on to its workers when it receives it (signal name -> the one passed on)
+PASSED_ON = {"SIGTERM": "SIGTERM", "SIGINT": "SIGINT", "SIGHUP": "SIGTERM"}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +68,33 @@ def worker_environments(workers: int, gpus: list[str], base: dict[str, str] | No
     threads = base.get("OMP_NUM_THREADS") or str(max(1, usable_cores() // workers))
     environments = []
     for index in range(workers):
-        env = {**base, WORKER_ENV: f"{index}/{workers}", "OMP_NUM_THREADS": threads}
+        env = {**base, WORKER_ENV: f"{index}/{workers}", PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": threads}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         environments.append(env)
     return environments
 
 
-def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
-    """Start `workers` processes of `python -m benchmark <argv>` (the same `run` command) and wait for all of them.
+def stop_with_parent() -> None:
+    """In a worker: have the kernel send SIGTERM (stop after a checkpoint) when the command that started it dies
+    (Linux; elsewhere the command's own signal passing is all there is), and stop now if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    The workers run in a process group of their own, so a signal reaches them once, from here: SIGTERM or SIGINT
-    sent to this process (by `kill`, `timeout`, a scheduler or the terminal's Ctrl-C) is passed on to every worker,
-    which checkpoints its run and stops (a second one stops them at once), and this process waits for them and
-    ends as an interrupted `run` does. Without this, a SIGTERM here would leave the workers training on, orphaned.
-    """
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    parent = os.environ.get(PARENT_ENV)
+    if parent and hasattr(os, "getppid") and os.getppid() != int(parent):
+        raise Interrupted(signal.SIGTERM)  # the command died before the kernel could be asked
+
+
+def exit_status(code: int) -> int:
+    """A worker's exit status as a shell reports it: 128 + N for one killed by signal N."""
+    return 128 - code if code < 0 else code
+
+
+def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
+    """Start `workers` processes of `python -m benchmark <argv>` (the same `run` command) and wait for all of them;
+    signals sent to this process are passed on to them (see the module docstring)."""
     if workers < 1:
         raise UserError(f"--workers must be >= 1 (got {workers})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -78,28 +103,36 @@ def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
     environments = worker_environments(workers, gpus)
     logger.info(f"starting {workers} workers ({environments[0]['OMP_NUM_THREADS']} threads each"
                 + (f", GPUs {','.join(gpus)}" if gpus else "") + ")")
-    received: list[int] = []
+    received: list[tuple[int, int]] = []  # (signal, how many workers had started when it came)
     processes: list[subprocess.Popen] = []
 
-    def pass_on(signum, frame):
-        received.append(signum)
-        for process in processes:
+    def pass_on(signum, frame=None, workers: list[subprocess.Popen] = processes):
+        received.append((signum, len(processes)))
+        for process in workers:
             if process.poll() is None:
-                process.send_signal(signum)
+                process.send_signal(getattr(signal, PASSED_ON[signal.Signals(signum).name]))
 
-    stopping = (signal.SIGTERM, signal.SIGINT)
+    stopping = [getattr(signal, name) for name in PASSED_ON if hasattr(signal, name)]
     previous = {signum: signal.signal(signum, pass_on) for signum in stopping}
     try:
-        processes.extend(subprocess.Popen(command, env=env, **OWN_PROCESS_GROUP) for env in environments)
-        if received:  # a signal came while they started: pass it on to those that missed it
-            pass_on(received[-1], None)
-        codes = [process.wait() for process in processes]
+        try:
+            for env in environments:
+                processes.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, **OWN_PROCESS_GROUP))
+        except BaseException:  # one could not start: stop those that did, as a signal would
+            pass_on(signal.SIGTERM)
+            for process in processes:
+                process.wait()
+            raise
+        if received:  # a signal came while they started: pass it on to those started after it
+            signum, started = received[0]
+            pass_on(signum, workers=processes[started:])
+        codes = [exit_status(process.wait()) for process in processes]
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if received:
-        raise Interrupted(received[0])
     failed = [(index, code) for index, code in enumerate(codes) if code]
     if failed:
         logger.warning("workers that failed: " + ", ".join(f"{index} (exit status {code})" for index, code in failed))
+    if received:
+        raise Interrupted(received[0][0])
     return failed[0][1] if failed else 0

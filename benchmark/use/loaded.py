@@ -14,6 +14,7 @@ scheme turns back into the model (`benchmark.schemes.run.restore_scheme`).
 from __future__ import annotations
 
 import base64
+import glob
 import importlib.util
 import logging
 from dataclasses import dataclass, fields, replace
@@ -61,7 +62,11 @@ def find_record(run: str | Path, results: str | Path = DEFAULT_RESULTS) -> Path:
             raise UserError(f"record {as_path} does not exist; give a run id or the path of a record file")
         return as_path
     runs = Path(results) / "runs"
-    pattern = str(run) if "/" in str(run) else f"*/{run}"
+    suite, _, run_id = str(run).rpartition("/")
+    if suite and (as_path.is_absolute() or len(as_path.parts) != 2 or not run_id):
+        raise UserError(f"'{run}' is neither a record file nor SUITE/RUN_ID; give a run id, SUITE/RUN_ID or the "
+                        f"path of a record .json file")
+    pattern = f"{glob.escape(suite) if suite else '*'}/{glob.escape(run_id)}"
     exact = sorted(runs.glob(f"{pattern}.json"))
     matches = exact or sorted(runs.glob(f"{pattern}*.json"))
     if len(matches) == 1:
