@@ -169,6 +169,7 @@ def test_sigterm_as_timeout_sends_it_stops_every_worker_after_a_checkpoint(tmp_p
     assert not leftover, leftover
     assert parent.returncode == 128 + signal.SIGTERM, log.read_text()
     assert "run the same command again to resume" in log.read_text()
+    assert "workers that failed" not in log.read_text()  # they stopped as asked
     assert_stopped_after_checkpoints(output, log.read_text())
 
 

@@ -130,7 +130,8 @@ def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    failed = [(index, code) for index, code in enumerate(codes) if code]
+    stopped = {128 + signal.SIGTERM, 128 + signal.SIGINT} if received else set()  # as asked: not failures
+    failed = [(index, code) for index, code in enumerate(codes) if code and code not in stopped]
     if failed:
         logger.warning("workers that failed: " + ", ".join(f"{index} (exit status {code})" for index, code in failed))
     if received:
