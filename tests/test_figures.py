@@ -85,6 +85,41 @@ def test_png_and_pdf_small_suite(tmp_path):
             _check_png(p)
 
 
+def test_pngs_of_plots_are_palette_images_and_pngs_of_photographs_keep_their_colours(tmp_path):
+    """A plot's PNG is a palette image: a fraction of the full-colour file's bytes, no pixel more than 16 levels
+    off the drawing and white still white. A figure of colour photographs (here random colours, the hardest
+    case) keeps every pixel of the drawing."""
+    import io
+
+    import numpy as np
+
+    from benchmark.report.figures.style import PNG_PALETTE_MAX_ERROR, new_figure, save_figure
+
+    def draw(with_photograph: bool):
+        rng = np.random.default_rng(0)
+        fig = new_figure(3.5, 2.0)
+        left, right = fig.subplots(1, 2)
+        if with_photograph:
+            left.imshow(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
+        for k in range(3):
+            left.plot(np.cumsum(rng.normal(size=50)), label=f"walk {k}")
+        right.fill_between(range(50), np.cumsum(rng.normal(size=50)), alpha=0.3)
+        left.legend()
+        full = io.BytesIO()
+        fig.savefig(full, format="png", dpi=150)
+        (path,) = save_figure(fig, tmp_path, f"photograph-{with_photograph}", ("png",), 150)
+        with Image.open(path) as saved, Image.open(full) as drawn:
+            pixels = np.asarray(saved.convert("RGB"), float), np.asarray(drawn.convert("RGB"), float)
+            error = np.abs(pixels[0] - pixels[1])
+            assert tuple(pixels[0][0, 0]) == (255, 255, 255)  # the background
+            return saved.mode, error.max(), error.mean(), path.stat().st_size / len(full.getvalue())
+
+    mode, largest, mean, ratio = draw(with_photograph=False)
+    assert mode == "P" and largest <= PNG_PALETTE_MAX_ERROR and mean <= 0.5 and ratio < 0.6, (mode, largest, ratio)
+    mode, largest, _, _ = draw(with_photograph=True)
+    assert mode == "RGB" and largest == 0
+
+
 def test_old_records_without_samples_or_predictions(tmp_path, caplog):
     # an old record: no test_predictions; its samples block has one undecodable image
     rec = make_record(suite="old")
