@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from benchmark.data.images import open_image
 from benchmark.errors import UserError
 from benchmark.records import atomic_write_bytes, check_writable
+from benchmark.report.figures.style import save_figure
 from benchmark.use.loaded import DEFAULT_RESULTS, LoadedRun, load_run, require_extra
 
 METHODS = {"resnet": "grad-cam", "hf": "attention-rollout"}
@@ -220,7 +221,4 @@ def write_explanation_figure(run: str | Path, out_dir: str | Path, results: str 
     fig = explanation_figure(loaded)
     out_dir = Path(out_dir) / loaded.record["suite"] / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{loaded.run_id}_explain.{fmt}" for fmt in formats]
-    for path, fmt in zip(paths, formats):
-        fig.savefig(path, format=fmt, dpi=dpi)
-    return paths
+    return save_figure(fig, out_dir, f"{loaded.run_id}_explain", formats, dpi)
