@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from conftest import need
 
 from benchmark import cli, launch
+from benchmark.checkpoint import Interrupted
 from benchmark.claims import ClaimSettings, claim_events, parse_shard, select_shard, try_claim
 from benchmark.config import load_suite
 from benchmark.errors import UserError
@@ -184,6 +186,49 @@ def test_workers_of_a_killed_command_checkpoint_and_stop(tmp_path):
     leftover = wait_for_workers_to_end(output, 120)
     assert not leftover, leftover
     assert_stopped_after_checkpoints(output, log.read_text())
+
+
+STAND_IN_WORKER = """
+import signal, sys, time
+from pathlib import Path
+def stop(signum, frame):
+    Path(sys.argv[1]).write_text(signal.Signals(signum).name)
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+Path(sys.argv[1] + ".ready").touch()
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is a POSIX signal")
+def test_sighup_to_the_command_reaches_every_worker_as_sigterm(tmp_path, monkeypatch):
+    """A closed terminal (SIGHUP) stops `run --workers` as SIGTERM would: each worker gets SIGTERM (a worker
+    killed by SIGHUP itself would stop without its checkpoint) and the command ends as interrupted, 129.
+    The workers here are stand-ins that write down the signal they got."""
+    real_popen = subprocess.Popen
+    started = []
+
+    def stand_in(command, **kwargs):
+        started.append(tmp_path / f"worker{len(started)}")
+        return real_popen([sys.executable, "-c", STAND_IN_WORKER, str(started[-1])], **kwargs)
+
+    def hang_up_once_both_are_ready():
+        deadline = time.monotonic() + 60
+        while not (len(started) == 2 and all(Path(f"{p}.ready").exists() for p in started)):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(workers_module.subprocess, "Popen", stand_in)
+    handler = signal.getsignal(signal.SIGHUP)
+    threading.Thread(target=hang_up_once_both_are_ready, daemon=True).start()
+    with pytest.raises(Interrupted) as stopped:
+        workers_module.run_workers(["run", *SMOKE], 2, [])
+    assert stopped.value.exit_status == 128 + signal.SIGHUP
+    assert [p.read_text() for p in started] == ["SIGTERM", "SIGTERM"]
+    assert signal.getsignal(signal.SIGHUP) == handler  # the command's own handlers are back
 
 
 def test_workers_get_their_threads_and_gpus(monkeypatch):
