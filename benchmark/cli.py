@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also profile (a)'s training steps: the top 20 ops by self device time (CPU time on a "
                            "CPU) into a .profile.txt beside the JSON")
     perf.add_argument("--skip-tutorial", action="store_true", help="skip (c), the Trainer pipeline")
+    perf.add_argument("--tutorial-steps", type=int, default=0,
+                      help="timed batches of (c) in all, after --warmup (a slow pipeline needs fewer for a stable "
+                           "rate); 0 = --steps x --rounds [0]")
     perf.add_argument("--peak-tflops", type=float,
                       help="the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)")
     perf.add_argument("--threads", type=int, default=0,

@@ -132,6 +132,7 @@ class PerfConfig:
     compile_backend: str = "inductor"  # torch.compile's backend (e.g. eager / aot_eager: tracing without codegen)
     profile: bool = False  # also write the top ops of `steps` profiled training steps of (a) beside the JSON
     skip_tutorial: bool = False
+    tutorial_steps: int = 0  # timed batches of (c) in all; 0 = as many as (a) and (b) time (steps x rounds)
     peak_tflops: float | None = None  # the device's peak bf16 TFLOP/s for MFU (default: known GPUs by name)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     seed: int = 0
@@ -182,7 +183,8 @@ def _check_args(config: PerfConfig) -> None:
         raise UserError("perf needs --model (a preset, HF id or local directory), or --data-only")
     if config.batch < 2:
         raise UserError(f"--batch must be >= 2 (got {config.batch}); BatchNorm cannot train on one image")
-    for name, low in (("steps", 1), ("warmup", 1), ("rounds", 1), ("input_size", 1), ("eval_batch", 0), ("threads", 0)):
+    for name, low in (("steps", 1), ("warmup", 1), ("rounds", 1), ("input_size", 1), ("eval_batch", 0), ("threads", 0),
+                      ("tutorial_steps", 0)):
         if getattr(config, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low} (got {getattr(config, name)})")
     if config.compile not in COMPILE_MODES:
@@ -495,13 +497,17 @@ def own_accelerate_state():
         reset_accelerate_state()
 
 
+def tutorial_timed_steps(config: PerfConfig) -> int:
+    return config.tutorial_steps or config.steps * config.rounds
+
+
 def measure_tutorial(built: BuiltModel, data: DatasetSplits, recipe: Recipe, device: torch.device,
                      dtype: torch.dtype | None, config: PerfConfig, workdir: Path) -> tuple[Timing, Timing]:
     """(c): Hugging Face Trainer with per-sample PIL transforms, timed from the end of the warm-up steps."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     batch, eval_batch = config.batch, config.eval_batch or 2 * config.batch
-    timed = config.steps * config.rounds
+    timed = tutorial_timed_steps(config)
     size, mean, std, channels = built.input_size, built.mean, built.std, built.in_channels
     # Rows repeat so that every step gets a full batch, even from a split smaller than the batch, and one
     # batch more than the steps: accelerate's loader fetches a batch ahead, so the timed window then holds
@@ -671,6 +677,7 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         "compile_backend": config.compile_backend if config.compile != "none" else None,
         "optimizer_fused": device.type == "cuda" and recipe.optimizer in ("adam", "adamw"),  # make_optimizer's rule
         "timed_steps": config.steps * config.rounds,
+        "tutorial_timed_steps": None if config.skip_tutorial else tutorial_timed_steps(config),
         "warmup_steps": config.warmup,
         "train_loss_while_timing": loss,
         "flops_per_image": {"train": train_flops, "inference": infer_flops},

@@ -14,9 +14,10 @@
 #   env          nvidia-smi, torch / CUDA / transformers / accelerate versions
 #   tests        python -m pytest -q -m "not slow" twice at once, half the cores each: in the plain order
 #                (tests-plain.log, tests.xml) and shuffled (--random-order, seed 19: tests-shuffled.log / .xml)
-#   perf-vit     perf --model vit_b16 (random weights, 224 px, batch 256, bf16) with --profile
-#   perf-vit-rc  the same with --compile regional
-#   perf-resnet  perf --model resnet18_28 --dataset retinamnist --batch 128
+#   perf-vit     perf --model vit_b16 (random weights, 224 px, batch 256, bf16) with --profile, and the tutorial's
+#                Trainer pipeline (c) over 6 steps for the ours/tutorial ratio
+#   perf-vit-rc  the same with --compile regional, without (c)
+#   perf-resnet  perf --model resnet18_28 --dataset retinamnist --batch 128, with (c)
 #   workers      scripts/workers_throughput.py: runs/hour at --workers 1,2,4,8 on a medmnist-v2 Breast+Retina grid
 #   perf-resnet-ro  (if time is left) resnet18_28 with --compile reduce-overhead (CUDA graphs)
 # The perf and workers steps run alone (after the tests), so nothing else competes for the GPU while they time.
@@ -77,9 +78,10 @@ if [ "$MODE" = gpu ]; then
   TEST_ARGS=(-m "not slow")
   PERF_VIT=(--model vit_b16 --dataset breastmnist --size 28 --batch 256 --steps 10 --warmup 3 --rounds 2)
   PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 128 --steps 30 --warmup 5 --rounds 3)
+  TUTORIAL_STEPS=(--tutorial-steps 6)  # (c), per-sample PIL work on the CPU: 6 batches give a steady rate
   COMPILE_BACKEND=inductor
   WORKERS=(--workers 1,2,4,8 --datasets breastmnist,retinamnist --models resnet18_28 --seeds 0,1,2,3 --epochs 2)
-  LIMITS=(tests:270 perf-vit:60 perf-vit-rc:90 perf-resnet:30 workers:120 perf-resnet-ro:60 v2-table:480)
+  LIMITS=(tests:250 perf-vit:85 perf-vit-rc:90 perf-resnet:40 workers:105 perf-resnet-ro:60 v2-table:480)
   V2_GRID=(--suite medmnist-v2-gpu)
   V2_WORKERS=${V2_WORKERS:-4}
   V2_TARBALL=medmnist-v2-gpu.tar.gz
@@ -88,7 +90,9 @@ else  # tiny settings on the CPU: each step's plumbing, not its numbers
   TEST_ARGS=(tests/test_isolation.py)
   PERF_VIT=(--model vit_tiny --dataset breastmnist --size 28 --batch 4 --steps 2 --warmup 1 --rounds 1 --device cpu --threads 1)
   PERF_RESNET=(--model resnet18_28 --dataset retinamnist --size 28 --batch 8 --steps 2 --warmup 1 --rounds 1 --device cpu --threads 1)
+  TUTORIAL_STEPS=(--tutorial-steps 1)
   COMPILE_BACKEND=eager
+  export OMP_NUM_THREADS=1  # one thread per worker at every N, so the records of N=2 must equal those of N=1
   WORKERS=(--workers 1,2 --suite smoke --datasets breastmnist --models resnet18_28 --seeds 0,1 --epochs 1 --limit 32)
   LIMITS=(tests:300 perf-vit:300 perf-vit-rc:600 perf-resnet:300 workers:600 perf-resnet-ro:600 v2-table:600)
   V2_GRID=(--suite medmnist-v2-gpu --datasets breastmnist --models resnet18_28,resnet18_224 --seeds 0 --epochs 1
@@ -189,16 +193,17 @@ v2_table() {
   pack
 }
 
-PERF=("$PY" -m benchmark perf --data-root "$DATA_ROOT" --skip-tutorial --output "$WORK/perf")
+PERF=("$PY" -m benchmark perf --data-root "$DATA_ROOT" --output "$WORK/perf")
 if [ "$PART" = v2-table ]; then
   v2_table
 else
   step tests tests_both_orders
-  step perf-vit "${PERF[@]}" "${PERF_VIT[@]}" --profile
-  step perf-vit-rc "${PERF[@]}" "${PERF_VIT[@]}" --compile regional --compile-backend "$COMPILE_BACKEND"
-  step perf-resnet "${PERF[@]}" "${PERF_RESNET[@]}"
+  step perf-vit "${PERF[@]}" "${PERF_VIT[@]}" "${TUTORIAL_STEPS[@]}" --profile
+  step perf-vit-rc "${PERF[@]}" "${PERF_VIT[@]}" --skip-tutorial --compile regional --compile-backend "$COMPILE_BACKEND"
+  step perf-resnet "${PERF[@]}" "${PERF_RESNET[@]}" "${TUTORIAL_STEPS[@]}"
   step workers "$PY" scripts/workers_throughput.py --data-root "$DATA_ROOT" --output "$WORK" "${WORKERS[@]}"
-  step perf-resnet-ro "${PERF[@]}" "${PERF_RESNET[@]}" --compile reduce-overhead --compile-backend "$COMPILE_BACKEND"
+  step perf-resnet-ro "${PERF[@]}" "${PERF_RESNET[@]}" --skip-tutorial --compile reduce-overhead \
+    --compile-backend "$COMPILE_BACKEND"
 fi
 
 echo "total $(( $(date +%s) - START )) s" | tee -a "$WORK/summary.txt"

@@ -179,10 +179,14 @@ def test_bf16_with_the_tutorial_then_a_full_precision_accelerator(tmp_path):
     """(a) sets accelerate up in full precision, then the Trainer of (c) in bf16: neither may refuse the other,
     and a full-precision run (what `benchmark run` starts) must still be possible in the same process."""
     args = parse("--model", "vit_tiny", "--mixed-precision", "bf16", "--batch", "4", "--steps", "1", "--warmup", "1",
-                 "--rounds", "1", "--threads", "1", "--output", str(tmp_path))
+                 "--rounds", "1", "--tutorial-steps", "2", "--threads", "1", "--output", str(tmp_path))
     perf.run_perf(args)
     r = json.loads((tmp_path / "train-vit-tiny-breastmnist-28-b4-cpu.json").read_text())
     assert r["mixed_precision"] == "bfloat16" and set(r["pipelines"]) == {"ours", "random", "tutorial"}
+    # (c) timed its own number of steps (--tutorial-steps), (a) and (b) steps x rounds
+    assert (r["timed_steps"], r["tutorial_timed_steps"]) == (1, 2)
+    assert {name: p["train"]["images"] for name, p in r["pipelines"].items()} == {"ours": 4, "random": 4, "tutorial": 8}
+    assert r["pipelines"]["tutorial"]["inference"]["images"] == 16
     assert Accelerator(cpu=True, mixed_precision="no", gradient_accumulation_steps=1).mixed_precision == "no"
 
 
