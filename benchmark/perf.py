@@ -419,15 +419,27 @@ def profile_steps(step: Step, steps: int, device: torch.device) -> dict:
         for _ in range(steps):
             step()
         synchronize(device)
-    on_device = device.type == "cuda"
-    key = "self_device_time_total" if on_device else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = profiler.key_averages()
-    events = sorted(averages, key=lambda event: getattr(event, key), reverse=True)[:PROFILE_ROWS]
-    total = sum(getattr(event, key) for event in averages) or math.nan
-    rows = [{"name": event.key, "calls": event.count, "self_us": getattr(event, key),
-             "self_share": getattr(event, key) / total} for event in events]
     return {"steps": steps, "sorted_by": key, "table": averages.table(sort_by=key, row_limit=PROFILE_ROWS),
-            "top": rows}
+            "top": top_ops(averages, key)}
+
+
+def top_ops(averages, key: str) -> list[dict]:
+    """The PROFILE_ROWS largest of the profile's averaged events by `key`, each with its share of the total.
+
+    On a GPU the profile holds each kernel twice: as itself (a device event) and inside the self device time of
+    the CPU op that launched it. The rows are the kernels alone, and so is the total (as torch's own table counts
+    it); summing both would halve every share and list an op beside its own kernel. On a CPU, all events."""
+    from torch.autograd import DeviceType
+
+    if key == "self_device_time_total":
+        averages = [event for event in averages
+                    if event.device_type != DeviceType.CPU and not getattr(event, "is_user_annotation", False)]
+    total = sum(getattr(event, key) for event in averages) or math.nan
+    events = sorted(averages, key=lambda event: getattr(event, key), reverse=True)[:PROFILE_ROWS]
+    return [{"name": event.key, "calls": event.count, "self_us": getattr(event, key),
+             "self_share": getattr(event, key) / total} for event in events]
 
 
 # ---------------------------------------------------------------------------------------------- (c)

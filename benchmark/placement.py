@@ -3,15 +3,14 @@
 Every split is uint8. When all three fit the device budget (half the device's free memory, the other half left
 for the model and activations; $BENCHMARK_DATA_BUDGET overrides it, e.g. `8G`, `500M`, or `0` for always host)
 they are copied whole to the device (`DeviceSplit`). Otherwise they stay in host memory (`HostSplit`), the
-loaded array itself (no second full host copy; page-locked in place on CUDA so copies can be asynchronous),
-and each batch is gathered on the host and copied to the device one step ahead, on a side stream on CUDA, while
+loaded array itself (no second full host copy), and each batch is gathered on the host (page-locked on CUDA,
+so its copy is asynchronous) and copied to the device one step ahead, on a side stream on CUDA, while
 the current step computes. The batches, their order and the transforms are the same either way, so the
 numbers are too (bit-identical on CPU). The record's `environment.data_placement` says which was used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -49,15 +48,10 @@ class HostSplit:
         self.images = torch.from_numpy(np.ascontiguousarray(split.images))  # NHWC, shares the loaded array
         self.labels = torch.from_numpy(split.labels).to(device)
         self.index_device = torch.device("cpu")
-        self._pinned = device.type == "cuda" and _pin_in_place(self.images)
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def __del__(self):
-        if getattr(self, "_pinned", False):
-            torch.cuda.cudart().cudaHostUnregister(self.images.data_ptr())
 
     def _copy(self, indices: torch.Tensor) -> torch.Tensor:
         batch = self.images.index_select(0, indices.cpu())
@@ -78,14 +72,6 @@ class HostSplit:
             if position + 1 < len(index_batches):
                 upcoming = self._copy(index_batches[position + 1])
             yield indices, current
-
-
-def _pin_in_place(images: torch.Tensor) -> bool:
-    """Page-lock the array's own memory (cudaHostRegister): asynchronous copies without a pinned duplicate."""
-    with contextlib.suppress(Exception):
-        return torch.cuda.cudart().cudaHostRegister(images.data_ptr(), images.numel() * images.element_size(),
-                                                    0) == 0
-    return False
 
 
 def place_splits(data: DatasetSplits, device: torch.device) -> tuple[dict, str]:

@@ -236,3 +236,21 @@ def test_perf_gets_its_own_accelerate_state_whatever_ran_before(tmp_path):
     result, _ = perf.run_perf(parse("--model", "vit_tiny", "--skip-tutorial", "--batch", "4", "--steps", "1",
                                     "--warmup", "1", "--rounds", "1", "--threads", "1", "--output", str(tmp_path)))
     assert result["mixed_precision"] == "no" and set(result["pipelines"]) == {"ours", "random"}
+
+
+def test_gpu_profile_rows_are_the_kernels_with_shares_of_the_kernel_time():
+    """A CUDA profile lists each kernel twice (itself, and in the self device time of the op that launched it):
+    shares count it once, as torch's table does, and the rows are kernels, not an op beside its own kernel."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, device_type, us, annotation=False):
+        return SimpleNamespace(key=name, count=1, device_type=device_type, self_device_time_total=us,
+                               is_user_annotation=annotation)
+
+    averages = [event("aten::addmm", DeviceType.CPU, 60.0), event("sm90_gemm_bf16", DeviceType.CUDA, 60.0),
+                event("aten::add_", DeviceType.CPU, 40.0), event("elementwise_kernel", DeviceType.CUDA, 40.0),
+                event("## forward ##", DeviceType.CUDA, 100.0, annotation=True)]
+    rows = perf.top_ops(averages, "self_device_time_total")
+    assert [(r["name"], r["self_share"]) for r in rows] == [("sm90_gemm_bf16", 0.6), ("elementwise_kernel", 0.4)]
