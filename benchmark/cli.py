@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                      help="checkpoint a run at most every SECONDS (0: after every epoch); also on SIGTERM/SIGINT, "
                           "which stop the grid after it [$BENCHMARK_CHECKPOINT_EVERY or 60]")
+    run.add_argument("--deterministic", action="store_true", default=None,
+                     help="deterministic kernels (cuDNN, cuBLAS, torch): a rerun on a GPU gives the same numbers, at "
+                          "some cost in speed; a CPU run does anyway [$BENCHMARK_DETERMINISTIC or off]")
     run.add_argument("--track", metavar="tensorboard", help="also log per-epoch metrics and learning rate with "
                      "this tracker, under OUTPUT/tensorboard/ (needs the `track` extra)")
     run.add_argument("--shard", help="only shard i of n of the grid, 'i/n' with 0 <= i < n (every n-th run from "
@@ -299,7 +302,8 @@ def cmd_run(args) -> int:
         stop_with_parent()
     summary = run_suite(suite, args.output, resume=not args.no_resume, force=args.force, fail_fast=args.fail_fast,
                         quiet=args.quiet, keep_checkpoints=args.keep_checkpoints, debug=args.debug, track=args.track,
-                        claim_timeout=args.claim_timeout, checkpoint_every=args.checkpoint_every)
+                        claim_timeout=args.claim_timeout, checkpoint_every=args.checkpoint_every,
+                        deterministic=args.deterministic)
     if not summary.main_process:
         return 0
     busy = f", {len(summary.busy)} left to other workers" if summary.busy else ""
@@ -403,7 +407,7 @@ def cmd_perf(args) -> int:
     result, path = run_perf(perf_config(args))
     print(summary(result))
     print(f"wrote {path}")
-    return 0
+    return 1 if result.get("tutorial_error") else 0  # (a) and (b) are written all the same
 
 
 def cmd_figures(args) -> int:

@@ -1,13 +1,19 @@
-"""Where a number was measured: device, package versions, git commit (for run records and perf results)."""
+"""Where a number was measured: device, package versions, git commit (for run records and perf results); and
+the process-wide kernel settings a run may ask for (deterministic kernels)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from benchmark.errors import UserError
 
 PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "datasets", "medmnist", "scikit-learn",
             "numpy", "pillow")
@@ -62,3 +68,41 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+DETERMINISTIC_ENV = "BENCHMARK_DETERMINISTIC"
+CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs for reproducible matmuls
+FLAG_VALUES = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
+
+
+def deterministic_requested(flag: bool | None = None) -> bool:
+    """`flag` (the CLI's --deterministic), else $BENCHMARK_DETERMINISTIC (1/true/yes or 0/false/no/unset)."""
+    if flag is not None:
+        return flag
+    text = os.environ.get(DETERMINISTIC_ENV, "").strip().lower()
+    if text not in FLAG_VALUES:
+        raise UserError(f"${DETERMINISTIC_ENV}={text!r} is not 1/true/yes or 0/false/no; fix or unset it")
+    return FLAG_VALUES[text]
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Inside, with `enabled`: torch's deterministic algorithms (a warning, not an error, for an op that has none),
+    cuDNN's deterministic convolutions without autotuning, and cuBLAS's fixed workspace (it takes effect for
+    handles created inside, so set it before a process's first GPU matmul). On a GPU, two runs of one config then
+    give the same numbers, at some cost in speed; on a CPU they do anyway. The settings before come back after."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, os.environ.get(CUBLAS_WORKSPACE[0]))
+    os.environ.setdefault(*CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+        if saved[4] is None:
+            os.environ.pop(CUBLAS_WORKSPACE[0], None)

@@ -661,10 +661,14 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        tutorial_error = None
         if not config.skip_tutorial:
-            with own_accelerate_state():
-                train["tutorial"], infer["tutorial"] = measure_tutorial(built, data, recipe, device, dtype, config,
-                                                                        workdir)
+            try:
+                with own_accelerate_state():
+                    train["tutorial"], infer["tutorial"] = measure_tutorial(built, data, recipe, device, dtype,
+                                                                            config, workdir)
+            except Exception as err:  # (a) and (b) are measured by now: keep them, and say why (c) is missing
+                tutorial_error = f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
 
     peak, peak_source = peak_tflops_for(device, config.peak_tflops)
     pipelines = {}
@@ -690,6 +694,7 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         "optimizer_fused": device.type == "cuda" and recipe.optimizer in ("adam", "adamw"),  # make_optimizer's rule
         "timed_steps": config.steps * config.rounds,
         "tutorial_timed_steps": None if config.skip_tutorial else tutorial_timed_steps(config),
+        "tutorial_error": tutorial_error,  # why (c) failed (then without its numbers); None when it ran or was skipped
         "warmup_steps": config.warmup,
         "train_loss_while_timing": loss,
         "flops_per_image": {"train": train_flops, "inference": infer_flops},
@@ -845,6 +850,8 @@ def summary(result: dict) -> str:
                          f"{_fmt(i['images_per_second']):>12} {_fmt(t['peak_memory_mb'], '.0f'):>9} "
                          f"{_fmt(t['achieved_tflops'], '.3g'):>8} {mfu:>6}")
     lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
+    if result.get("tutorial_error"):
+        lines.append(f"(c), the tutorial pipeline, failed: {result['tutorial_error']}")
     if "profile" in result:
         top = result["profile"]["top"][:3]
         lines.append(f"profile ({result['profile']['steps']} steps of ours): top ops by {result['profile']['sorted_by']}: "

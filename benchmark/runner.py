@@ -44,7 +44,7 @@ from benchmark.compute import compute_block
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.data.subsets import labelled_subset, subset_tag
-from benchmark.environment import git_commit, measured_on
+from benchmark.environment import deterministic_kernels, deterministic_requested, git_commit, measured_on
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
 from benchmark.placement import HostSplit, place_splits
@@ -104,6 +104,10 @@ def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
         "data_placement": data_placement,  # "device" or "host" (benchmark.placement); None = not loaded
         **measured_on(accelerator.device),
         "mixed_precision": dtype_name,
+        "deterministic_kernels": torch.are_deterministic_algorithms_enabled(),  # run --deterministic
+        # TensorFloat-32 (10-bit mantissa) in fp32 matmuls / cuDNN convolutions: full precision is not fp32 with it
+        "cuda_tf32": ({"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+                      if accelerator.device.type == "cuda" else None),
         "num_processes": accelerator.num_processes,
         "git_commit": commit,
         "hostname": socket.gethostname(),
@@ -131,7 +135,8 @@ class GridRunner:
 
     def __init__(self, output: Path, *, resume: bool = True, force: bool = False, fail_fast: bool = False,
                  quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False, track: str | None = None,
-                 claims: ClaimSettings | None = None, checkpoint_every: float | None = None):
+                 claims: ClaimSettings | None = None, checkpoint_every: float | None = None,
+                 deterministic: bool | None = None):
         self.output = Path(output)
         self.resume, self.force, self.fail_fast, self.debug = resume, force, fail_fast, debug
         self.quiet, self.keep_checkpoints, self.track = quiet, keep_checkpoints, track
@@ -142,6 +147,7 @@ class GridRunner:
                 raise UserError(f"--track {track} needs the {track} package: pip install 'medmnist-benchmark[track]'")
         self.claims = claims or ClaimSettings.from_env()
         self.checkpoint_every = checkpoint.checkpoint_every(checkpoint_every)
+        self.deterministic = deterministic_requested(deterministic)
         self.started_at = time.time()  # records written after this by other workers are not redone by this one
         self.accelerator = distributed.make_accelerator(
             log_with=track, project_dir=self.output / "tensorboard" if track else None)
@@ -175,7 +181,7 @@ class GridRunner:
         done = set() if self.force else done
         check_inputs([spec for spec in suite.runs if spec.config_hash not in done])
         check_writable(self.output)
-        with checkpoint.stop_on_signals():
+        with checkpoint.stop_on_signals(), deterministic_kernels(self.deterministic):
             for index, spec in enumerate(suite.runs, start=1):
                 if not self.run_next(spec, f"[{index}/{len(suite.runs)}] {spec.run_id}", done, summary,
                                      suite.robustness):
@@ -415,21 +421,24 @@ class GridRunner:
 def run_suite(suite: Suite | str, output: Path | str = "results", *, resume: bool = True, force: bool = False,
               fail_fast: bool = False, quiet: bool = False, keep_checkpoints: str = "best", debug: bool = False,
               track: str | None = None, claim_timeout: float | None = None, checkpoint_every: float | None = None,
-              **overrides) -> GridSummary:
+              deterministic: bool | None = None, **overrides) -> GridSummary:
     """Train every run of `suite` (a `Suite`, or a name or YAML path loaded with `load_suite(suite, **overrides)`)
     into `output`: finished runs are skipped, interrupted ones resumed, failed ones recorded (see `GridRunner`).
 
     Raises `UserError` before the first run when an input is missing or `output` cannot be written; returns the
     summary (`completed`, `skipped`, `failed`) otherwise. `quiet` hides the progress bars; messages go to the
     `benchmark` logger. `checkpoint_every`: seconds between checkpoints at most (0 = every epoch; None =
-    $BENCHMARK_CHECKPOINT_EVERY or 60); it does not change results, so it is not part of the run hash."""
+    $BENCHMARK_CHECKPOINT_EVERY or 60); it does not change results, so it is not part of the run hash.
+    `deterministic`: deterministic kernels (`environment.deterministic_kernels`; None = $BENCHMARK_DETERMINISTIC):
+    bit-equal reruns on a GPU too, at some cost in speed; not part of the run hash either."""
     if not isinstance(suite, Suite):
         suite = load_suite(str(suite), **overrides)
     elif overrides:
         raise TypeError(f"run_suite: {', '.join(overrides)} apply to a suite name or path, not a loaded Suite")
     runner = GridRunner(Path(output), resume=resume, force=force, fail_fast=fail_fast, quiet=quiet,
                         keep_checkpoints=keep_checkpoints, debug=debug, track=track,
-                        claims=ClaimSettings.from_env(claim_timeout), checkpoint_every=checkpoint_every)
+                        claims=ClaimSettings.from_env(claim_timeout), checkpoint_every=checkpoint_every,
+                        deterministic=deterministic)
     return runner.run_grid(suite)
 
 

@@ -56,6 +56,13 @@ if [ "$MODE" = prepare ]; then
   exit 0
 fi
 
+if [ "$MODE" = gpu ] && ! { [ -f .gpudata/breastmnist.npz ] && [ -f .gpudata/retinamnist.npz ] \
+                              && compgen -G ".whl/medmnist-*.whl" > /dev/null; }; then
+  # both folders are git-ignored: a device machine has them only when the call carries them
+  echo "gpu_check: .gpudata/*.npz or .whl/ missing here; run scripts/gpu_check.sh --prepare on the machine" \
+       "that has the data, and carry .whl and .gpudata to this one" >&2
+  exit 3
+fi
 OUT=${OUT:-$ROOT/gpu-check-out}
 WORK=${GPU_CHECK_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}  # a fresh folder: no stale logs
 mkdir -p "$OUT" "$WORK"

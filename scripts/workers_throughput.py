@@ -92,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             *(["--limit", str(args.limit)] if args.limit else [])]
     counts = [int(n) for n in args.workers.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    measured, reference = [], None
+    argv_text = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "scripts/workers_throughput.py", *(portable_path(a) for a in argv_text)])
+    where = "cpu" if device.type == "cpu" else slug(torch.cuda.get_device_name(device))
+    name = args.name or f"workers-{args.suite}-{where}.json"
+    out = {"command": command, "grid": [portable_path(a) for a in grid],
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "results": [], "environment": environment(device)}
+    measured, reference = out["results"], None
     with tempfile.TemporaryDirectory(prefix="workers-") as scratch:
         for workers in counts:
             result, found = measure(workers, grid, args.suite, args.gpus, Path(scratch))
@@ -104,14 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"workers {workers}: {result['runs_completed']} runs in {result['wall_seconds']:.1f} s = "
                   f"{result['runs_per_hour'] or 0:.1f} runs/hour ({result['threads_per_worker']} threads each); "
                   f"identical to N={counts[0]}: {result['identical_numbers']}", flush=True)
-    argv_text = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", "scripts/workers_throughput.py", *(portable_path(a) for a in argv_text)])
-    where = "cpu" if device.type == "cpu" else slug(torch.cuda.get_device_name(device))
-    name = args.name or f"workers-{args.suite}-{where}.json"
-    out = {"command": command, "grid": [portable_path(a) for a in grid],
-           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "results": measured,
-           "environment": environment(device)}
-    path = write_result(out, args.output, name)
+            path = write_result(out, args.output, name)  # after each N: a run cut off later keeps what it measured
     print(f"wrote {path}")
     return 0 if all(r["exit_status"] == 0 for r in measured) else 1
 

@@ -21,6 +21,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # A checkpoint at the end of every epoch (not by elapsed time), so that kills and resumes are deterministic;
 # tests of the time-based default set it themselves.
 os.environ.setdefault("BENCHMARK_CHECKPOINT_EVERY", "0")
+# Deterministic kernels for every grid a test runs (run --deterministic): tests compare two runs bit for bit
+# (resumed vs uninterrupted, host vs device data, N workers vs one), which a GPU gives only with them; on a CPU
+# the numbers are the same either way (test_determinism). cuBLAS reads its workspace setting when the process
+# first uses it, so it is set here, before any test touches a GPU.
+os.environ.setdefault("BENCHMARK_DETERMINISTIC", "1")
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FINISHED_RUNS_SUITE = """
@@ -80,7 +86,11 @@ def module_logs():
 def finished_runs(tmp_path_factory):
     """One tiny real run per model (resnet18_28, vit_tiny: BreastMNIST subset, 32 images per split, one epoch) and
     PNGs of the run's test images: (results folder, PNG folder). Shared by every module that uses finished runs:
-    read it, write anything else elsewhere."""
+    read it, write anything else elsewhere.
+
+    The runs train on the CPU on every machine: the verbs under test predict in full precision on the CPU, and
+    their numbers are checked against the record's to 1e-5, which a run trained on a GPU (bf16 autocast, TF32
+    convolutions) does not meet."""
     import numpy as np
     from PIL import Image
 
@@ -89,8 +99,10 @@ def finished_runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("finished-runs")
     (root / "use.yaml").write_text(FINISHED_RUNS_SUITE)
-    assert main(["run", "--suite", str(root / "use.yaml"), "--limit", "32", "--output", str(root / "results"),
-                 "--quiet"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ACCELERATE_USE_CPU", "true")  # read by accelerate when the runner builds its Accelerator
+        assert main(["run", "--suite", str(root / "use.yaml"), "--limit", "32", "--output", str(root / "results"),
+                     "--quiet"]) == 0
     test = load_run("breastmnist-28-resnet18_28", root / "results").dataset_split("test")
     pngs = root / "pngs"
     pngs.mkdir()

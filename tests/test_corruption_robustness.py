@@ -52,8 +52,8 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.parametrize("dataset", ["breastmnist", "retinamnist"])
 def test_severities_are_monotone_in_pixel_change_and_zero_is_identity(dataset):
     images = load_dataset(dataset, data_root="bundled").test.images[:16]
-    for name in rb.corruptions(dataset):
-        if name == "motion_blur" and not _imagemagick():
+    for name, corruptor in rb.corruptions(dataset).items():
+        if isinstance(corruptor, rb.NeedsImageMagick):  # the blurs, without ImageMagick (CI installs it)
             continue
         assert np.array_equal(rb.corrupt(images, dataset, name, 0), images)
         change = [np.abs(rb.corrupt(images, dataset, name, s).astype(int) - images).mean() for s in rb.SEVERITIES]

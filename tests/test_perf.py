@@ -10,6 +10,7 @@ from torch import nn
 
 from benchmark import perf
 from benchmark.cli import build_parser, perf_config
+from benchmark.cli import main as cli_main
 from benchmark.errors import UserError
 from benchmark.models import build_model, resolve_model
 
@@ -54,7 +55,7 @@ def test_train_mode_writes_every_figure(train_result):
     assert r["environment"]["versions"]["transformers"] and r["environment"]["cpu_count"] >= 1
     assert r["environment"]["torch_threads"] == 1 and torch.get_num_threads() == threads_before
     assert r["mixed_precision"] == "no" and r["peak_bf16_tflops"] is None
-    assert set(r["pipelines"]) == {"ours", "random", "tutorial"}
+    assert set(r["pipelines"]) == {"ours", "random", "tutorial"} and r["tutorial_error"] is None
     for name, pipeline in r["pipelines"].items():
         for phase in ("train", "inference"):
             figures = pipeline[phase]
@@ -254,3 +255,20 @@ def test_gpu_profile_rows_are_the_kernels_with_shares_of_the_kernel_time():
                 event("## forward ##", DeviceType.CUDA, 100.0, annotation=True)]
     rows = perf.top_ops(averages, "self_device_time_total")
     assert [(r["name"], r["self_share"]) for r in rows] == [("sm90_gemm_bf16", 0.6), ("elementwise_kernel", 0.4)]
+
+
+def test_a_failing_tutorial_pipeline_keeps_ours_and_random_and_exits_1(tmp_path, monkeypatch, capsys):
+    """(c) runs last: when it fails (as it might on a machine it never ran on), (a) and (b) are still written,
+    with the reason (c) is missing, and the command says it failed."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
+
+    monkeypatch.setattr(perf, "measure_tutorial", broken)
+    argv = ["perf", "--device", "cpu", "--model", "vit_tiny", "--batch", "4", "--steps", "1", "--warmup", "1",
+            "--rounds", "1", "--threads", "1", "--output", str(tmp_path), "--quiet"]
+    assert cli_main(argv) == 1
+    r = json.loads((tmp_path / "train-vit-tiny-breastmnist-28-b4-cpu.json").read_text())
+    assert set(r["pipelines"]) == {"ours", "random"} and set(r["ratios"]) == {"train_ours_over_random",
+                                                                             "inference_ours_over_random"}
+    assert r["tutorial_error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert "(c), the tutorial pipeline, failed: RuntimeError" in capsys.readouterr().out

@@ -1,0 +1,71 @@
+"""run --deterministic: deterministic kernels while the grid's runs train (bit-equal reruns on a GPU), the
+process's own settings back afterwards, the same numbers as without on a CPU, and the record says which."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from benchmark import cli
+from benchmark.environment import DETERMINISTIC_ENV, deterministic_requested
+from benchmark.errors import UserError
+from benchmark.runner import GridRunner
+
+RECIPE = {"optimizer": "adamw", "lr": 1.0e-3, "epochs": 1, "batch_size": 8, "augment": "tutorial"}
+
+
+def run(tmp_path, name: str, *extra: str) -> dict:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "determinism", "data_root": "bundled", "datasets": ["breastmnist"],
+                                     "models": [{"name": "resnet18_28", "recipe": RECIPE}]}))
+    assert cli.main(["run", "--suite", str(suite), "--output", str(tmp_path / name), "--limit", "24", "--quiet",
+                     *extra]) == 0
+    (path,) = (tmp_path / name / "runs" / "determinism").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def learned(record: dict) -> str:
+    history = [{k: v for k, v in entry.items() if k != "seconds"} for entry in record["history"]]
+    return json.dumps({"history": history, **{k: record[k] for k in ("test", "test_predictions", "best_epoch")}},
+                      sort_keys=True)
+
+
+def test_deterministic_kernels_hold_while_the_runs_train_and_change_no_number_on_a_cpu(tmp_path, monkeypatch):
+    monkeypatch.delenv(DETERMINISTIC_ENV, raising=False)  # the test session turns it on (conftest)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = []
+    run_one = GridRunner.run_one
+
+    def spy(self, spec, claim):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        return run_one(self, spec, claim)
+
+    monkeypatch.setattr(GridRunner, "run_one", spy)
+    torch.backends.cudnn.benchmark = True  # a setting of the caller's that the runs must not see, and get back
+    try:
+        plain = run(tmp_path, "plain")
+        fixed = run(tmp_path, "deterministic", "--deterministic")
+        after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                 torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    finally:
+        torch.backends.cudnn.benchmark = False
+    assert seen == [(False, False, True, None), (True, True, False, ":4096:8")]
+    assert after == (False, False, True, None)
+    assert [r["environment"]["deterministic_kernels"] for r in (plain, fixed)] == [False, True]
+    assert fixed["config_hash"] == plain["config_hash"]  # how it ran, not what it is
+    assert learned(fixed) == learned(plain)
+
+
+def test_the_environment_variable_asks_for_it_too_and_garbage_is_refused(monkeypatch):
+    for text, expected in (("1", True), ("yes", True), (" TRUE ", True), ("0", False), ("no", False), ("", False)):
+        monkeypatch.setenv(DETERMINISTIC_ENV, text)
+        assert deterministic_requested() is expected
+    assert deterministic_requested(False) is False  # the caller's choice wins
+    monkeypatch.setenv(DETERMINISTIC_ENV, "sometimes")
+    with pytest.raises(UserError, match=f"\\${DETERMINISTIC_ENV}='sometimes'"):
+        deterministic_requested()
