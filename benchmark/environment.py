@@ -48,7 +48,28 @@ def measured_on(device: torch.device) -> dict:
     thread count (another count sums floats in another order, so a CPU run reproduces only under the same one) and
     the package versions."""
     return {"device": device.type, "device_name": device_name(device), "torch_threads": torch.get_num_threads(),
-            "versions": package_versions()}
+            "cuda_tf32": tf32_in_use() if device.type == "cuda" else None, "versions": package_versions()}
+
+
+def tf32_in_use() -> dict[str, bool]:
+    """Whether fp32 matmuls (cuBLAS) and cuDNN convolutions may run in TensorFloat-32 (a 10-bit mantissa): cuDNN's
+    default on Ampere and newer, so full precision there is not fp32 for convolutions unless it is turned off.
+
+    Read from torch's fp32_precision settings where they exist ("none" defers to the parent setting): once those
+    have been used, torch refuses to read the older allow_tf32 flags."""
+    backends = torch.backends
+    if not hasattr(backends.cuda.matmul, "fp32_precision"):  # torch before 2.9
+        return {"matmul": backends.cuda.matmul.allow_tf32, "cudnn": backends.cudnn.allow_tf32}
+    return {"matmul": _tf32(backends.cuda.matmul, backends), "cudnn": _tf32(backends.cudnn.conv, backends.cudnn, backends)}
+
+
+def _tf32(*settings) -> bool:
+    """The first of `settings` (a setting, then its parents) that is not "none" decides."""
+    for setting in settings:
+        value = getattr(setting, "fp32_precision", "none")
+        if value != "none":
+            return value == "tf32"
+    return False
 
 
 def git_commit() -> str | None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import math
 import os
 import platform
@@ -69,6 +70,8 @@ from benchmark.train import (
     train_batches,
     uses_channels_last,
 )
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -661,6 +664,9 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # what needs the device, read before (c): a CUDA error in (c) can poison every later call on the device
+        peak, peak_source = peak_tflops_for(device, config.peak_tflops)
+        memory_kind = peak_memory(device)[1]
         tutorial_error = None
         if not config.skip_tutorial:
             try:
@@ -669,8 +675,8 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
                                                                             config, workdir)
             except Exception as err:  # (a) and (b) are measured by now: keep them, and say why (c) is missing
                 tutorial_error = f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
+                logger.warning("(c), the tutorial pipeline, failed; (a) and (b) are kept", exc_info=True)
 
-    peak, peak_source = peak_tflops_for(device, config.peak_tflops)
     pipelines = {}
     for name in TRAIN_PIPELINES:
         if name not in train:
@@ -700,7 +706,7 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
         "flops_per_image": {"train": train_flops, "inference": infer_flops},
         "peak_bf16_tflops": peak,
         "peak_bf16_tflops_source": peak_source,
-        "memory_kind": peak_memory(device)[1],
+        "memory_kind": memory_kind,
         "pipelines": pipelines,
         "ratios": ratios(pipelines, "ours", {"random": "ours_over_random", "tutorial": "ours_over_tutorial"}),
         **({"profile": profile} if profile else {}),

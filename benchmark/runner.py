@@ -105,9 +105,6 @@ def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
         **measured_on(accelerator.device),
         "mixed_precision": dtype_name,
         "deterministic_kernels": torch.are_deterministic_algorithms_enabled(),  # run --deterministic
-        # TensorFloat-32 (10-bit mantissa) in fp32 matmuls / cuDNN convolutions: full precision is not fp32 with it
-        "cuda_tf32": ({"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
-                      if accelerator.device.type == "cuda" else None),
         "num_processes": accelerator.num_processes,
         "git_commit": commit,
         "hostname": socket.gethostname(),

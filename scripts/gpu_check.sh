@@ -57,10 +57,10 @@ if [ "$MODE" = prepare ]; then
 fi
 
 if [ "$MODE" = gpu ] && ! { [ -f .gpudata/breastmnist.npz ] && [ -f .gpudata/retinamnist.npz ] \
-                              && compgen -G ".whl/medmnist-*.whl" > /dev/null; }; then
+    && { compgen -G ".whl/medmnist-*.whl" > /dev/null || "$PY" -c "import medmnist, datasets" 2> /dev/null; }; }; then
   # both folders are git-ignored: a device machine has them only when the call carries them
-  echo "gpu_check: .gpudata/*.npz or .whl/ missing here; run scripts/gpu_check.sh --prepare on the machine" \
-       "that has the data, and carry .whl and .gpudata to this one" >&2
+  echo "gpu_check: .gpudata/*.npz missing, or .whl/ where medmnist/datasets are not installed; run" \
+       "scripts/gpu_check.sh --prepare on the machine that has the data, and carry .whl and .gpudata" >&2
   exit 3
 fi
 OUT=${OUT:-$ROOT/gpu-check-out}

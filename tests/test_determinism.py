@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from benchmark import cli
-from benchmark.environment import DETERMINISTIC_ENV, deterministic_requested
+from benchmark.environment import DETERMINISTIC_ENV, deterministic_requested, tf32_in_use
 from benchmark.errors import UserError
 from benchmark.runner import GridRunner
 
@@ -37,6 +37,7 @@ def learned(record: dict) -> str:
 def test_deterministic_kernels_hold_while_the_runs_train_and_change_no_number_on_a_cpu(tmp_path, monkeypatch):
     monkeypatch.delenv(DETERMINISTIC_ENV, raising=False)  # the test session turns it on (conftest)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # the numbers compared are a CPU's, on a CUDA machine too
     seen = []
     run_one = GridRunner.run_one
 
@@ -69,3 +70,21 @@ def test_the_environment_variable_asks_for_it_too_and_garbage_is_refused(monkeyp
     monkeypatch.setenv(DETERMINISTIC_ENV, "sometimes")
     with pytest.raises(UserError, match=f"\\${DETERMINISTIC_ENV}='sometimes'"):
         deterministic_requested()
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch before 2.9")
+def test_tf32_is_read_from_torchs_precision_settings_whichever_way_they_were_set():
+    """Records and perf results say whether fp32 ran in TF32. Once torch's fp32_precision settings are used (as
+    transformers' tf32 option and torch.set_float32_matmul_precision do), torch refuses the old allow_tf32 flags:
+    reading those would fail the record of a finished run."""
+    matmul, cudnn, conv = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.cudnn.conv
+    before = (torch.get_float32_matmul_precision(), matmul.fp32_precision, cudnn.fp32_precision, conv.fp32_precision)
+    try:
+        matmul.fp32_precision, conv.fp32_precision = "ieee", "tf32"
+        assert tf32_in_use() == {"matmul": False, "cudnn": True}
+        torch.set_float32_matmul_precision("high")
+        conv.fp32_precision, cudnn.fp32_precision = "none", "ieee"  # "none" defers to cuDNN's own setting
+        assert tf32_in_use() == {"matmul": True, "cudnn": False}
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        matmul.fp32_precision, cudnn.fp32_precision, conv.fp32_precision = before[1:]
