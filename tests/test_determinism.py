@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 import yaml
+from run_outcome import outcome
 
 from benchmark import cli
 from benchmark.environment import DETERMINISTIC_ENV, deterministic_requested, tf32_in_use
@@ -26,12 +27,6 @@ def run(tmp_path, name: str, *extra: str) -> dict:
                      *extra]) == 0
     (path,) = (tmp_path / name / "runs" / "determinism").glob("*.json")
     return json.loads(path.read_text())
-
-
-def learned(record: dict) -> str:
-    history = [{k: v for k, v in entry.items() if k != "seconds"} for entry in record["history"]]
-    return json.dumps({"history": history, **{k: record[k] for k in ("test", "test_predictions", "best_epoch")}},
-                      sort_keys=True)
 
 
 def test_deterministic_kernels_hold_while_the_runs_train_and_change_no_number_on_a_cpu(tmp_path, monkeypatch):
@@ -59,7 +54,7 @@ def test_deterministic_kernels_hold_while_the_runs_train_and_change_no_number_on
     assert after == (False, False, True, None)
     assert [r["environment"]["deterministic_kernels"] for r in (plain, fixed)] == [False, True]
     assert fixed["config_hash"] == plain["config_hash"]  # how it ran, not what it is
-    assert learned(fixed) == learned(plain)
+    assert outcome(fixed) == outcome(plain)
 
 
 def test_the_environment_variable_asks_for_it_too_and_garbage_is_refused(monkeypatch):

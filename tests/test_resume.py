@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from run_outcome import outcome
 
 from benchmark import checkpoint, cli, runner
 from benchmark.claims import claim_events
@@ -58,13 +59,6 @@ def only_record(output: Path) -> dict:
 
 def only_record_of(output: Path, run_id: str) -> dict:
     return json.loads((output / "runs" / SUITE / f"{run_id}.json").read_text())
-
-
-def outcome(record: dict) -> str:
-    """What must not change when a run is resumed: everything it learned and scored (not its timings)."""
-    history = [{key: value for key, value in entry.items() if key != "seconds"} for entry in record["history"]]
-    kept = {key: record[key] for key in ("config_hash", "best_epoch", "test", "test_predictions", "stopped_early")}
-    return json.dumps({**kept, "history": history}, sort_keys=True)  # exact float reprs; NaN compares equal
 
 
 @pytest.fixture(scope="module")
