@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import subprocess
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -127,3 +129,28 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
         if saved[4] is None:
             os.environ.pop(CUBLAS_WORKSPACE[0], None)
+
+
+# torch's warning (under warn_only) for an op that ran without a deterministic kernel: "<op> does not have a ..."
+NONDETERMINISTIC_ALERT = re.compile(r"(\S+) does not have a deterministic implementation")
+
+
+@contextlib.contextmanager
+def nondeterministic_ops() -> Iterator[set[str]]:
+    """Collects, into the set it yields, the ops that ran inside without a deterministic kernel (the alerts that
+    `deterministic_kernels` turns into warnings), each time one runs, instead of showing the warning (shown once
+    per place, a second run's op would go unseen; --quiet would drop it); every other warning passes on as before."""
+    seen: set[str] = set()
+    with warnings.catch_warnings():  # puts the filters and showwarning back after
+        warnings.filterwarnings("always", message=NONDETERMINISTIC_ALERT.pattern, category=UserWarning)
+        show = warnings.showwarning
+
+        def collect(message, category, filename, lineno, file=None, line=None):
+            alert = NONDETERMINISTIC_ALERT.match(str(message))
+            if alert:
+                seen.add(alert.group(1))
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = collect
+        yield seen

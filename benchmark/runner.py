@@ -44,7 +44,13 @@ from benchmark.compute import compute_block
 from benchmark.config import RunSpec, Suite, load_suite
 from benchmark.data import DatasetSplits, load_dataset, missing_data
 from benchmark.data.subsets import labelled_subset, subset_tag
-from benchmark.environment import deterministic_kernels, deterministic_requested, git_commit, measured_on
+from benchmark.environment import (
+    deterministic_kernels,
+    deterministic_requested,
+    git_commit,
+    measured_on,
+    nondeterministic_ops,
+)
 from benchmark.errors import UserError
 from benchmark.models import build_model, missing_model
 from benchmark.placement import HostSplit, place_splits
@@ -99,12 +105,16 @@ def check_inputs(specs: list[RunSpec]) -> None:
 
 
 def environment(accelerator: Accelerator, dtype_name: str, commit: str | None,
-                data_placement: str | None = None) -> dict:
+                data_placement: str | None = None, nondeterministic: set[str] | None = None) -> dict:
+    """`nondeterministic`: the ops the run used that have no deterministic kernel (`nondeterministic_ops`)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
     return {
         "data_placement": data_placement,  # "device" or "host" (benchmark.placement); None = not loaded
         **measured_on(accelerator.device),
         "mixed_precision": dtype_name,
-        "deterministic_kernels": torch.are_deterministic_algorithms_enabled(),  # run --deterministic
+        "deterministic_kernels": deterministic,  # run --deterministic
+        # what may still differ between reruns with deterministic kernels; None = not asked for, or not known
+        "nondeterministic_ops": sorted(nondeterministic) if deterministic and nondeterministic is not None else None,
         "num_processes": accelerator.num_processes,
         "git_commit": commit,
         "hostname": socket.gethostname(),
@@ -275,8 +285,9 @@ class GridRunner:
             if self.track:
                 self.accelerator.init_trackers(f"{spec.suite}/{spec.run_id}")
             before_scheme = time.perf_counter()
-            outcome = run_scheme(SchemeContext(spec, built, data, device_splits, self.accelerator, checkpoints,
-                                               cache_dir(self.output), self.quiet))
+            with nondeterministic_ops() as fallbacks:
+                outcome = run_scheme(SchemeContext(spec, built, data, device_splits, self.accelerator, checkpoints,
+                                                   cache_dir(self.output), self.quiet))
         except OutputError:
             raise
         except ClaimLost:
@@ -330,7 +341,7 @@ class GridRunner:
             },
             compute=compute_block(built, outcome, spec.scheme.name, self.accelerator.device,
                                   autocast_dtype(spec.recipe, self.accelerator.device), self.accelerator.num_processes),
-            environment=environment(self.accelerator, dtype, self.commit, self.data_placement)
+            environment=environment(self.accelerator, dtype, self.commit, self.data_placement, fallbacks)
             | ({} if outcome.sync_batchnorm is None else {"sync_batchnorm": outcome.sync_batchnorm}),
             error=None,
             **({"calibration": outcome.calibration} if outcome.calibration is not None else {}),
@@ -346,6 +357,9 @@ class GridRunner:
             self.prune_checkpoints(spec)
             self.say(f"  test acc {outcome.test['acc']:.4f}, auc {outcome.test['auc']:.4f} "
                      f"(best epoch {outcome.best_epoch}) → {path}")
+            if fallbacks and torch.are_deterministic_algorithms_enabled():
+                self.say(f"  ran without a deterministic kernel: {', '.join(sorted(fallbacks))} (a rerun may differ "
+                         f"there; the record's environment.nondeterministic_ops)", logging.WARNING)
         return None
 
     def end_multi_process_run(self, spec: RunSpec, path: Path, error: dict, history: list, started: float,

@@ -4,14 +4,16 @@ process's own settings back afterwards, the same numbers as without on a CPU, an
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 
 import pytest
 import torch
 import yaml
 from run_outcome import outcome
 
-from benchmark import cli
+from benchmark import cli, runner
 from benchmark.environment import DETERMINISTIC_ENV, deterministic_requested, tf32_in_use
 from benchmark.errors import UserError
 from benchmark.runner import GridRunner
@@ -19,14 +21,19 @@ from benchmark.runner import GridRunner
 RECIPE = {"optimizer": "adamw", "lr": 1.0e-3, "epochs": 1, "batch_size": 8, "augment": "tutorial"}
 
 
-def run(tmp_path, name: str, *extra: str) -> dict:
+def run_records(tmp_path, name: str, *extra: str, seeds: tuple[int, ...] = (0,)) -> list[dict]:
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "determinism", "data_root": "bundled", "datasets": ["breastmnist"],
-                                     "models": [{"name": "resnet18_28", "recipe": RECIPE}]}))
+                                     "seeds": list(seeds), "models": [{"name": "resnet18_28", "recipe": RECIPE}]}))
     assert cli.main(["run", "--suite", str(suite), "--output", str(tmp_path / name), "--limit", "24", "--quiet",
                      *extra]) == 0
-    (path,) = (tmp_path / name / "runs" / "determinism").glob("*.json")
-    return json.loads(path.read_text())
+    paths = sorted((tmp_path / name / "runs" / "determinism").glob("*.json"))
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def run(tmp_path, name: str, *extra: str) -> dict:
+    (record,) = run_records(tmp_path, name, *extra)
+    return record
 
 
 def test_deterministic_kernels_hold_while_the_runs_train_and_change_no_number_on_a_cpu(tmp_path, monkeypatch):
@@ -55,6 +62,30 @@ def test_deterministic_kernels_hold_while_the_runs_train_and_change_no_number_on
     assert [r["environment"]["deterministic_kernels"] for r in (plain, fixed)] == [False, True]
     assert fixed["config_hash"] == plain["config_hash"]  # how it ran, not what it is
     assert outcome(fixed) == outcome(plain)
+
+
+def test_records_name_the_ops_that_ran_without_a_deterministic_kernel_in_every_run(tmp_path, monkeypatch, caplog):
+    """On a CPU, put_ (accumulate=False) has no deterministic kernel: torch warns each time it runs, and each
+    run's record must name it, the second run's too (a warning shown once per place would hide it there), with
+    --quiet too, while other warnings are shown as before."""
+    monkeypatch.delenv(DETERMINISTIC_ENV, raising=False)
+    run_scheme = runner.run_scheme
+
+    def with_alerts(context):
+        torch.zeros(4).put_(torch.tensor([1, 1]), torch.ones(2))  # an op torch alerts for under deterministic kernels
+        # a warning of the project's own code (one that --quiet keeps), which must still be shown
+        warnings.warn_explicit("a warning of our own", UserWarning, "train.py", 1, module="benchmark.train")
+        return run_scheme(context)
+
+    monkeypatch.setattr(runner, "run_scheme", with_alerts)
+    with pytest.warns(UserWarning) as shown, caplog.at_level(logging.WARNING, logger="benchmark"):
+        fixed = run_records(tmp_path, "deterministic", "--deterministic", seeds=(0, 1))
+        plain = run(tmp_path, "plain")
+    assert [r["environment"]["nondeterministic_ops"] for r in fixed] == [["put_"], ["put_"]]
+    assert plain["environment"]["nondeterministic_ops"] is None  # not asked for: torch did not watch
+    assert [str(w.message) for w in shown if "deterministic" not in str(w.message)] == ["a warning of our own"] * 3
+    assert not any("does not have a deterministic" in str(w.message) for w in shown)
+    assert sum("without a deterministic kernel: put_" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_the_environment_variable_asks_for_it_too_and_garbage_is_refused(monkeypatch):
