@@ -608,6 +608,15 @@ def completed_hashes(results_dir: Path, suite: str) -> set[str]:
     return {r["config_hash"] for r in load_records(folder, one_per_seed=False) if r["status"] == "completed"}
 
 
+def learned(record: Record) -> dict:
+    """What a run learned and scored, the part two runs of one config must agree on (a resumed run and an
+    uninterrupted one, N workers and one, host- and device-resident data): status, config hash, best epoch, early
+    stop, test metrics and probabilities, and the history without its timings; no hosts, timings or compute."""
+    history = [{key: value for key, value in entry.items() if key != "seconds"} for entry in record.get("history") or []]
+    kept = ("status", "config_hash", "best_epoch", "stopped_early", "test", "test_predictions")
+    return {**{key: record.get(key) for key in kept}, "history": history}
+
+
 #: identity columns of `records_frame`, in order; the test metrics follow as columns of their own
 FRAME_COLUMNS = ("suite", "run_id", "config_hash", "status", "dataset", "size", "model", "scheme", "seed",
                  "selection_metric", "best_epoch", "epochs", "created_at", "train_seconds", "n_params", "error_type",

@@ -25,17 +25,13 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from benchmark.records import learned  # noqa: E402
+
 
 def outcomes(results: Path, suite: str) -> dict[str, dict]:
-    """config_hash -> what the run learned and scored (no timings, hosts or compute)."""
-    found = {}
-    for path in sorted((results / "runs" / suite).glob("*.json")):
-        record = json.loads(path.read_text())
-        history = [{k: v for k, v in entry.items() if k != "seconds"} for entry in record.get("history") or []]
-        found[record["config_hash"]] = {"status": record["status"], "best_epoch": record.get("best_epoch"),
-                                        "test": record.get("test"), "test_predictions": record.get("test_predictions"),
-                                        "history": history}
-    return found
+    """config_hash -> what the run learned and scored (`records.learned`: no timings, hosts or compute)."""
+    records = (json.loads(path.read_text()) for path in sorted((results / "runs" / suite).glob("*.json")))
+    return {record["config_hash"]: learned(record) for record in records}
 
 
 def measure(workers: int, grid: list[str], suite: str, gpus: str | None, scratch: Path) -> tuple[dict, dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import need
+from run_outcome import outcome
 
 from benchmark import cli, launch
 from benchmark.checkpoint import Interrupted
@@ -36,13 +37,8 @@ ENV = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
 
 def outcomes(output: Path, suite: str = "smoke") -> dict[str, str]:
     """run_id → what it learned and scored (not timings, hosts or resume counts), as exact JSON."""
-    found = {}
-    for path in sorted((output / "runs" / suite).glob("*.json")):
-        record = json.loads(path.read_text())
-        history = [{k: v for k, v in entry.items() if k != "seconds"} for entry in record["history"]]
-        kept = {k: record[k] for k in ("status", "best_epoch", "test", "test_predictions")}
-        found[record["run_id"]] = json.dumps({**kept, "history": history}, sort_keys=True)
-    return found
+    records = (json.loads(path.read_text()) for path in sorted((output / "runs" / suite).glob("*.json")))
+    return {record["run_id"]: outcome(record) for record in records}
 
 
 def assert_each_trained_once(output: Path, run_ids) -> None:
@@ -147,8 +143,8 @@ def assert_stopped_after_checkpoints(output: Path, log: str) -> None:
     released = {e["run_id"]: e["outcome"] for e in events if e["event"] == "release"}
     assert set(released) == set(claimed) and "interrupted" in released.values(), events
     assert not list((output / "claims" / "smoke").glob("*.claim"))
-    for run_id, outcome in released.items():
-        if outcome == "interrupted":
+    for run_id, release in released.items():
+        if release == "interrupted":
             assert (output / "checkpoints" / "smoke" / run_id / "last.pt").exists(), log
     assert "stopping at once" not in log
 
