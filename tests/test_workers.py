@@ -5,6 +5,7 @@ claim expires and another worker takes the run over and resumes it from its chec
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -448,3 +449,23 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
     assert taken is not None and taken.generation == 1
     assert try_claim(tmp_path, "s", "run-b", settings) is None  # another host's pid says nothing: wait
     taken.release("completed")
+
+
+def test_the_throughput_script_reads_each_runs_own_seconds_from_the_claims_log(tmp_path):
+    """scripts/workers_throughput.py: runs/hour while N train at once = N / the mean claim-to-release seconds of
+    the completed runs (an interrupted attempt and a run never released do not count)."""
+    spec = importlib.util.spec_from_file_location("workers_throughput", PROJECT / "scripts" / "workers_throughput.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    log = tmp_path / "claims" / "smoke" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    events = [("00", "claim", "a", None), ("01", "claim", "b", None), ("04", "release", "a", "interrupted"),
+              ("05", "claim", "a", None), ("07", "release", "b", "completed"), ("11", "release", "a", "completed"),
+              ("12", "claim", "c", None)]
+    log.write_text("".join(json.dumps({"time": f"2026-12-06T10:00:{second}.000+00:00", "event": event,
+                                       "run_id": run_id, **({"outcome": outcome} if outcome else {})}) + "\n"
+                           for second, event, run_id, outcome in events))
+    seconds = script.run_seconds(tmp_path, "smoke")
+    assert sorted(seconds) == [6.0, 6.0]  # b: 1 → 7, a's second attempt: 5 → 11
+    assert script.packed_rate(2, seconds) == {"mean_run_seconds": 6.0, "runs_per_hour_packed": 1200.0}
+    assert script.packed_rate(2, []) == {"mean_run_seconds": None, "runs_per_hour_packed": None}
