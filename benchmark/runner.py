@@ -357,9 +357,9 @@ class GridRunner:
             self.prune_checkpoints(spec)
             self.say(f"  test acc {outcome.test['acc']:.4f}, auc {outcome.test['auc']:.4f} "
                      f"(best epoch {outcome.best_epoch}) → {path}")
-            if fallbacks and torch.are_deterministic_algorithms_enabled():
-                self.say(f"  ran without a deterministic kernel: {', '.join(sorted(fallbacks))} (a rerun may differ "
-                         f"there; the record's environment.nondeterministic_ops)", logging.WARNING)
+            if unstable := record["environment"]["nondeterministic_ops"]:
+                self.say(f"  ran without a deterministic kernel: {', '.join(unstable)} (a rerun may differ there; "
+                         "the record's environment.nondeterministic_ops)", logging.WARNING)
         return None
 
     def end_multi_process_run(self, spec: RunSpec, path: Path, error: dict, history: list, started: float,

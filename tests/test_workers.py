@@ -463,8 +463,8 @@ def test_the_throughput_script_reads_each_runs_own_seconds_from_the_claims_log(t
               ("05", "claim", "a", None), ("07", "release", "b", "completed"), ("11", "release", "a", "completed"),
               ("12", "claim", "c", None)]
     log.write_text("".join(json.dumps({"time": f"2026-12-06T10:00:{second}.000+00:00", "event": event,
-                                       "run_id": run_id, **({"outcome": outcome} if outcome else {})}) + "\n"
-                           for second, event, run_id, outcome in events))
+                                       "run_id": run_id, **({"outcome": released} if released else {})}) + "\n"
+                           for second, event, run_id, released in events))
     seconds = script.run_seconds(tmp_path, "smoke")
     assert sorted(seconds) == [6.0, 6.0]  # b: 1 → 7, a's second attempt: 5 → 11
     assert script.packed_rate(2, seconds) == {"mean_run_seconds": 6.0, "runs_per_hour_packed": 1200.0}
