@@ -202,6 +202,34 @@ def test_export_matches_pytorch(results, tmp_path, model, fmt):
     assert "not a medical device" in card and "## Limitations" in card and "## Training recipe" in card
 
 
+@pytest.fixture(scope="module")
+def padded_vit(results):
+    """The vit_tiny run with MedMNIST+'s `resize: pad` preprocessing (its 28-px images centred in the 32-px input),
+    its own weights: what a pad run's use path sees, without training one."""
+    from dataclasses import replace
+
+    from benchmark.data.transforms import BatchTransform
+
+    loaded = load_run("breastmnist-28-vit_tiny", results[0])
+    built = replace(loaded.built, resize="pad")
+    return replace(loaded, built=built, transform=BatchTransform.for_model(built))
+
+
+def test_following_preprocessing_json_of_a_pad_run_gives_the_evaluation_pixels(padded_vit):
+    """A consumer who implements the JSON's fields in numpy feeds the exported model what evaluation fed it."""
+    from benchmark.use.card import preprocessing
+
+    pre = json.loads(json.dumps(preprocessing(padded_vit)))
+    images = padded_vit.dataset_split("test").images  # the stored format: uint8 (N, 28, 28, 1)
+    assert (pre["resize"], pre["stored_size"], pre["input_size"]) == ("pad", 28, 32)
+    x = np.repeat(images / 255, pre["channels"] // pre["stored_channels"], axis=-1)
+    x = (x - np.array(pre["mean"])) / np.array(pre["std"])
+    margins = pre["padding"]
+    x = np.pad(x, [(0, 0), (margins["top"], margins["bottom"]), (margins["left"], margins["right"]), (0, 0)])
+    np.testing.assert_allclose(x.transpose(0, 3, 1, 2), padded_vit.pixels(images).numpy(), atol=1e-6, rtol=0)
+    assert pre["steps"][-1].startswith("pad to 32 x 32 with zeros") and "2 rows above" in pre["steps"][-1]
+
+
 def test_card_summary_is_the_leaderboard_cell_of_the_runs_seeds():
     from record_factory import make_record
 

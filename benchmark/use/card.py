@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmark.data.transforms import _pad_margins
 from benchmark.metrics import HEADLINE_METRICS
 from benchmark.records import read_record, records_frame
 from benchmark.report.aggregate import CELL, cell_stats
@@ -65,29 +66,50 @@ def seed_summary(records: list[dict], run_id: str) -> dict[str, dict]:
     return summary
 
 
+def _steps(loaded: LoadedRun) -> list[str]:
+    """The evaluation transform (`BatchTransform._transform`) in words, for an image of any size and mode."""
+    transform, stored = loaded.transform, loaded.size
+    size = transform.input_size
+    channels = ("repeat the gray channel to 3 channels; " if transform.in_channels > loaded.channels else
+                "convert to luma (0.299 R + 0.587 G + 0.114 B); " if transform.in_channels < loaded.channels else "")
+    steps = [f"convert to {'8-bit grayscale (luma)' if loaded.channels == 1 else 'RGB'} (16-bit: value / 257)",
+             f"resize to {stored} x {stored} (bilinear) — the data set's stored format"]
+    if stored > size:
+        steps.append(f"resize to {size} x {size} (bilinear, antialiased)")
+    elif stored < size and transform.resize == "interpolate":
+        steps.append(f"resize to {size} x {size} "
+                     f"({'nearest neighbour' if transform.upsample == 'nearest' else 'bilinear'})")
+    steps.append(f"{channels}scale to [0, 1], subtract mean, divide by std per channel")
+    if stored < size and transform.resize == "pad":
+        before, after = _pad_margins(stored, size)
+        steps.append(f"pad to {size} x {size} with zeros (0 after normalising: the channel mean), the image centred: "
+                     f"{before} rows above and columns left of it, {after} below and right")
+    return steps
+
+
 def preprocessing(loaded: LoadedRun) -> dict:
-    """What a consumer of an exported model must do to an image before it: the run's evaluation preprocessing."""
-    built = loaded.built
+    """What a consumer of an exported model must do to an image before it: the run's evaluation preprocessing.
+    `padding` (resize: pad runs) gives the zero margins around the image, in pixels of the input."""
+    transform = loaded.transform
+    padding = None
+    if transform.resize == "pad":
+        before, after = _pad_margins(min(loaded.size, transform.input_size), transform.input_size)
+        padding = {"top": before, "bottom": after, "left": before, "right": after}
     return {
         "input": "pixel_values: float32 (batch, channels, input_size, input_size), NCHW; the batch size is free",
         "output": "logits: float32 (batch, n_classes); softmax gives the class probabilities",
         "stored_size": loaded.size,
         "stored_channels": loaded.channels,
-        "input_size": built.input_size,
-        "channels": built.in_channels,
-        "mean": list(built.mean),
-        "std": list(built.std),
-        "upsample": built.upsample,
+        "input_size": transform.input_size,
+        "channels": transform.in_channels,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "resize": transform.resize,
+        "upsample": transform.upsample,
+        "padding": padding,
         "class_names": loaded.class_names,
         "task": loaded.record["dataset"]["task"],
-        "steps": [
-            f"convert to {'8-bit grayscale (luma)' if loaded.channels == 1 else 'RGB'} (16-bit: value / 257)",
-            f"resize to {loaded.size} x {loaded.size} (bilinear) — the data set's stored format",
-            (f"resize to {built.input_size} x {built.input_size} (bilinear, antialiased when shrinking"
-             f"{'; nearest when enlarging' if built.upsample == 'nearest' else ''})"),
-            (f"{'repeat the gray channel to 3 channels; ' if built.in_channels > loaded.channels else ''}"
-             "scale to [0, 1], subtract mean, divide by std per channel"),
-        ],
+        "steps": _steps(loaded),
     }
 
 
