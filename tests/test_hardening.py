@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import need
 from PIL import Image
 from record_factory import make_record, write_records
 
@@ -111,6 +112,40 @@ def test_predict_refuses_a_batch_below_one(batch, finished_runs, tmp_path, capsy
                  "--results", str(results)]) == 2
     assert one_error_line(capsys) == f"--batch must be >= 1 (got {batch}): images per forward pass"
     assert not output.exists()
+
+
+def lab_tiff(folder: Path) -> Path:
+    """A TIFF in PIL's LAB mode: it decodes, but PIL cannot convert it to grayscale."""
+    Image.new("LAB", (20, 20)).save(folder / "lab.tif")
+    return folder / "lab.tif"
+
+
+def test_an_image_pil_cannot_convert_is_a_user_error_naming_the_file(tmp_path):
+    from benchmark.data.images import open_image, stored_pixels
+    from benchmark.errors import UserError
+
+    image = open_image(lab_tiff(tmp_path))
+    with pytest.raises(UserError, match=r"^lab.tif: PIL cannot convert the image's mode LAB to grayscale; save it"):
+        stored_pixels(image, 28, 1, "lab.tif")
+    assert stored_pixels(image, 28, 3, "lab.tif").shape == (28, 28, 3)
+
+
+def test_predict_and_serve_name_an_image_pil_cannot_convert(finished_runs, tmp_path, capsys):
+    need("fastapi", extra="serve")
+    need("httpx", extra="test")
+    from fastapi.testclient import TestClient
+
+    from benchmark.use import load_run
+    from benchmark.use.serve import create_app
+
+    results = finished_runs[0]
+    lab = lab_tiff(tmp_path)
+    assert main(["predict", RESNET, str(lab), "--results", str(results)]) == 1
+    assert f"error: {lab}: PIL cannot convert the image's mode LAB to grayscale" in capsys.readouterr().err
+    with TestClient(create_app(load_run(RESNET, results))) as client:
+        answer = client.post("/predict", files=[("files", ("lab.tif", lab.read_bytes(), "image/tiff"))])
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("lab.tif: PIL cannot convert the image's mode LAB to grayscale")
 
 
 def under_a_file(tmp_path: Path, name: str) -> Path:

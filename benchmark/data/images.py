@@ -44,11 +44,16 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
-def stored_pixels(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """`image` as a dataset stores it: uint8 (size, size, channels), channels 1 (luma) or 3 (RGB)."""
+def stored_pixels(image: Image.Image, size: int, channels: int, name: str = "image") -> np.ndarray:
+    """`image` as a dataset stores it: uint8 (size, size, channels), channels 1 (luma) or 3 (RGB). A mode PIL
+    cannot convert (e.g. LAB to luma) raises a one-line UserError naming `name`."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    converted = eight_bit(image).convert("L" if channels == 1 else "RGB")
+    try:
+        converted = eight_bit(image).convert("L" if channels == 1 else "RGB")
+    except ValueError as error:
+        raise UserError(f"{name}: PIL cannot convert the image's mode {image.mode} to "
+                        f"{'grayscale' if channels == 1 else 'RGB'}; save it as a grayscale or RGB image") from error
     if converted.size != (size, size):
         converted = converted.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(converted, dtype=np.uint8)

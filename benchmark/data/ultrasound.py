@@ -304,4 +304,6 @@ def _to_split(samples: list[Sample], size: int, n_classes: int, where: str) -> S
 
 
 def _grayscale_pixels(source: ImageSource, size: int) -> np.ndarray:
-    return stored_pixels(open_image(source) if isinstance(source, Path) else source, size, channels=1)
+    if isinstance(source, Path):
+        return stored_pixels(open_image(source), size, channels=1, name=str(source))
+    return stored_pixels(source, size, channels=1)

@@ -122,9 +122,9 @@ class LoadedRun:
     def channels_last(self) -> bool:
         return uses_channels_last(self.built)
 
-    def stored(self, image) -> np.ndarray:
-        """A PIL image as the dataset stores it: uint8 (size, size, channels)."""
-        return stored_pixels(image, self.size, self.channels)
+    def stored(self, image, name: str = "image") -> np.ndarray:
+        """A PIL image as the dataset stores it: uint8 (size, size, channels); errors name `name`."""
+        return stored_pixels(image, self.size, self.channels, name)
 
     def pixels(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, size, size, channels) -> the model's normalised float input (N, C, S, S), as evaluation."""
@@ -146,7 +146,7 @@ class LoadedRun:
         images, labels = [], []
         for label, encoded in enumerate(self.record.get("samples", {}).get("per_class", [])):
             for item in encoded:
-                images.append(self.stored(open_image(base64.b64decode(item), "record sample")))
+                images.append(self.stored(open_image(base64.b64decode(item), "record sample"), "record sample"))
                 labels.append(label)
         if not images:
             raise UserError(f"record {self.record_path} holds no sample images; rerun it with this version")

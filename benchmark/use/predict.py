@@ -118,7 +118,7 @@ def gather_images(loaded: LoadedRun, items: list[str | Path], data_root: str | N
                               f"{loaded.record['config']['dataset']}:test)")
                 continue
             try:
-                images.append(loaded.stored(open_image(file)))
+                images.append(loaded.stored(open_image(file), str(file)))
             except UserError as err:
                 errors.append(str(err))
                 continue

@@ -110,7 +110,7 @@ def create_app(loaded: LoadedRun, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, 
         return card
 
     def stored_images(names: list[str], payloads: list[bytes]) -> np.ndarray:
-        return np.stack([loaded.stored(open_image(data, name)) for name, data in zip(names, payloads)])
+        return np.stack([loaded.stored(open_image(data, name), name) for name, data in zip(names, payloads)])
 
     @app.post("/predict")
     async def predict(files: Annotated[list[UploadFile], File()]):
