@@ -329,6 +329,20 @@ def test_attention_rollout_for_a_vit_and_the_explanation_figure(results, tmp_pat
     assert figure.name.endswith("_explain.png") and Image.open(figure).size[0] > 100
 
 
+def test_a_pad_runs_overlay_maps_the_image_without_the_padding(padded_vit, results, tmp_path):
+    """The 28-px image fills rows and columns 2-29 of the 32-px input: its overlay is that part of the map."""
+    need("pytorch_grad_cam", extra="explain")
+    from benchmark.use.explain import attention_rollout, explain
+
+    png = results[1] / "000.png"
+    [e], errors = explain(padded_vit, [png], output=tmp_path)
+    target = padded_vit.class_names.index(e.target)
+    pixels = padded_vit.pixels(np.stack([padded_vit.stored(Image.open(png))]))  # as explain feeds them
+    full = attention_rollout(padded_vit, pixels, [target])[0]
+    assert errors == [] and e.heatmap.shape == (28, 28) and full.shape == (32, 32)
+    np.testing.assert_allclose(e.heatmap, full[2:30, 2:30].numpy(), atol=1e-6, rtol=0)
+
+
 def test_a_verb_without_its_extra_names_the_pip_install(results, monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))

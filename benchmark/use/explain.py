@@ -8,7 +8,8 @@
   CLS token to the patches — class-specific, unlike plain rollout (Abnar & Zuidema 2020).
 
 Maps are computed at the model's input size from the image in the dataset's stored format (exactly what
-`predict` feeds), scaled to [0, 1], and returned at the original image's size.
+`predict` feeds), scaled to [0, 1], cut to the image's part of the input (a `resize: pad` run's margins hold
+no image), and returned at the original image's size.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.data.images import open_image
+from benchmark.data.transforms import _pad_margins
 from benchmark.errors import UserError
 from benchmark.records import atomic_write_bytes, check_writable
 from benchmark.report.figures.style import save_figure
@@ -90,7 +92,8 @@ def attention_rollout(loaded: LoadedRun, pixels: torch.Tensor, targets: list[int
 
 
 def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Maps (N, input_size, input_size) in [0, 1] and probabilities (N, n_classes) for stored-format images.
+    """Maps in [0, 1] over the part of the input that holds the image and probabilities (N, n_classes) for
+    stored-format images: (N, input_size, input_size), less a `resize: pad` run's zero margins.
     `targets`: the class index per image to explain (None: the predicted class)."""
     probs = loaded.probabilities(images)
     targets = [int(p.argmax()) for p in probs] if targets is None else list(targets)
@@ -101,6 +104,10 @@ def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = 
         maps = attention_rollout(loaded, pixels, targets)
     else:
         raise UserError(f"{loaded.run_id}: no explanation method for model family '{loaded.built.family}'")
+    if loaded.transform.resize == "pad":
+        size = loaded.transform.input_size
+        before, after = _pad_margins(min(loaded.size, size), size)
+        maps = maps[:, before:size - after, before:size - after]
     return maps.numpy(), probs
 
 
