@@ -343,6 +343,31 @@ def test_a_pad_runs_overlay_maps_the_image_without_the_padding(padded_vit, resul
     np.testing.assert_allclose(e.heatmap, full[2:30, 2:30].numpy(), atol=1e-6, rtol=0)
 
 
+def test_a_hugging_face_cnn_is_explained_with_grad_cam(results, tmp_path):
+    """An HF ResNet (the resnet18_in1k preset's architecture, tiny and random here) has no attentions to roll out:
+    Grad-CAM on its last stage, as for the project's ResNets."""
+    need("pytorch_grad_cam", extra="explain")
+    from dataclasses import replace
+
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    from benchmark.data.transforms import BatchTransform
+    from benchmark.models import build_model, resolve_model
+    from benchmark.use.explain import explain
+
+    source = tmp_path / "hf-resnet"
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                              layer_type="basic")).save_pretrained(source)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(source)
+    vit = load_run("breastmnist-28-vit_tiny", results[0])
+    built = build_model(resolve_model("hf_resnet", source=str(source), pretrained=False), vit.class_names, 1)
+    built.module.eval()
+    cnn = replace(vit, built=built, transform=BatchTransform.for_model(built))
+    [e], errors = explain(cnn, [results[1] / "000.png"], output=tmp_path / "out")
+    assert errors == [] and e.method == "grad-cam" and e.path.name.startswith("000.grad-cam.")
+    assert e.heatmap.shape == (28, 28) and np.isfinite(e.heatmap).all() and e.heatmap.std() > 0
+
+
 def test_a_verb_without_its_extra_names_the_pip_install(results, monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))

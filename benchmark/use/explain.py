@@ -1,11 +1,12 @@
 """Where a run's model looks: Grad-CAM for CNNs, attention rollout for ViTs; PNG overlays and a figure kind.
 
-- CNNs (the ResNet family): Grad-CAM (Selvaraju et al. 2017) from the `grad-cam` package on the last residual
-  block, for a chosen class (default: the predicted one) — class-specific.
-- Hugging Face ViTs: gradient-weighted attention rollout (Chefer, Gur & Wolf 2021, "Generic Attention-model
-  Explainability"): each layer's attention map times its gradient with respect to the target class's logit,
-  positive part, averaged over heads, rolled out from the identity layer by layer (R <- R + A R), read from the
-  CLS token to the patches — class-specific, unlike plain rollout (Abnar & Zuidema 2020).
+- CNNs (a model whose last block has convolutions: the ResNet family, Hugging Face CNNs such as resnet18_in1k):
+  Grad-CAM (Selvaraju et al. 2017) from the `grad-cam` package on that block (`layer4`, the last stage), for a
+  chosen class (default: the predicted one) — class-specific.
+- Otherwise (Hugging Face ViTs): gradient-weighted attention rollout (Chefer, Gur & Wolf 2021, "Generic
+  Attention-model Explainability"): each layer's attention map times its gradient with respect to the target
+  class's logit, positive part, averaged over heads, rolled out from the identity layer by layer (R <- R + A R),
+  read from the CLS token to the patches — class-specific, unlike plain rollout (Abnar & Zuidema 2020).
 
 Maps are computed at the model's input size from the image in the dataset's stored format (exactly what
 `predict` feeds), scaled to [0, 1], cut to the image's part of the input (a `resize: pad` run's margins hold
@@ -32,8 +33,6 @@ from benchmark.records import atomic_write_bytes, check_writable
 from benchmark.report.figures.style import save_figure
 from benchmark.use.loaded import DEFAULT_RESULTS, LoadedRun, load_run, require_extra
 
-METHODS = {"resnet": "grad-cam", "hf": "attention-rollout"}
-
 
 @dataclass
 class Explanation:
@@ -58,11 +57,7 @@ def grad_cam(loaded: LoadedRun, pixels: torch.Tensor, targets: list[int]) -> tor
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    module = loaded.model
-    layer = getattr(module, "layer4", None)
-    if layer is None:
-        raise UserError(f"{loaded.run_id}: Grad-CAM needs a ResNet's layer4; this model has none")
-    with GradCAM(model=module, target_layers=[layer[-1]]) as cam:
+    with GradCAM(model=loaded.model, target_layers=[loaded.model.get_submodule(loaded.built.blocks[-1])]) as cam:
         maps = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(t) for t in targets])
     return torch.from_numpy(np.asarray(maps, dtype=np.float32))
 
@@ -74,7 +69,7 @@ def attention_rollout(loaded: LoadedRun, pixels: torch.Tensor, targets: list[int
     hf.set_attn_implementation("eager")
     with torch.enable_grad():
         out = hf(pixel_values=pixels.detach().requires_grad_(True), output_attentions=True, **wrapper.forward_kwargs)
-        if not out.attentions:
+        if not getattr(out, "attentions", None):
             raise UserError(f"{loaded.run_id}: the model returns no attentions; rollout needs a ViT")
         target_logits = out.logits[torch.arange(len(pixels)), torch.as_tensor(targets)]
         gradients = torch.autograd.grad(target_logits.sum(), out.attentions)  # images are independent: per image
@@ -91,6 +86,16 @@ def attention_rollout(loaded: LoadedRun, pixels: torch.Tensor, targets: list[int
     return _normalise(F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0])
 
 
+METHODS = {"grad-cam": grad_cam, "attention-rollout": attention_rollout}
+
+
+def method(loaded: LoadedRun) -> str:
+    """Grad-CAM where the model's last block has convolutions (CNNs), else attention rollout (ViTs)."""
+    blocks = loaded.built.blocks
+    last = loaded.model.get_submodule(blocks[-1]) if blocks else torch.nn.Identity()
+    return "grad-cam" if any(isinstance(m, torch.nn.Conv2d) for m in last.modules()) else "attention-rollout"
+
+
 def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Maps in [0, 1] over the part of the input that holds the image and probabilities (N, n_classes) for
     stored-format images: (N, input_size, input_size), less a `resize: pad` run's zero margins.
@@ -98,12 +103,7 @@ def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = 
     probs = loaded.probabilities(images)
     targets = [int(p.argmax()) for p in probs] if targets is None else list(targets)
     pixels = loaded.pixels(images)
-    if loaded.built.family == "resnet":
-        maps = grad_cam(loaded, pixels, targets)
-    elif loaded.built.family == "hf":
-        maps = attention_rollout(loaded, pixels, targets)
-    else:
-        raise UserError(f"{loaded.run_id}: no explanation method for model family '{loaded.built.family}'")
+    maps = METHODS[method(loaded)](loaded, pixels, targets)
     if loaded.transform.resize == "pad":
         size = loaded.transform.input_size
         before, after = _pad_margins(min(loaded.size, size), size)
@@ -172,16 +172,16 @@ def explain(run: str | Path | LoadedRun, images: list[str | Path], results: str 
         return [], errors
     stored = np.stack([loaded.stored(image) for _, image in opened])
     maps, probs = saliency(loaded, stored, None if index is None else [index] * len(stored))
-    method, names = METHODS[loaded.built.family], loaded.class_names
+    name, names = method(loaded), loaded.class_names
     explanations = []
     for (path, image), heat, row in zip(opened, maps, probs):
         heatmap = resize_map(heat, image.height, image.width)
         picture = overlay(image, heatmap)
         predicted = int(row.argmax())
         explained = predicted if index is None else index
-        out = folder / f"{path.stem}.{method}.{overlay_tag(explained, names[explained])}.png"
+        out = folder / f"{path.stem}.{name}.{overlay_tag(explained, names[explained])}.png"
         write_png(picture, out)
-        explanations.append(Explanation(str(path), names[predicted], float(row[predicted]), names[explained], method,
+        explanations.append(Explanation(str(path), names[predicted], float(row[predicted]), names[explained], name,
                                         heatmap, picture, out))
     return explanations, errors
 
@@ -215,7 +215,7 @@ def explanation_figure(loaded: LoadedRun, per_group: int = 4):
             image_ax.text(0, -0.04, f"true {names[labels[i]]}\npred {names[predicted[i]]} ({probs[i].max():.2f})",
                           transform=image_ax.transAxes, fontsize=6, va="top")
             map_ax.imshow(overlay(picture, resize_map(maps[i], picture.height, picture.width)))
-    fig.suptitle(f"{METHODS[loaded.built.family]}: {loaded.run_id}", fontsize=8)
+    fig.suptitle(f"{method(loaded)}: {loaded.run_id}", fontsize=8)
     return fig
 
 
