@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,6 +315,22 @@ def test_grad_cam_has_the_images_size_and_depends_on_the_class(results, tmp_path
     first, _ = saliency(loaded, images[:4], [0] * 4)
     second, _ = saliency(loaded, images[:4], [1] * 4)
     assert np.abs(first - second).mean() > 0.05
+
+
+def test_images_of_the_same_name_get_an_overlay_each(results, tmp_path):
+    need("pytorch_grad_cam", extra="explain")
+    from benchmark.use.explain import explain, overlay_stems
+
+    results_dir, pngs = results
+    assert overlay_stems([Path("a/x.png"), Path("b/X.png"), Path("x-1.png")]) == ["x-2", "X-3", "x-1"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "000.png").write_bytes((pngs / "001.png").read_bytes())
+    images = [pngs / "000.png", tmp_path / "other" / "000.png", pngs / "002.png"]
+    explanations, _ = explain("breastmnist-28-resnet18_28", images, results=results_dir, output=tmp_path / "out")
+    assert [e.path.name.split(".")[0] for e in explanations] == ["000-1", "000-2", "002"]
+    for e in explanations:
+        np.testing.assert_array_equal(np.asarray(Image.open(e.path)), e.overlay)
+    assert len(list((tmp_path / "out").iterdir())) == 3
 
 
 def test_attention_rollout_for_a_vit_and_the_explanation_figure(results, tmp_path):

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +147,20 @@ def overlay_tag(index: int, name: str) -> str:
     return f"{index}-" + re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
 
 
+def overlay_stems(paths: list[Path]) -> list[str]:
+    """Each image's overlay file stem: its own, or `<stem>-<n>` (numbered in input order) where images share a stem
+    (in any letter case: case-insensitive file systems), so that no image's overlay overwrites another's."""
+    counts = Counter(path.stem.casefold() for path in paths)
+    taken, stems = set(counts), []
+    for path in paths:
+        stem = path.stem
+        if counts[stem.casefold()] > 1:
+            stem = next(f"{path.stem}-{n}" for n in itertools.count(1) if f"{path.stem}-{n}".casefold() not in taken)
+        taken.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
 def write_png(picture: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -174,12 +190,13 @@ def explain(run: str | Path | LoadedRun, images: list[str | Path], results: str 
     maps, probs = saliency(loaded, stored, None if index is None else [index] * len(stored))
     name, names = method(loaded), loaded.class_names
     explanations = []
-    for (path, image), heat, row in zip(opened, maps, probs):
+    stems = overlay_stems([path for path, _ in opened])
+    for (path, image), stem, heat, row in zip(opened, stems, maps, probs):
         heatmap = resize_map(heat, image.height, image.width)
         picture = overlay(image, heatmap)
         predicted = int(row.argmax())
         explained = predicted if index is None else index
-        out = folder / f"{path.stem}.{name}.{overlay_tag(explained, names[explained])}.png"
+        out = folder / f"{stem}.{name}.{overlay_tag(explained, names[explained])}.png"
         write_png(picture, out)
         explanations.append(Explanation(str(path), names[predicted], float(row[predicted]), names[explained], name,
                                         heatmap, picture, out))
