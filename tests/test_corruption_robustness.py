@@ -3,6 +3,7 @@ the cache, the numbers of the robustness block and the record rewrite around the
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -157,6 +158,26 @@ def test_a_corruption_that_cannot_run_is_named_with_its_reason(tiny_run, monkeyp
     assert block["skipped"] == {"contrast_down": "RuntimeError: library missing"}
     assert list(block["corruptions"]) == ["pixelate"]
     assert block["mce"] == pytest.approx(block["corruptions"]["pixelate"]["be"])
+
+
+def test_a_finished_block_gains_corruptions_and_is_never_replaced_without_force(tiny_run, tmp_path, caplog):
+    results = tmp_path / "results"
+    shutil.copytree(tiny_run[0], results)  # its own record (the cache of corrupted images comes along)
+    path = results / tiny_run[1].relative_to(tiny_run[0])
+    record = records.read_record(path)
+    record.pop("robustness", None)  # another test's block
+    records.write_record(path, record)
+    ((_, first),) = rb.robustness([path], results=results, corruption_names=["contrast_down"], progress=False)
+    ((_, block),) = rb.robustness([path], results=results, corruption_names=["pixelate"], progress=False)
+    assert records.read_record(path)["robustness"] == block
+    assert list(block["corruptions"]) == ["pixelate", "contrast_down"]  # the set's order
+    assert block["corruptions"]["contrast_down"] == first["corruptions"]["contrast_down"]
+    assert block["mce"] == pytest.approx(np.mean([entry["be"] for entry in block["corruptions"].values()]))
+    written = path.read_bytes()
+    rb.robustness([path], results=results, corruption_names=["pixelate"], progress=False)  # has it: kept
+    rb.robustness([path], results=results, seed=1, corruption_names=["pixelate"], progress=False)
+    assert path.read_bytes() == written
+    assert "this evaluation differs in seed; --force replaces it" in caplog.text
 
 
 def test_add_block_refuses_identity_keys_and_keeps_the_file_whole(tiny_run):

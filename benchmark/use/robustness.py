@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SEVERITIES = (1, 2, 3, 4, 5)
 CELL_METRICS = ("acc", "auc", "balanced_error")
+# What a robustness block is made with: two blocks of one run whose cells may be merged agree on all of these.
+SETTINGS = ("benchmark", "package", "corruption_set", "seed", "n_test", "image_size", "clean")
 # Datasets without a MedMNIST-C set of their own that take another's (same imaging modality).
 SAME_MODALITY = {"breast_ultrasound": "breastmnist"}
 INSTALL_HINT = ("pip install 'medmnist-benchmark[robustness]' (motion blur also needs ImageMagick: "
@@ -237,13 +239,37 @@ def summarise(cells: dict[str, list[dict]], clean_error: float, set_name: str) -
             "baseline": {"model": "AlexNet (MedMNIST-C)", "dataset": set_name, **baseline} if baseline else None}
 
 
+def block_settings(dataset: str, seed: int) -> dict:
+    """The settings of a robustness block known before evaluating (the rest of `SETTINGS` need the test split)."""
+    return {"benchmark": "MedMNIST-C", "package": f"medmnistc {package_version()}",
+            "corruption_set": corruption_set(dataset), "seed": seed}
+
+
+def differences(block: dict, settings: dict) -> list[str]:
+    """The `SETTINGS` given in `settings` that `block` has otherwise."""
+    return [key for key in SETTINGS if key in settings and block.get(key) != settings[key]]
+
+
+def merged(existing: dict, new: dict) -> dict:
+    """`new` (a block of the same settings) plus the corruptions of `existing` it did not evaluate, in the set's
+    order; the summary (mCE, relative mCE, mean error) recomputed over all of them."""
+    evaluated = set(new["corruptions"]) | set(new["skipped"])
+    cells = {name: entry["severities"] for name, entry in existing["corruptions"].items() if name not in evaluated}
+    cells.update((name, entry["severities"]) for name, entry in new["corruptions"].items())
+    order = list(corruptions(new["corruption_set"]))
+    cells = dict(sorted(cells.items(), key=lambda item: order.index(item[0])))
+    skipped = {name: why for name, why in existing["skipped"].items() if name not in evaluated} | new["skipped"]
+    return {**new, **summarise(cells, new["clean"]["balanced_error"], new["corruption_set"]), "skipped": skipped}
+
+
 def evaluate(loaded: LoadedRun, *, seed: int = 0, data_root: str | None = None, cache: Path | None = None,
              corruption_names: list[str] | None = None, progress: bool = True) -> dict:
     """The `robustness` block of a loaded run: its clean and corrupted test scores (see the module docstring)."""
     from tqdm.auto import tqdm
 
     record = loaded.record
-    set_name = corruption_set(record["dataset"]["name"])
+    settings = block_settings(record["dataset"]["name"], seed)
+    set_name = settings["corruption_set"]
     available = corruptions(set_name)
     names = list(available) if corruption_names is None else corruption_names
     unknown = [name for name in names if name not in available]
@@ -273,8 +299,7 @@ def evaluate(loaded: LoadedRun, *, seed: int = 0, data_root: str | None = None, 
             log.warning("%s: corruption %s could not run: %s", loaded.run_id, name, skipped[name])
             bar.update(len(SEVERITIES) - len(row))
     bar.close()
-    return {"benchmark": "MedMNIST-C", "package": f"medmnistc {package_version()}", "corruption_set": set_name,
-            "seed": seed, "n_test": len(test), "image_size": int(test.images.shape[1]), "clean": clean,
+    return {**settings, "n_test": len(test), "image_size": int(test.images.shape[1]), "clean": clean,
             "clean_matches_record": bool(matches), **summarise(cells, clean["balanced_error"], set_name),
             "skipped": skipped, "created_at": now_iso()}
 
@@ -293,8 +318,11 @@ def record_paths(runs: list[str | Path], results: str | Path = DEFAULT_RESULTS) 
 def robustness(runs: list[str | Path], *, results: str | Path = DEFAULT_RESULTS, data_root: str | None = None,
                seed: int = 0, force: bool = False, corruption_names: list[str] | None = None,
                progress: bool = True) -> list[tuple[Path, dict]]:
-    """Evaluate each run and write its record's `robustness` block (a block of the same seed is kept unless
-    `force`). Returns (record path, block) per run."""
+    """Evaluate each run and write its record's `robustness` block. A finished block is never lost without `force`:
+    corruptions it lacks are evaluated and merged into it (same settings), those it has are kept, and a block made
+    with other settings (seed, test split, weights, medmnistc) is kept. With `force` the corruptions asked for are
+    evaluated again, merged into a block of the same settings or replacing one of others. Returns (record path,
+    block) per run."""
     results = Path(results)
     done = []
     for path in record_paths(runs, results):
@@ -303,18 +331,45 @@ def robustness(runs: list[str | Path], *, results: str | Path = DEFAULT_RESULTS,
             log.warning("skipping %s: not a completed run", path)
             continue
         existing = record.get("robustness")
-        if existing and existing.get("seed") == seed and not force and corruption_names is None:
-            log.info("%s has a robustness block already (seed %s); --force evaluates it again", path.name, seed)
+        block = _new_block(path, record, results=results, data_root=data_root, seed=seed, force=force,
+                           corruption_names=corruption_names, progress=progress)
+        if block is None:
             done.append((path, existing))
             continue
-        loaded = load_run(path, results)
-        block = evaluate(loaded, seed=seed, data_root=data_root, cache=path.parents[2] / "cache" / "corruptions",
-                         corruption_names=corruption_names, progress=progress)
         add_block(path, "robustness", block)
-        log.info("%s: mCE %s, relative mCE %s → %s", loaded.run_id, _fmt(block["mce"]), _fmt(block["relative_mce"]),
-                 path)
+        log.info("%s: mCE %s, relative mCE %s → %s", record["run_id"], _fmt(block["mce"]),
+                 _fmt(block["relative_mce"]), path)
         done.append((path, block))
     return done
+
+
+def _new_block(path: Path, record: dict, *, results: Path, data_root: str | None, seed: int, force: bool,
+               corruption_names: list[str] | None, progress: bool) -> dict | None:
+    """The robustness block to write for one run, or None to keep the one it has (see `robustness`)."""
+    existing = record.get("robustness")
+    settings = block_settings(record["dataset"]["name"], seed)
+    names = corruption_names or list(corruptions(settings["corruption_set"]))
+    if existing and not force:
+        if differ := differences(existing, settings):
+            _warn_kept(path, existing, differ)
+            return None
+        names = [name for name in names if name not in existing["corruptions"] and name not in existing["skipped"]]
+        if not names:
+            log.info("%s: its robustness block (seed %s) has these corruptions already; --force evaluates them "
+                     "again", path.name, seed)
+            return None
+    block = evaluate(load_run(path, results), seed=seed, data_root=data_root,
+                     cache=path.parents[2] / "cache" / "corruptions", corruption_names=names, progress=progress)
+    differ = differences(existing, block) if existing else []
+    if differ and not force:
+        _warn_kept(path, existing, differ)
+        return None
+    return merged(existing, block) if existing and not differ else block
+
+
+def _warn_kept(path: Path, existing: dict, differ: list[str]) -> None:
+    log.warning("%s: kept its robustness block (seed %s): this evaluation differs in %s; --force replaces it",
+                path.name, existing.get("seed"), ", ".join(differ))
 
 
 def after_run(record: Path, results: Path, data_root: str | None = None) -> None:
