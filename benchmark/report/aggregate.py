@@ -38,9 +38,10 @@ from benchmark.metrics import (
     minimum_detectable_difference,
     paired_pvalue_from_draws,
     resample_counts,
-    seed_indices,
+    seed_noise,
     seeds_needed,
     weighted_metrics,
+    welch_pvalue,
 )
 from benchmark.records import data_identity, group_key, parse_protocol, protocol_of, test_set
 from benchmark.report.load import PUBLISHED_COLUMNS, SuiteData, SuitePlan
@@ -421,9 +422,10 @@ SIGNIFICANCE_LEVEL = 0.05
 DIFFERENCE_OF_INTEREST = 0.01
 
 
-def _percentiles(draws: np.ndarray) -> tuple[float, float]:
+def _percentiles(draws: np.ndarray, bounds: tuple[float, float]) -> tuple[float, float]:
+    """The 95 % percentile interval of `draws`, kept within the metric's `bounds` (a t draw can leave them)."""
     low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return float(low), float(high)
+    return float(max(low, bounds[0])), float(min(high, bounds[1]))
 
 
 def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.DataFrame:
@@ -433,8 +435,9 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
     same data).
 
     For each metric of `TRUST_METRICS` (qwk on ordinal tasks only): `<m>` = mean over seeds; `<m>_low/_high` =
-    the 95 % interval of that seed mean from a two-level bootstrap (seeds drawn with replacement, then the test
-    images; `metrics.hierarchical_draws`), which holds the training variance as well as the test-image noise;
+    the 95 % interval of that seed mean from a two-level bootstrap (the test images resampled, the seed mean's
+    training noise drawn from Student's t; `metrics.hierarchical_draws`), which holds the training variance as
+    well as the test-image noise;
     `<m>_img_low/_img_high` = the test-image-only interval (the trained models held fixed); `<m>_t_low/_t_high` =
     the Student-t interval across seeds; `<m>_std` = the seed std; `<m>_mdd` = the smallest difference the cell's
     seeds detect (`metrics.minimum_detectable_difference`). Calibration metrics of a scheme without proper
@@ -445,8 +448,9 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
     largest), "no" when not, "" without a baseline. On each test set's highest measured row, `<m>_mark`:
     - "" when a baseline scores higher;
     - "untested" when it or the runner-up has fewer than `MIN_SEEDS_TO_TEST` seeds;
-    - "best" when the two-level paired bootstrap against the runner-up, Holm-corrected over the suite's test sets
-      (`<m>_p`), gives p < `SIGNIFICANCE_LEVEL` and the row beats the baselines; "tie" otherwise.
+    - "best" when the two-level paired bootstrap against the runner-up, two-sided (the direction was read off the
+      data) and Holm-corrected over the suite's test sets (`<m>_p`), gives p < `SIGNIFICANCE_LEVEL` and the row
+      beats the baselines; "tie" otherwise.
     `<m>_p_images` is the same test with the images resampled only (what the marks rested on before), `<m>_runner_up`
     names the runner-up and `<m>_seeds_needed` the seeds per model a t-test would need to detect a
     `DIFFERENCE_OF_INTEREST` between the two at their pooled seed std. Baseline rows are never marked."""
@@ -479,14 +483,15 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
     for key, cell in sorted(cells.items()):
         tested_on, model, size, scheme = key
         counts = resample_counts(len(cell["labels"]), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
-        indices = seed_indices(len(cell["probs"]), "|".join(map(str, key)))
+        noise = seed_noise(len(cell["probs"]), "|".join(map(str, key)))
         ones = np.ones((1, len(cell["labels"])))
         point = [weighted_metrics(cell["labels"], p, cell["task"], ones) for p in cell["probs"]]
         draws = [weighted_metrics(cell["labels"], p, cell["task"], counts) for p in cell["probs"]]
         not_applicable = PROBABILITY_FREE_SCHEMES.get(scheme, "")
         row = {"test_set": tested_on, "model": model, "size": size, "scheme": scheme, "n": len(cell["probs"]),
                "n_test": len(cell["labels"]), "baseline": scheme == "baseline", "not_applicable": not_applicable}
-        cell["draws"], cell["image_draws"] = {}, {}  # per metric, the seed mean on each resample (both kinds)
+        # per metric: the seed mean on each resample (both kinds) and each seed's own value
+        cell["draws"], cell["image_draws"], cell["values"] = {}, {}, {}
         for metric in TRUST_METRICS:
             if metric not in point[0]:
                 continue
@@ -494,13 +499,13 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
                 row.update({metric: np.nan, f"{metric}_low": np.nan, f"{metric}_high": np.nan})
                 continue
             per_seed = np.stack([d[metric] for d in draws])
-            values = [float(p[metric][0]) for p in point]
+            values = cell["values"][metric] = [float(p[metric][0]) for p in point]
             mean, t_low, t_high = mean_interval(values, bounds=METRIC_RANGES[metric])
             std = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
-            cell["draws"][metric] = hierarchical_draws(per_seed, indices)
+            cell["draws"][metric] = hierarchical_draws(per_seed, noise)
             cell["image_draws"][metric] = per_seed.mean(axis=0)
-            low, high = _percentiles(cell["draws"][metric])
-            img_low, img_high = _percentiles(cell["image_draws"][metric])
+            low, high = _percentiles(cell["draws"][metric], METRIC_RANGES[metric])
+            img_low, img_high = _percentiles(cell["image_draws"][metric], METRIC_RANGES[metric])
             row.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high, f"{metric}_img_low": img_low,
                         f"{metric}_img_high": img_high, f"{metric}_t_low": t_low, f"{metric}_t_high": t_high,
                         f"{metric}_std": std, f"{metric}_mdd": minimum_detectable_difference(std, len(values))})
@@ -515,9 +520,9 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
 
     for metric in SIGNIFICANCE_METRICS:
         frame[f"{metric}_mark"], frame[f"{metric}_vs_baseline"], frame[f"{metric}_runner_up"] = "", "", ""
-        for column in ("p", "p_images", "baseline_p", "seeds_needed"):
+        for column in ("p", "p_seeds", "p_images", "baseline_p", "seeds_needed"):
             frame[f"{metric}_{column}"] = np.nan
-        tests = []  # (row index of the best, raw p over seeds and images, raw p over images only)
+        tests = []  # (row index of the best, raw p over seeds, raw p over images)
         for _, part in frame.groupby("test_set"):
             measured, baselines = part[~part["baseline"]], part[part["baseline"]]
             for index in measured.index:
@@ -533,19 +538,24 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
             best, runner_up = ranked.index[0], ranked.index[1]
             frame.loc[best, f"{metric}_runner_up"] = " · ".join(map(str, frame.loc[runner_up, GROUP]))
             pooled = np.sqrt((frame.loc[best, f"{metric}_std"] ** 2 + frame.loc[runner_up, f"{metric}_std"] ** 2) / 2)
-            frame.loc[best, f"{metric}_seeds_needed"] = seeds_needed(DIFFERENCE_OF_INTEREST, pooled) or np.nan
+            if np.isfinite(pooled):  # NaN: a seed spread unknown; inf: more seeds than seeds_needed looks at
+                frame.loc[best, f"{metric}_seeds_needed"] = seeds_needed(DIFFERENCE_OF_INTEREST, pooled) or np.inf
             if not baselines.empty and baselines[metric].max() >= frame.loc[best, metric]:
                 continue  # a baseline scores at least as high: nothing is best
             if min(frame.loc[best, "n"], frame.loc[runner_up, "n"]) < MIN_SEEDS_TO_TEST:
                 frame.loc[best, f"{metric}_mark"] = "untested"
                 continue
-            tests.append((best, paired_pvalue_from_draws(draws_of(best)[metric], draws_of(runner_up)[metric], metric),
+            # both two-sided: which of the two is "best" was read off these same numbers
+            tests.append((best, welch_pvalue(draws_of(best, "values")[metric], draws_of(runner_up, "values")[metric]),
                           paired_pvalue_from_draws(draws_of(best, "image_draws")[metric],
-                                                   draws_of(runner_up, "image_draws")[metric], metric)))
+                                                   draws_of(runner_up, "image_draws")[metric], metric,
+                                                   alternative="two-sided")))
         if tests:
             indices_ = [index for index, _, _ in tests]
-            frame.loc[indices_, f"{metric}_p"] = holm([p for _, p, _ in tests])
+            frame.loc[indices_, f"{metric}_p_seeds"] = holm([p for _, p, _ in tests])
             frame.loc[indices_, f"{metric}_p_images"] = holm([p for _, _, p in tests])
+            # best only when retraining and resampling the test images would both keep it on top
+            frame.loc[indices_, f"{metric}_p"] = frame.loc[indices_, [f"{metric}_p_seeds", f"{metric}_p_images"]].max(axis=1)
             for index in indices_:
                 significant = frame.loc[index, f"{metric}_p"] < SIGNIFICANCE_LEVEL
                 above_baselines = frame.loc[index, f"{metric}_vs_baseline"] in ("beats", "")

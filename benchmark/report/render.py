@@ -220,11 +220,11 @@ def headline_table(mt: MetricTable) -> Table:
 
 
 SIGNIFICANCE_CAPTION = (
-    "✓ (bold) = highest in its column and significantly better than both the runner-up and the baselines: a "
-    "one-sided paired two-level bootstrap (seeds resampled, then the test images, shared by both rows), "
-    "Holm-corrected across the suite's test sets for the runner-up, p < 0.05; ≈ = highest, but not shown better "
+    "✓ (bold) = highest in its column and significantly better than both the runner-up and the baselines: "
+    "against the runner-up, Welch's t-test over the seeds and the paired bootstrap over the test images, both "
+    "two-sided and Holm-corrected across the suite's test sets, the larger p < 0.05; ≈ = highest, but not shown better "
     "than the runner-up or a baseline; ? = highest, untested: it or the runner-up has fewer than "
-    f"{MIN_SEEDS_TO_TEST} seeds. ▾ = does not beat the majority / prior baseline (the same bootstrap, one-sided, "
+    f"{MIN_SEEDS_TO_TEST} seeds. ▾ = does not beat the majority / prior baseline (the two-level bootstrap, one-sided, "
     "p ≥ 0.05; a baseline scoring higher leaves the column unmarked).")
 
 
@@ -264,7 +264,8 @@ def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFr
                  align="llrl" + "r" * len(HEADLINE_METRICS) + "rr", rows=rows, rule_before=rule,
                  label=f"tab:{slug(suite)}-headline",
                  caption="Test metrics: mean over completed seeds [95 % interval of that mean from a two-level "
-                         "bootstrap: seeds resampled, then the test images; training variance and test-image noise]; "
+                         "bootstrap: the test images resampled, the seed mean's training noise drawn from Student's "
+                         "t; training variance and test-image noise]; "
                          f"cells without stored predictions: mean ± sample std. {SIGNIFICANCE_CAPTION} ECE: top-label, "
                          f"{ECE_BINS} bins; n/a = the scheme has no probabilities (kNN vote fractions). n = completed / "
                          "expected seeds († = incomplete). Italic: majority-class and class-prior predictors fitted on "
@@ -491,7 +492,8 @@ def seeds_table(trust: pd.DataFrame, suite: str) -> Table | None:
             cells += [Cell(fmt(row[f"{metric}_std"])), Cell(fmt(row[f"{metric}_mdd"]))]
         needed = row["acc_seeds_needed"]
         cells += [Cell(row["acc_runner_up"] or DASH),
-                  Cell(DASH if not row["acc_runner_up"] else "> 10,000" if pd.isna(needed) else str(int(needed)))]
+                  Cell(DASH if not row["acc_runner_up"] or pd.isna(needed)  # NaN: a seed spread unknown
+                       else "> 10,000" if math.isinf(needed) else str(int(needed)))]
         rows.append(cells)
     return Table(title=f"Suite {suite}: seeds needed",
                  columns=["Test set", "Model", "Size", "Scheme", "n", "ACC seed std", "ACC detectable",
