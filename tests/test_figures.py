@@ -181,3 +181,23 @@ def test_seeds_expected_come_from_the_suite_file(tmp_path):
     assert len(texts) == 2 and all(t.endswith("\n1/3†") for t in texts), texts
     unplanned = figures.plot_heatmap(records, "acc", "planned")
     assert not any("†" in t.get_text() for t in unplanned.axes[0].texts)
+
+
+def test_suite_reliability_and_severity_curves_draw_one_line_per_scheme():
+    """Three schemes of one model and size are three lines, named as the leaderboard's and the heatmap's rows."""
+    from benchmark.report.figures.calibration import plot_reliability_suite
+    from benchmark.report.figures.robustness import plot_robustness_heatmap, plot_severity_curves
+
+    records = [make_record(suite="schemes", scheme=scheme, n_test=40, with_samples=False)
+               for scheme in ("from_scratch", "lora", "knn")]
+    for step, record in enumerate(records, 1):
+        record["robustness"] = {"clean": {"acc": 0.9, "auc": 0.9, "balanced_error": 0.1}, "corruptions": {
+            "pixelate": {"severities": [{"severity": s, "acc": 0.9 - 0.02 * step * s, "auc": 0.9,
+                                         "balanced_error": 0.1 + 0.02 * step * s} for s in range(1, 6)]}}}
+    rows = ["resnet18_28 (28)", "resnet18_28 (28) · knn", "resnet18_28 (28) · lora"]
+    reliability = plot_reliability_suite(records, "schemes").axes[0].get_legend().get_texts()
+    assert [text.get_text().split(" ECE ")[0] for text in reliability[1:]] == rows
+    severity = plot_severity_curves(records, "breastmnist", "schemes").axes[0].get_legend().get_texts()
+    assert [text.get_text() for text in severity] == rows
+    heatmap = plot_robustness_heatmap(records, "breastmnist", "schemes").axes[0].get_yticklabels()
+    assert [label.get_text() for label in heatmap] == rows

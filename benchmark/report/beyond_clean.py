@@ -82,13 +82,11 @@ def robustness_summary(records: Sequence[Record]) -> pd.DataFrame:
 
 
 def corruption_errors(frame: pd.DataFrame, test_set_name: str) -> pd.DataFrame:
-    """Model (with size and scheme) × corruption: the balanced error averaged over severities, then over seeds;
-    the clean error first."""
-    rows = frame[frame["test_set"] == test_set_name].copy()
-    rows["row"] = rows["model"] + " (" + rows["size"].astype(str) + ")" + rows["scheme"].map(
-        lambda s: "" if s in ("", "from_scratch", "fine_tune") else f" · {s}")
-    per_seed = rows.groupby(["row", "corruption", "seed"])["balanced_error"].mean().reset_index()
-    table = per_seed.groupby(["row", "corruption"])["balanced_error"].mean().unstack("corruption")
+    """(Model, size, scheme) × corruption: the balanced error averaged over severities, then over seeds; the clean
+    error first."""
+    rows = frame[frame["test_set"] == test_set_name]
+    per_seed = rows.groupby(["model", "size", "scheme", "corruption", "seed"])["balanced_error"].mean().reset_index()
+    table = per_seed.groupby(["model", "size", "scheme", "corruption"])["balanced_error"].mean().unstack("corruption")
     return table[[CLEAN, *sorted(c for c in table.columns if c != CLEAN)]]
 
 

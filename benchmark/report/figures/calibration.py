@@ -1,4 +1,5 @@
-"""Reliability diagrams: per run, and per suite (one line per model, its seeds' predictions pooled)."""
+"""Reliability diagrams: per run, and per suite (one line per model × size × scheme, its seeds' predictions
+pooled)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmark.metrics import ECE_BINS, calibration_metrics
-from benchmark.records import test_set
-from benchmark.report.figures.style import DOUBLE, PALETTE, SINGLE, new_figure, palette, record_predictions, run_title, short
+from benchmark.records import group_key, test_set
+from benchmark.report.figures.style import (
+    DOUBLE,
+    PALETTE,
+    SINGLE,
+    new_figure,
+    palette,
+    record_predictions,
+    row_label,
+    run_title,
+    short,
+)
 
 
 def reliability_bins(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -43,13 +54,13 @@ def plot_reliability(rec: dict) -> Figure:
 
 
 def plot_reliability_suite(records: Sequence[dict], suite: str) -> Figure | None:
-    """Reliability diagrams of a suite: one panel per dataset, one line per model (its seeds' predictions pooled)."""
+    """Reliability diagrams of a suite: one panel per dataset, one line per model × size × scheme (its seeds'
+    predictions pooled)."""
     pooled: dict[str, dict[str, list]] = {}
     for rec in records:
         if rec["status"] == "completed" and isinstance(rec.get("test_predictions"), dict):
             labels, probs = record_predictions(rec)
-            model = f"{rec['model']['name']} ({rec['dataset']['size']})"
-            pooled.setdefault(test_set(rec), {}).setdefault(model, []).append((labels, probs))
+            pooled.setdefault(test_set(rec), {}).setdefault(row_label(*group_key(rec)), []).append((labels, probs))
     if not pooled:
         return None
     fig = new_figure(min(DOUBLE, SINGLE * len(pooled)), 2.8)

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, StrMethodFormatter
 
 from benchmark.report.beyond_clean import learning_frame, learning_summary
-from benchmark.report.figures.style import DOUBLE, SINGLE, new_figure, palette, short
+from benchmark.report.figures.style import DOUBLE, SINGLE, new_figure, palette, row_labels, short
 
 METRIC_LABELS = {"acc": "ACC", "auc": "AUC", "balanced_acc": "Balanced ACC"}
 
@@ -42,8 +42,7 @@ def plot_learning_curves(records: Sequence[dict], suite: str, metric: str = "auc
     axes = np.atleast_1d(fig.subplots(1, len(test_sets)))
     for ax, name in zip(axes, test_sets):
         part = summary[summary["test_set"] == name]
-        part = part.assign(row=part["model"] + " (" + part["size"].astype(str) + ")" + part["scheme"].map(
-            lambda s: "" if s in ("", "from_scratch", "fine_tune") else f" · {s}"))
+        part = part.assign(row=row_labels(part))
         rows = sorted(part["row"].unique())
         for colour, row in zip(palette(len(rows)), rows):
             line = part[part["row"] == row].sort_values("n_train")

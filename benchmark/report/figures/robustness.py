@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmark.report.beyond_clean import CLEAN, corruption_errors, robustness_frame
-from benchmark.report.figures.style import DOUBLE, draw_heatmap, new_figure, palette, short
+from benchmark.report.figures.style import DOUBLE, draw_heatmap, new_figure, palette, row_label, row_labels, short
 
 METRIC_LABELS = {"balanced_error": "Balanced error", "acc": "ACC", "auc": "AUC"}
 
@@ -21,14 +21,14 @@ def robustness_test_sets(records: Sequence[dict]) -> list[str]:
 
 def plot_severity_curves(records: Sequence[dict], test_set_name: str, suite: str,
                          metric: str = "balanced_error") -> Figure | None:
-    """One panel per corruption: `metric` vs severity (0 = clean), one line per model (mean over seeds), the band
-    spanning the seeds' lowest and highest value."""
+    """One panel per corruption: `metric` vs severity (0 = clean), one line per model × size × scheme (mean over
+    seeds), the band spanning the seeds' lowest and highest value."""
     frame = robustness_frame(records)
     frame = frame[frame["test_set"] == test_set_name]
     corruptions = sorted(set(frame["corruption"]) - {CLEAN})
     if not corruptions:
         return None
-    frame = frame.assign(row=frame["model"] + " (" + frame["size"].astype(str) + ")")
+    frame = frame.assign(row=row_labels(frame))
     rows = sorted(frame["row"].unique())
     n_cols = min(4, len(corruptions))
     n_rows = -(-len(corruptions) // n_cols)
@@ -72,6 +72,6 @@ def plot_robustness_heatmap(records: Sequence[dict], test_set_name: str, suite: 
     draw_heatmap(ax, data, annot, "rocket_r", 0.0, max(0.5, float(np.nanmax(data))), "Balanced error", 6)
     ax.set_xticks(np.arange(data.shape[1]) + 0.5, [c.replace("_", " ") for c in table.columns], rotation=30,
                   ha="right")
-    ax.set_yticks(np.arange(data.shape[0]) + 0.5, [short(r, 34) for r in table.index])
+    ax.set_yticks(np.arange(data.shape[0]) + 0.5, [short(row_label(*key), 34) for key in table.index])
     ax.set_title(f"{suite} · {test_set_name}: balanced error per corruption\n(mean over severities 1-5 and seeds)")
     return fig

@@ -152,6 +152,17 @@ def record_predictions(rec: dict) -> tuple[np.ndarray, np.ndarray]:
     return labels, probs
 
 
+def row_label(model: str, size: int, scheme: str) -> str:
+    """A model × size × scheme row as the figures name it: "model (size)", plus " · scheme" for any scheme but
+    plain training (the records' "from_scratch" / "fine_tune")."""
+    return f"{model} ({size})" + ("" if scheme in ("", "from_scratch", "fine_tune") else f" · {scheme}")
+
+
+def row_labels(frame) -> list[str]:
+    """`row_label` of each row of a frame with model, size and scheme columns."""
+    return [row_label(*key) for key in zip(frame["model"], frame["size"], frame["scheme"])]
+
+
 def run_title(rec: dict, two_lines: bool = False) -> str:
     d = rec["dataset"]
     first = f"{d['name']} ({d['size']} px)"
