@@ -209,6 +209,23 @@ def test_seeds_needed_reads_unknown_for_one_seed_and_over_ten_thousand_only_when
     assert needed == {"one": ["—"], "wide": ["> 10,000"]}
 
 
+def test_the_over_datasets_comparison_counts_each_dataset_once() -> None:
+    """Two datasets, both models trained with two schemes: four per-dataset scheme pairs per dataset, and one
+    "all datasets" row per scheme pair over the two datasets' means — n = 2, never the 8 rows pooled (which gave a
+    p of 3e-5 from two datasets)."""
+    runs = [make_record(dataset=dataset, model=model, seed=seed, scheme=scheme, skill=skill + 0.01 * seed,
+                        with_samples=False)
+            for dataset in ("breastmnist", "retinamnist") for seed in range(3)
+            for model, skill in (("resnet18_28", 1.5), ("vit_b16", 1.0)) for scheme in ("knn", "linear_probe")]
+    rows = aggregate.compare_models(records_frame(runs), "resnet18_28", "vit_b16")
+    per, over = rows[rows["dataset"] != aggregate.ALL_DATASETS], rows[rows["dataset"] == aggregate.ALL_DATASETS]
+    assert len(per) == 8 and len(over) == 4
+    assert set(over["n"]) == {2} and set(zip(over["scheme_a"], over["scheme_b"])) == set(zip(per["scheme_a"], per["scheme_b"]))
+    knn = over[(over["scheme_a"] == "knn") & (over["scheme_b"] == "knn")].iloc[0]
+    means = per[(per["scheme_a"] == "knn") & (per["scheme_b"] == "knn")]
+    assert knn["mean_diff"] == pytest.approx((means["mean_a"] - means["mean_b"]).mean())
+
+
 def test_twins_are_never_best() -> None:
     base = [record("resnet18_28", s, right_on(0.8, 100 + s)) for s in range(3)]
     twin = copy.deepcopy(base)

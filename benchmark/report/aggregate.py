@@ -297,8 +297,9 @@ def compare_models(frame: pd.DataFrame, model_a: str, model_b: str, metric: str 
 
     One row per (suite, dataset, size, scheme_a, scheme_b) where both models completed runs with the same seed:
     n paired seeds, means, mean and sample std of the difference a - b, paired t-test and Wilcoxon signed-rank
-    p-values (NaN for n < 2; the note says how small n limits the Wilcoxon p-value). Then, for a suite with >= 2
-    such rows, one `dataset == ALL_DATASETS` row: the tests over the per-dataset means (MedMNIST+ style). Failed
+    p-values (NaN for n < 2; the note says how small n limits the Wilcoxon p-value). Then, for each (suite, size,
+    scheme_a, scheme_b) with >= 2 datasets, one `dataset == ALL_DATASETS` row: the tests over the per-dataset means
+    (MedMNIST+ style), each dataset counted once. Failed
     runs never enter. Raises `UserError` when either model has no completed run."""
     done = frame[frame["status"] == "completed"]
     for name in (model_a, model_b):
@@ -320,10 +321,12 @@ def compare_models(frame: pd.DataFrame, model_a: str, model_b: str, metric: str 
                                          dataset=dataset, size=size, scheme_a=scheme_a, scheme_b=scheme_b,
                                          seeds=",".join(map(str, paired.index))))
     per = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    # one row per dataset in each test: the same size and the same pair of schemes
     summary = [_compare_row(g["mean_a"].to_numpy(float), g["mean_b"].to_numpy(float), suite=suite,
-                            dataset=ALL_DATASETS, size=pd.NA, scheme_a="", scheme_b="", seeds="",
+                            dataset=ALL_DATASETS, size=size, scheme_a=scheme_a, scheme_b=scheme_b, seeds="",
                             note="over datasets")
-               for suite, g in per.groupby("suite", sort=True) if len(g) >= 2]
+               for (suite, size, scheme_a, scheme_b), g in per.groupby(["suite", "size", "scheme_a", "scheme_b"], sort=True)
+               if len(g) >= 2]
     if not summary:
         return per.reset_index(drop=True)
     return pd.concat([per, pd.DataFrame(summary, columns=COMPARE_COLUMNS)], ignore_index=True)

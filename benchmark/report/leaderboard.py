@@ -79,7 +79,7 @@ HOW_TO_READ = f"""## How to read these tables
 - *Paired comparisons*: per dataset, runs paired by seed (n = seeds both models completed); paired t-test and
   Wilcoxon signed-rank p-values, two-sided, no correction for multiple comparisons. With a handful of seeds these
   tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "all datasets" = the tests
-  over the per-dataset means (MedMNIST+ style).
+  over the per-dataset means (MedMNIST+ style), one row per size and pair of schemes, each dataset counted once.
 - *Intervals, calibration and significance*: per test set and row, ACC and AUC with both intervals (seeds and
   images; images only) and the marks, then MCC, QWK (ordinal sets), top-label ECE ({ECE_BINS} bins), multi-class
   Brier and NLL (seed means; `n/a` for kNN, whose vote fractions are not probabilities), baselines in italics.

@@ -330,8 +330,8 @@ def pairwise_table(comparisons: list[tuple[str, str, pd.DataFrame]], suite: str,
             rule.add(len(rows))
         for r in frame.itertuples(index=False):
             is_all = r.dataset == ALL_DATASETS
-            dataset = "all datasets" if is_all else f"{r.dataset} ({r.size}px)"
-            schemes = "" if is_all else f"{r.scheme_a or DASH} vs {r.scheme_b or DASH}"
+            dataset = f"{'all datasets' if is_all else r.dataset} ({r.size}px)"
+            schemes = f"{r.scheme_a or DASH} vs {r.scheme_b or DASH}"
             diff = ("+" if r.mean_diff > 0 and fmt(r.mean_diff) != "0.000" else "") + fmt(r.mean_diff)
             rows.append([Cell(f"{a} − {b}"), Cell(dataset, bold=is_all), Cell(schemes or DASH),
                          Cell(str(r.n) + (" datasets" if is_all else "")), Cell(fmt(r.mean_a)), Cell(fmt(r.mean_b)),
@@ -348,7 +348,8 @@ def pairwise_table(comparisons: list[tuple[str, str, pd.DataFrame]], suite: str,
         caption="Per dataset: runs paired by seed (n = seeds both models completed); paired t-test and Wilcoxon "
                 "signed-rank p-values, two-sided, no correction for multiple comparisons. With a handful of seeds "
                 "these tests have little power (Wilcoxon cannot go below 2^(1-n)): read them as indicative. "
-                "'all datasets' = Wilcoxon signed-rank over the per-dataset means (MedMNIST+ style).")
+                "'all datasets' = the same tests over the per-dataset means (MedMNIST+ style), one row per size and "
+                "pair of schemes, each dataset counted once.")
 
 
 def published_gap_table(gap: pd.DataFrame, suite: str) -> Table | None:
