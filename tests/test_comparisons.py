@@ -226,6 +226,22 @@ def test_the_over_datasets_comparison_counts_each_dataset_once() -> None:
     assert knn["mean_diff"] == pytest.approx((means["mean_a"] - means["mean_b"]).mean())
 
 
+def test_a_published_row_without_a_scheme_is_compared_with_one_whole_cell() -> None:
+    """MedMNIST v2's ResNet-18 (28) row names no scheme: it meets the model's first scheme (from_scratch). When that
+    cell has one seed, or only failed runs, its std / mean stay unknown — never the next scheme's numbers."""
+    published = load_published()
+    published = published[(published["model"] == "resnet18_28") & (published["dataset"] == "breastmnist")
+                          & (published["scheme"] == "") & (published["metric"] == "acc")]
+    probe = [make_record(model="resnet18_28", seed=s, scheme="linear_probe", skill=1.0 + 0.3 * s) for s in range(3)]
+    for first, n in (([make_record(model="resnet18_28", seed=0, scheme="from_scratch")], 1),
+                     ([make_record(model="resnet18_28", seed=s, scheme="from_scratch", status="failed")
+                       for s in range(3)], 0)):
+        records = first + probe
+        row = aggregate.published_gap(records_frame(records), published, None, records).iloc[0]
+        assert row["n"] == n and np.isnan(row["std"])
+        assert np.isnan(row["mean"]) if n == 0 else row["mean"] == first[0]["test"]["acc"]
+
+
 def test_twins_are_never_best() -> None:
     base = [record("resnet18_28", s, right_on(0.8, 100 + s)) for s in range(3)]
     twin = copy.deepcopy(base)

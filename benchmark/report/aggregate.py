@@ -384,7 +384,8 @@ def published_gap(frame: pd.DataFrame, published: pd.DataFrame, plan: SuitePlan 
     rows = []
     for metric in ("acc", "auc"):
         cells = cell_stats(frame, metric, plan)
-        first = cells.groupby(["model", "size", "dataset"], sort=True).first()  # the first scheme's cell
+        # the first scheme's whole cell (groupby.first would take each column's first non-null: another scheme's std)
+        first = cells.sort_values(CELL).drop_duplicates(["model", "size", "dataset"]).set_index(["model", "size", "dataset"])
         by_scheme = cells.set_index(["model", "size", "dataset", "scheme"]).sort_index()
         pub = published[published["metric"] == metric]
         for published_model, size, dataset, scheme, value, protocol, source in sorted(
