@@ -15,7 +15,7 @@ from record_factory import make_record
 from benchmark import metrics
 from benchmark.records import load_records, parse_protocol, protocol_of, protocol_text, records_frame
 from benchmark.report import aggregate, render
-from benchmark.report.load import by_suite, load_published
+from benchmark.report.load import SuitePlan, by_suite, load_published
 
 N_TEST = 400
 LABELS = np.random.default_rng(7).permutation(np.r_[np.zeros(120, int), np.ones(280, int)])  # 70 % class 1
@@ -240,6 +240,20 @@ def test_a_published_row_without_a_scheme_is_compared_with_one_whole_cell() -> N
         row = aggregate.published_gap(records_frame(records), published, None, records).iloc[0]
         assert row["n"] == n and np.isnan(row["std"])
         assert np.isnan(row["mean"]) if n == 0 else row["mean"] == first[0]["test"]["acc"]
+
+
+def test_a_seed_outside_the_plan_does_not_make_up_for_a_missing_planned_one() -> None:
+    """The suite plans seeds 0, 1, 2; seeds 0, 1 and 7 ran. Seed 7 counts in the mean, but the group is
+    incomplete: 2/3 planned seeds, seed 2 listed as missing (it read "n=3", complete, before)."""
+    plan = SuitePlan("unit.yaml", ("vit_b16",), (("breastmnist", 28),), (0, 1, 2))
+    runs = [make_record(model="vit_b16", seed=seed, skill=1.0 + 0.2 * seed, with_samples=False) for seed in (0, 1, 7)]
+    frame = records_frame(runs)
+    cell = aggregate.headline(frame, "acc", plan).cells.iloc[0]
+    assert (cell["n"], cell["n_planned"], cell["status"]) == (3, 2, "incomplete")
+    assert cell["mean"] == pytest.approx(np.mean([r["test"]["acc"] for r in runs]))
+    assert render.cell_display(cell)[1] == "(2/3 seeds)†"
+    missing = aggregate.incomplete_groups(frame, plan)
+    assert list(missing["missing_seeds"]) == [(2,)]
 
 
 def test_twins_are_never_best() -> None:

@@ -81,7 +81,8 @@ def _seed_tuple(seeds: pd.Series) -> tuple:
 
 def cell_stats(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None) -> pd.DataFrame:
     """One row per recorded cell (model, size, scheme, dataset): mean, std, n (completed seeds with a value),
-    seeds, failed_seeds, done_seeds (every completed seed), n_expected."""
+    seeds, failed_seeds, done_seeds (every completed seed), n_expected and n_planned (the expected seeds among
+    `seeds`: a seed the plan does not name counts in n and the mean, never towards completeness)."""
     runs = frame.assign(value=_values(frame, metric))
     measured = runs.dropna(subset=["value"]).sort_values("seed")
     out = pd.DataFrame(index=pd.MultiIndex.from_frame(runs[CELL].drop_duplicates().sort_values(CELL)))
@@ -92,7 +93,9 @@ def cell_stats(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None) 
     for column in ("seeds", "failed_seeds", "done_seeds"):
         out[column] = [v if isinstance(v, tuple) else () for v in out[column]]
     out["n"] = out["n"].fillna(0).astype(int)
-    out["n_expected"] = len(expected_seeds(frame, plan))
+    expected = set(expected_seeds(frame, plan))
+    out["n_expected"] = len(expected)
+    out["n_planned"] = [len(expected & set(seeds)) for seeds in out["seeds"]]
     return out.reset_index()
 
 
@@ -146,7 +149,7 @@ def _status(row: pd.Series, expects_run: bool) -> str:
         return "not_run" if expects_run else "not_planned"
     if pd.isna(row["mean"]):
         return "failed" if row["failed_seeds"] else "missing"
-    return "ok" if row["n"] >= row["n_expected"] else "incomplete"
+    return "ok" if row["n_planned"] >= row["n_expected"] else "incomplete"
 
 
 def _is_close(a: float, b: float) -> bool:
@@ -169,7 +172,7 @@ def headline(frame: pd.DataFrame, metric: str, plan: SuitePlan | None = None,
     grid = pd.DataFrame([(*g, d) for g in groups for d in datasets], columns=CELL)
     cells = grid.merge(stats_, on=CELL, how="left", indicator="recorded")
     cells["recorded"] = cells["recorded"] == "both"
-    cells["n"] = cells["n"].fillna(0).astype(int)
+    cells[["n", "n_planned"]] = cells[["n", "n_planned"]].fillna(0).astype(int)
     cells["n_expected"] = n_expected
     for column in ("seeds", "failed_seeds", "done_seeds"):
         cells[column] = [v if isinstance(v, tuple) else () for v in cells[column]]
@@ -248,7 +251,7 @@ def incomplete_groups(frame: pd.DataFrame, plan: SuitePlan | None = None) -> pd.
     """Recorded cells with fewer completed seeds than expected: done, failed and missing seeds."""
     seeds = expected_seeds(frame, plan)
     cells = cell_stats(frame, "acc", plan)
-    cells = cells[cells["done_seeds"].map(len) < len(seeds)].copy()
+    cells = cells[[not set(seeds) <= set(done) for done in cells["done_seeds"]]].copy()
     cells["missing_seeds"] = [tuple(s for s in seeds if s not in set(done) | set(failed))
                               for done, failed in zip(cells["done_seeds"], cells["failed_seeds"])]
     return cells.sort_values(CELL).reset_index(drop=True)

@@ -174,7 +174,7 @@ def cell_display(row: pd.Series) -> tuple[str, str]:
     mark = cell_marks(row["mark"], row["vs_baseline"])
     if status == "ok":
         return text, f"{mark} (n={row['n']})".lstrip()
-    return text, f"{mark} ({row['n']}/{row['n_expected']} seeds)†".lstrip()
+    return text, f"{mark} ({row['n_planned']}/{row['n_expected']} seeds)†".lstrip()
 
 
 def seed_rule(plan: SuitePlan | None) -> str:
@@ -250,8 +250,8 @@ def compact_table(suite: str, tables: dict[str, MetricTable], trusted: pd.DataFr
             ece = Cell(DASH)
             if key in by_key.index:
                 ece = Cell(NOT_APPLICABLE) if by_key.loc[key, "not_applicable"] else Cell(fmt(by_key.loc[key, "ece"]))
-            flag = "" if cell.n >= cell.n_expected else "†"
-            rows.append(row + [ece, Cell(f"{cell.n}/{cell.n_expected}{flag}")])
+            flag = "" if cell.n_planned >= cell.n_expected else "†"
+            rows.append(row + [ece, Cell(f"{cell.n_planned}/{cell.n_expected}{flag}")])
         baselines = trusted[trusted["baseline"] & (trusted["test_set"] == dataset)]
         for b in baselines.itertuples(index=False):
             rows.append([Cell(dataset), Cell(b.model, italic=True), Cell(str(b.size)), Cell("baseline", italic=True),
@@ -312,7 +312,7 @@ def incomplete_table(incomplete: pd.DataFrame, suite: str, seeds: list, plan: Su
     if incomplete.empty:
         return None
     rows = [[Cell(r.dataset), Cell(r.model), Cell(str(r.size)), Cell(r.scheme or DASH),
-             Cell(f"{len(r.done_seeds)}/{len(seeds)}"), Cell(seeds_text(r.done_seeds)),
+             Cell(f"{len(set(r.done_seeds) & set(seeds))}/{len(seeds)}"), Cell(seeds_text(r.done_seeds)),
              Cell(seeds_text(r.failed_seeds)), Cell(seeds_text(r.missing_seeds))]
             for r in incomplete.sort_values(["model", "size", "scheme", "dataset"]).itertuples(index=False)]
     return Table(title=f"Suite {suite}: incomplete groups",
