@@ -216,7 +216,9 @@ def add_use_verbs(verbs) -> None:
     robust.add_argument("--data-root", help="data folder of the runs' datasets [each run's]")
     robust.add_argument("--seed", type=int, default=0, help="seed of the corruptions' randomness (noise, blur angle) [0]")
     robust.add_argument("--corruptions", type=_csv(str), help="only these corruptions, comma-separated [all of the set]")
-    robust.add_argument("--force", action="store_true", help="evaluate runs that have a robustness block already")
+    robust.add_argument("--force", action="store_true",
+                        help="evaluate the named corruptions again where a run has them (merged into its block; a "
+                             "block of other settings is replaced); without it they are kept and missing ones added")
 
     serve = run_parser("serve", "REST API: POST /predict, GET /health, GET /model")
     serve.add_argument("--host", default="127.0.0.1", help="[127.0.0.1: this machine only]")

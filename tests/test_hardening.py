@@ -130,16 +130,21 @@ def test_an_image_pil_cannot_convert_is_a_user_error_naming_the_file(tmp_path):
     assert stored_pixels(image, 28, 3, "lab.tif").shape == (28, 28, 3)
 
 
-def test_predict_and_serve_name_an_image_pil_cannot_convert(finished_runs, tmp_path, capsys):
+def test_predict_serve_and_explain_name_an_image_pil_cannot_convert(finished_runs, tmp_path, capsys):
     need("fastapi", extra="serve")
     need("httpx", extra="test")
+    need("pytorch_grad_cam", extra="explain")
     from fastapi.testclient import TestClient
 
     from benchmark.use import load_run
+    from benchmark.use.explain import explain
     from benchmark.use.serve import create_app
 
-    results = finished_runs[0]
+    results, pngs = finished_runs
     lab = lab_tiff(tmp_path)
+    explained, errors = explain(load_run(RESNET, results), [lab, pngs / "000.png"], output=tmp_path / "overlays")
+    assert [e.image for e in explained] == [str(pngs / "000.png")]  # the readable image is still explained
+    assert errors == [f"{lab}: PIL cannot convert the image's mode LAB to grayscale; save it as a grayscale or RGB image"]
     assert main(["predict", RESNET, str(lab), "--results", str(results)]) == 1
     assert f"error: {lab}: PIL cannot convert the image's mode LAB to grayscale" in capsys.readouterr().err
     with TestClient(create_app(load_run(RESNET, results))) as client:

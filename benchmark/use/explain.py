@@ -178,15 +178,17 @@ def explain(run: str | Path | LoadedRun, images: list[str | Path], results: str 
     folder = Path(output) if output else loaded.record_path.parents[2] / "explanations" / loaded.run_id
     index = _target_index(loaded, target)
     check_writable(folder)
-    opened, errors = [], []
+    opened, pixels, errors = [], [], []
     for item in map(Path, images):
         try:
-            opened.append((item, open_image(item)))
+            image = open_image(item)
+            pixels.append(loaded.stored(image, str(item)))
+            opened.append((item, image))
         except UserError as err:
             errors.append(str(err))
     if not opened:
         return [], errors
-    stored = np.stack([loaded.stored(image) for _, image in opened])
+    stored = np.stack(pixels)
     maps, probs = saliency(loaded, stored, None if index is None else [index] * len(stored))
     name, names = method(loaded), loaded.class_names
     explanations = []

@@ -7,7 +7,8 @@ Files, in `<results>/exports/<run_id>/` unless `output` says otherwise:
 - `<model file>.json`: the export check (max |Δprob| against the PyTorch model on the record's real test images,
   at two batch sizes); for int8 also both files' sizes and the test ACC/AUC of PyTorch fp32 vs int8 on the run's
   test split;
-- `preprocessing.json`: sizes, channels, mean/std, class names (`benchmark.use.card.preprocessing`);
+- `preprocessing.json`: sizes, channels, mean/std, resize (interpolate or pad, with the pad margins), the steps in
+  order, class names (`benchmark.use.card.preprocessing`);
 - `README.md`: the model card (Hugging Face format).
 
 int8 is dynamic quantisation: `onnxruntime.quantization.quantize_dynamic` (MatMul/Gemm/Conv weights) for
