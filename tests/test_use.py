@@ -270,10 +270,12 @@ def test_an_export_that_differs_from_pytorch_fails_loudly(results, tmp_path, mon
 
 
 @pytest.mark.parametrize("fmt", ["onnx"])
-def test_int8_export_loads_predicts_and_records_its_measured_change(results, tmp_path, fmt):
+def test_int8_export_loads_predicts_and_records_its_measured_change(results, tmp_path, fmt, monkeypatch):
     need("onnx", "onnxruntime", extra="export")
+    from benchmark.use import export
     from benchmark.use.export import export_model
 
+    monkeypatch.setattr(export, "PREDICT_BATCH", 10)  # the test split's 32 images in batches of 10, 10, 10, 2
     loaded = load_run("breastmnist-28-vit_tiny", results[0])
     result = export_model(loaded, fmt, "int8", output=tmp_path)
     written = json.loads((tmp_path / f"{result.path.name}.json").read_text())

@@ -32,7 +32,7 @@ from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics
 from benchmark.records import check_writable
 from benchmark.use.card import model_card, preprocessing, render_card
-from benchmark.use.loaded import DEFAULT_RESULTS, LoadedRun, load_run, require_extra
+from benchmark.use.loaded import DEFAULT_RESULTS, PREDICT_BATCH, LoadedRun, load_run, require_extra
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,12 @@ def test_metrics_change(loaded: LoadedRun, path: Path, fmt: str, data_root: str 
     """Test ACC/AUC of PyTorch fp32 and of the exported file on the run's test split, and the change."""
     split = loaded.dataset_split("test", data_root=data_root)
     task = loaded.record["dataset"]["task"]
-    pixels = loaded.pixels(split.images)
+    runner = Runner(path, fmt)
+    # batch by batch: a whole split at the input size can be tens of GB (TissueMNIST at 224 px: 28 GB)
+    exported_probs = np.concatenate([runner.probabilities(loaded.pixels(split.images[start:start + PREDICT_BATCH]))
+                                     for start in range(0, len(split.images), PREDICT_BATCH)])
     reference = classification_metrics(split.labels, loaded.probabilities(split.images), task)
-    exported = classification_metrics(split.labels, Runner(path, fmt).probabilities(pixels), task)
+    exported = classification_metrics(split.labels, exported_probs, task)
     keys = ("acc", "auc")
     return {"n_test": len(split.labels),
             "pytorch_fp32": {k: reference[k] for k in keys},
