@@ -200,7 +200,7 @@ def _check_options(augment: str, upsample: str, resize: str = "interpolate") -> 
                         "in the recipe or drop resize: pad")
 
 
-def _pad_margins(side: int, size: int) -> tuple[int, int]:
+def pad_margins(side: int, size: int) -> tuple[int, int]:
     """(before, after) zero margins that centre `side` pixels in `size`; an odd margin's extra pixel goes after."""
     before = (size - side) // 2
     return before, size - side - before
@@ -269,8 +269,8 @@ class BatchTransform:
         scale, shift = self._normaliser(images.device)
         if self.resize == "pad":
             x = _resize(x, min(x.shape[-2], size), min(x.shape[-1], size))
-            top, bottom = _pad_margins(x.shape[-2], size)
-            left, right = _pad_margins(x.shape[-1], size)
+            top, bottom = pad_margins(x.shape[-2], size)
+            left, right = pad_margins(x.shape[-1], size)
             out.zero_()  # 0 after normalisation: the channel mean
             torch.addcmul(shift, x, scale, out=out[..., top:size - bottom, left:size - right])
             return out
@@ -305,8 +305,8 @@ def _shrink_to(image: Image.Image, size: int) -> Image.Image:
 
 def _pil_pad(pixels: torch.Tensor, size: int) -> torch.Tensor:
     """MedMNIST+'s Pad after Normalize: zeros around a (C, H, W) tensor smaller than size x size."""
-    top, bottom = _pad_margins(pixels.shape[-2], size)
-    left, right = _pad_margins(pixels.shape[-1], size)
+    top, bottom = pad_margins(pixels.shape[-2], size)
+    left, right = pad_margins(pixels.shape[-1], size)
     return F.pad(pixels, (left, right, top, bottom), value=0.0)
 
 

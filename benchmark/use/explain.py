@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.data.images import open_image
-from benchmark.data.transforms import _pad_margins
+from benchmark.data.transforms import pad_margins
 from benchmark.errors import UserError
 from benchmark.records import atomic_write_bytes, check_writable
 from benchmark.report.figures.style import save_figure
@@ -108,7 +108,7 @@ def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = 
     maps = METHODS[method(loaded)](loaded, pixels, targets)
     if loaded.transform.resize == "pad":
         size = loaded.transform.input_size
-        before, after = _pad_margins(min(loaded.size, size), size)
+        before, after = pad_margins(min(loaded.size, size), size)
         maps = maps[:, before:size - after, before:size - after]
     return maps.numpy(), probs
 
