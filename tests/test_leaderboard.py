@@ -494,10 +494,11 @@ def test_same_seed_with_another_config_is_never_counted_twice(tmp_path, caplog):
     assert [r["run_id"] for r in recs] == [final["run_id"]]
 
 
-def test_committed_leaderboard_md_and_tex_are_what_the_committed_records_give():
-    """Like the CSV (test_records): every number, mark, interval and note of the committed leaderboard.md."""
+def test_committed_leaderboard_is_what_the_committed_records_give():
+    """Every number, mark, interval and note of the committed leaderboard.md, .csv and .tex."""
     project = Path(__file__).resolve().parents[1]
     records = load_records(committed_files("results/runs/*/*.json"))
-    md, _, tex = leaderboard.build_leaderboard(records, suites_dir=project / "suites")
+    md, csv_text, tex = leaderboard.build_leaderboard(records, suites_dir=project / "suites")
     assert md == (project / "results" / "leaderboard.md").read_text(encoding="utf-8")
+    assert csv_text == (project / "results" / "leaderboard.csv").read_text(encoding="utf-8")
     assert tex == (project / "results" / "leaderboard.tex").read_text(encoding="utf-8")

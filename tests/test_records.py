@@ -9,13 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from committed import committed_files
 from record_factory import make_grid, write_records
 
 from benchmark import cli
 from benchmark.errors import UserError
 from benchmark.records import load_records, per_class_frame, records_frame
-from benchmark.report.leaderboard import build_leaderboard
 
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = PROJECT / "results"
@@ -65,11 +63,6 @@ def test_leaderboard_takes_the_folder_given_to_run_output(tmp_path, capsys):
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
         assert cli.main(["leaderboard", "--runs", str(runs), "--output", str(tmp_path / "out")]) == 0
         assert "resnet18_28" in (tmp_path / "out" / "leaderboard.md").read_text()
-
-
-def test_committed_leaderboard_csv_is_what_the_committed_records_give():
-    _, csv_text, _ = build_leaderboard(load_records(committed_files("results/runs/*/*.json")), suites_dir=PROJECT / "suites")
-    assert csv_text == (RESULTS / "leaderboard.csv").read_text(encoding="utf-8")
 
 
 def test_import_benchmark_gives_the_records_api_without_torch():
