@@ -267,8 +267,11 @@ def load_suite(
         if isinstance(recipe_ref, dict):
             recipe = replace(_typed(Recipe, recipe_ref, f"{where}.recipe"), **overrides)
             recipe.validate(f"{where}.recipe")
-        elif recipe_ref is None or recipe_ref in recipes:
-            recipe = recipes.get(recipe_ref, Recipe()) if recipe_ref else Recipe()
+        elif recipe_ref is None:  # the default recipe, with the CLI's overrides as a named one gets them
+            recipe = replace(Recipe(), **overrides)
+            recipe.validate(f"{where}.recipe")
+        elif recipe_ref in recipes:
+            recipe = recipes[recipe_ref]
         else:
             raise UserError(f"{where}: recipe '{recipe_ref}' is not defined under `recipes:` ({', '.join(recipes) or 'none'})")
         spec = resolve_model(entry.pop("name"), **entry)
@@ -305,6 +308,8 @@ def load_suite(
         check_subset(fraction, 0, f"{path.name}: train_fractions")
     for shots in parsed.shots_per_class:
         check_subset(1.0, shots, f"{path.name}: shots_per_class")
+        if shots == 0:  # 0 means "off" to a run, which would quietly be the full split
+            raise UserError(f"{path.name}: shots_per_class must be an integer >= 1 (got 0); fix it in the suite file")
     subsets = [(float(f), 0) for f in parsed.train_fractions] + [(1.0, k) for k in parsed.shots_per_class]
     runs = [
         RunSpec(suite_name, ds, size, spec, recipe, seed, run_limit, split, root, fetch, scheme=scheme,

@@ -50,6 +50,17 @@ def test_filters_and_overrides(tmp_path):
     ]
 
 
+def test_overrides_reach_a_model_without_a_recipe(tmp_path):
+    """`recipe:` is optional; --epochs and --batch-size apply to the default recipe as to a named one (they were
+    dropped: the run kept 10 epochs at batch 32 under the same run id)."""
+    suite = tmp_path / "plain.yaml"
+    suite.write_text("datasets: [breastmnist]\nmodels: [resnet18_28]\n")
+    (default,) = load_suite(str(suite)).runs
+    (changed,) = load_suite(str(suite), epochs=1, batch_size=4).runs
+    assert default.recipe == Recipe() and changed.recipe == replace(Recipe(), epochs=1, batch_size=4)
+    assert changed.run_id != default.run_id
+
+
 def test_hash_ignores_where_data_lives_but_not_what_is_trained(tmp_path):
     a = load_suite(write(tmp_path), data_root="/data/one").runs[0]
     b = load_suite(write(tmp_path), data_root="/data/two").runs[0]

@@ -62,7 +62,8 @@ def test_the_subset_enters_the_hash_only_when_set(tmp_path):
     assert "-f0.1-s0-" in fraction.run_id and "-k5-s0-" in shots.run_id
     suite = tmp_path / "bad.yaml"
     for axis, message in (("train_fractions: [0]", "train_fraction must be in"),
-                          ("shots_per_class: [-1]", "shots_per_class must be an integer")):
+                          ("shots_per_class: [-1]", "shots_per_class must be an integer"),
+                          ("shots_per_class: [0, 5]", r"shots_per_class must be an integer >= 1 \(got 0\)")):
         suite.write_text(f"datasets: [breastmnist]\nmodels: [resnet18_28]\n{axis}\n")
         with pytest.raises(UserError, match=message):
             load_suite(str(suite))
