@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from benchmark.data import dataset_sizes, dataset_split_kinds
+from benchmark.data import data_variant, dataset_sizes, dataset_split_kinds
 from benchmark.data.subsets import check_subset, subset_tag
 from benchmark.data.transforms import RESIZES, UPSAMPLES
 from benchmark.errors import UserError
@@ -124,8 +124,8 @@ class RunSpec:
                 identity.pop(key)
         if identity["split"] in (None, "random"):  # records from before split kinds cut randomly
             identity.pop("split")
-        if data_variant(self.data_root):
-            identity["data"] = data_variant(self.data_root)
+        if variant := data_variant(self.dataset, self.data_root, self.download):
+            identity["data"] = variant
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -134,16 +134,6 @@ class RunSpec:
         subset = subset_tag(self.train_fraction, self.shots_per_class)
         return (f"{self.dataset}-{self.size}-{self.model.name}{scheme}{'-' + subset if subset else ''}-s{self.seed}-"
                 f"{self.config_hash[:8]}")
-
-
-def data_variant(data_root: str | None) -> str | None:
-    """Data that differs from the canonical, MD5-checked files: the shipped subsets or a hub copy (its own split).
-
-    Part of the run hash, so a run on the subsets is never taken for (or resumed as) a run on the full data.
-    """
-    if data_root == "bundled" or (data_root or "").startswith("hub:"):
-        return data_root
-    return None
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """Suite YAML → run specs: expansion, filters, overrides, hashing and validation messages."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
 from committed import committed_files
 
 from benchmark.config import Recipe, load_suite
+from benchmark.data.registry import BUNDLED_DIR
 from benchmark.errors import UserError
 
 SUITE = """
@@ -113,6 +115,30 @@ def test_invalid_suites_name_the_problem(tmp_path, change, message):
         load_suite(write(tmp_path, SUITE.replace(*change)))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_an_ultrasound_folder_other_than_busi_gets_its_own_run_id(tmp_path, monkeypatch):
+    """The ultrasound images are checked against no checksum, so the run hash names any folder that is not the
+    canonical BUSI (by its images' names and sizes) and the hub copy a missing folder falls back to: before, a
+    folder of 120 images, the hub copy (its own 624/156 split) and the 780 BUSI images shared one run id, and a
+    finished run on one was skipped as done on the others."""
+    from conftest import SHARED_DATA
+
+    def run_id(**data) -> str:
+        return load_suite("busi-leakage", seeds=[0], **data).runs[0].run_id
+
+    canonical, bundled = run_id(data_root="anywhere"), run_id(data_root="bundled")
+    copy = tmp_path / "copy"
+    shutil.copytree(BUNDLED_DIR / "busi", copy / "busi")
+    other = run_id(data_root=str(copy))
+    (copy / "busi" / "normal" / sorted(p.name for p in (copy / "busi" / "normal").iterdir())[0]).unlink()
+    fewer = run_id(data_root=str(copy))
+    monkeypatch.setenv("MEDMNIST_BENCH_DATA", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    assert run_id(download=True) == run_id(data_root="hub:emre570/breastcancer-ultrasound-images")
+    assert len({canonical, bundled, other, fewer, run_id(download=True)}) == 5
+    if (SHARED_DATA / "busi").is_dir():  # the canonical images keep the committed records' ids
+        assert run_id(data_root=str(SHARED_DATA)) == canonical
 
 
 def test_committed_records_keep_their_run_ids():

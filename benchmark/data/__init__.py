@@ -4,6 +4,7 @@ from benchmark.data import medmnist_npz, ultrasound  # noqa: F401  (importing th
 from benchmark.data.registry import (
     DatasetSplits,
     Split,
+    data_variant,
     dataset_sizes,
     dataset_split_kinds,
     list_datasets,
@@ -12,5 +13,5 @@ from benchmark.data.registry import (
     register_dataset,
 )
 
-__all__ = ["DatasetSplits", "Split", "dataset_sizes", "dataset_split_kinds", "list_datasets", "load_dataset",
+__all__ = ["DatasetSplits", "Split", "data_variant", "dataset_sizes", "dataset_split_kinds", "list_datasets", "load_dataset",
            "missing_data", "register_dataset"]

@@ -99,29 +99,42 @@ class _Entry:
     sizes: tuple[int, ...]
     check: Callable[..., None] | None = None
     split_kinds: tuple[str, ...] = ()
+    variant: Callable[[str | None, bool], str | None] | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_dataset(name: str, *, default_size: int | None = None, sizes: tuple[int, ...] = MEDMNIST_SIZES,
-                     check: Callable[..., None] | None = None,
-                     split_kinds: tuple[str, ...] = ()) -> Callable[[Loader], Loader]:
+                     check: Callable[..., None] | None = None, split_kinds: tuple[str, ...] = (),
+                     variant: Callable[[str | None, bool], str | None] | None = None) -> Callable[[Loader], Loader]:
     """Register `loader(*, size, data_root, download, limit, split_seed, verify) -> DatasetSplits`.
 
     The default size lives in one table, `benchmark.suites.DEFAULT_SIZES` (the torch-free reporting layer reads
     it too); a `default_size` given here is entered there. A loader that cuts its own splits names the ways it
-    can in `split_kinds` (the first is the default) and takes a `split` keyword too."""
+    can in `split_kinds` (the first is the default) and takes a `split` keyword too. A loader whose files are not
+    checked against known checksums names, with `variant(data_root, download)`, data that is not the canonical
+    set (`data_variant`)."""
     if default_size is not None:
         suites.DEFAULT_SIZES[name] = default_size
 
     def decorator(loader: Loader) -> Loader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(loader, suites.default_size(name), tuple(sizes), check, tuple(split_kinds))
+        _REGISTRY[name] = _Entry(loader, suites.default_size(name), tuple(sizes), check, tuple(split_kinds), variant)
         return loader
 
     return decorator
+
+
+def data_variant(name: str, data_root: str | None, download: bool = False) -> str | None:
+    """Data that differs from the canonical set: the shipped subsets, a hub copy (its own split) or, for a loader
+    that checks no checksums, any other folder (its `variant`). Part of the run hash, so a run on other data is
+    never taken for (or resumed as) a run on the canonical data; None for the canonical data, wherever it lives."""
+    if data_root == BUNDLED or (data_root or "").startswith("hub:"):
+        return data_root
+    entry = _REGISTRY.get(name)
+    return entry.variant(data_root, download) if entry is not None and entry.variant is not None else None
 
 
 def list_datasets() -> list[str]:

@@ -72,6 +72,9 @@ SPLIT_FOLDERS = ("train", "val", "test")
 HUB_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 SPLIT_KINDS = ("grouped", "random")
 FOLDER_HINT = "point --data-root at a folder of <class>/ image subfolders, or use --data-root hub:<id>"
+#: `_variant`'s digest of the 780 BUSI images' relative paths and byte sizes (Al-Dhabyani et al.'s Kaggle release,
+#: masks left out; the copy SOURCES.md lists): runs on it keep the run ids they always had
+CANONICAL_LISTING = "7cab68f92f891274d6bf61ce91f9d575"
 
 ImageSource = Union[Path, Image.Image]
 Sample = tuple[ImageSource, int, str]  # (image, label, id)
@@ -94,7 +97,28 @@ def _check_source(*, size: int, data_root: str | None, download: bool) -> None:
         _class_names(_split_dirs(source)["train"])
 
 
-@register_dataset("breast_ultrasound", check=_check_source, split_kinds=SPLIT_KINDS)
+def _variant(data_root: str | None, download: bool) -> str | None:
+    """A folder other than the canonical BUSI (its images' names and sizes differ from `CANONICAL_LISTING`), or
+    the hub copy a missing folder falls back to: part of the run hash (`registry.data_variant`). The folder's
+    files are not read: that is the loader's work, and a run id must be cheap."""
+    try:
+        source = _resolve_source(data_root, download)
+    except UserError:
+        return None  # no data: the run stops when it loads it, and says why
+    if isinstance(source, str):
+        return HUB_PREFIX + source
+    try:
+        split_dirs = _split_dirs(source)
+        class_names = _class_names(split_dirs["train"])
+        paths = [path for split_dir in split_dirs.values() for path, _, _ in _folder_samples(split_dir, class_names, source)]
+    except UserError:
+        return None
+    listing = _digest((path.relative_to(source).as_posix(), str(path.stat().st_size).encode()) for path in
+                      sorted(paths, key=lambda path: path.relative_to(source).as_posix()))
+    return None if listing == CANONICAL_LISTING else f"folder:{listing[:12]}"
+
+
+@register_dataset("breast_ultrasound", check=_check_source, split_kinds=SPLIT_KINDS, variant=_variant)
 def load_breast_ultrasound(*, size: int, data_root: str | None, download: bool, limit: int | None,
                            split_seed: int, verify: bool, split: str) -> DatasetSplits:
     source = _resolve_source(data_root, download)
