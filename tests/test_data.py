@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from collections import Counter
@@ -411,3 +412,18 @@ def test_full_busi_folder_splits_624_156() -> None:
     assert split_sizes(data) == (468, 156, 156)
     overall = Counter(np.concatenate([data.train.labels, data.val.labels, data.test.labels]).tolist())
     assert [overall[label] for label in range(3)] == [437, 210, 133]
+
+
+def test_a_file_missing_from_the_shipped_ultrasound_subset_is_refused(tmp_path, monkeypatch):
+    """A deleted bundled image changed the subset, and every number, under the same run id; 119 of 120 loaded."""
+    from benchmark.data import registry, ultrasound
+
+    copy = tmp_path / "bundled"
+    shutil.copytree(registry.BUNDLED_DIR / "busi", copy / "busi")
+    gone = sorted((copy / "busi" / "malignant").iterdir())[0]
+    gone.unlink()
+    for module in (registry, ultrasound):
+        monkeypatch.setattr(module, "BUNDLED_DIR", copy)
+    with pytest.raises(UserError, match=rf"{re.escape(str(gone))} is missing \(1 of the files MD5SUMS lists under "
+                                        r"busi/\); reinstall the package"):
+        load_dataset("breast_ultrasound", 28, data_root="bundled")

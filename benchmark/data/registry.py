@@ -237,6 +237,17 @@ def check_bundled_file(path: Path, actual_md5: str) -> None:
     check_md5(path, actual_md5, expected, fix="reinstall the package")
 
 
+def check_bundled_complete(folder: Path, paths: list[Path]) -> None:
+    """Every file the bundled manifest lists under `folder` is among `paths`: a deleted file would change the
+    shipped subset, and with it every number, under the same run id."""
+    prefix = folder.relative_to(BUNDLED_DIR).as_posix() + "/"
+    found = {path.relative_to(BUNDLED_DIR).as_posix() for path in paths}
+    missing = sorted(name for name in _bundled_manifest() if name.startswith(prefix) and name not in found)
+    if missing:
+        raise UserError(f"{BUNDLED_DIR / missing[0]} is missing ({len(missing)} of the files {BUNDLED_MANIFEST.name} "
+                        f"lists under {prefix}); reinstall the package")
+
+
 def one_line(error: BaseException) -> str:
     """An exception's text collapsed onto one line, for embedding in a UserError message."""
     return " ".join(str(error).split()) or type(error).__name__

@@ -54,6 +54,7 @@ from benchmark.data.registry import (
     BUNDLED_DIR,
     DatasetSplits,
     Split,
+    check_bundled_complete,
     check_bundled_file,
     checked_split,
     one_line,
@@ -216,6 +217,8 @@ def _folder_digest(folder: Path, paths: list[Path], check_bundled: bool) -> str:
         if check_bundled:
             check_bundled_file(path, hashlib.md5(data).hexdigest())
         entries.append((path.relative_to(folder).as_posix(), data))
+    if check_bundled:
+        check_bundled_complete(folder, paths)
     return _digest(entries)
 
 
