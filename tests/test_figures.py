@@ -195,8 +195,10 @@ def test_suite_reliability_and_severity_curves_draw_one_line_per_scheme():
             "pixelate": {"severities": [{"severity": s, "acc": 0.9 - 0.02 * step * s, "auc": 0.9,
                                          "balanced_error": 0.1 + 0.02 * step * s} for s in range(1, 6)]}}}
     rows = ["resnet18_28 (28)", "resnet18_28 (28) · knn", "resnet18_28 (28) · lora"]
-    reliability = plot_reliability_suite(records, "schemes").axes[0].get_legend().get_texts()
-    assert [text.get_text().split(" ECE ")[0] for text in reliability[1:]] == rows
+    reliability = [text.get_text() for text in plot_reliability_suite(records, "schemes").axes[0].get_legend().get_texts()]
+    assert [text.split(" ECE ")[0] for text in reliability[1:]] == rows
+    # kNN's vote fractions are not probabilities: no ECE, as in the leaderboard
+    assert reliability[2].endswith("· knn ECE n/a (vote fractions)") and "n/a" not in reliability[1] + reliability[3]
     severity = plot_severity_curves(records, "breastmnist", "schemes").axes[0].get_legend().get_texts()
     assert [text.get_text() for text in severity] == rows
     heatmap = plot_robustness_heatmap(records, "breastmnist", "schemes").axes[0].get_yticklabels()

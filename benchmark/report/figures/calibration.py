@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from benchmark.metrics import ECE_BINS, calibration_metrics
+from benchmark.metrics import ECE_BINS, PROBABILITY_FREE_SCHEMES, calibration_metrics
 from benchmark.records import group_key, test_set
 from benchmark.report.figures.style import (
     DOUBLE,
@@ -21,6 +21,13 @@ from benchmark.report.figures.style import (
     run_title,
     short,
 )
+
+
+def ece_text(labels: np.ndarray, probs: np.ndarray, scheme: str) -> str:
+    """"ECE 0.123", or "ECE n/a" for a scheme without probabilities (kNN's vote fractions), as the leaderboard says."""
+    if scheme in PROBABILITY_FREE_SCHEMES:
+        return "ECE n/a (vote fractions)"
+    return f"ECE {calibration_metrics(labels, probs)['ece']:.3f}"
 
 
 def reliability_bins(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,7 +56,7 @@ def plot_reliability(rec: dict) -> Figure:
            alpha=0.35, edgecolor=PALETTE[0], label="accuracy per bin")
     ax.scatter(conf, acc, s=8 + 40 * count / max(count.max(), 1), color=PALETTE[0], zorder=3)
     ax.legend(loc="upper left", fontsize="small")
-    ax.set_title(f"{run_title(rec, two_lines=True)}\nECE {calibration_metrics(labels, probs)['ece']:.3f}")
+    ax.set_title(f"{run_title(rec, two_lines=True)}\n{ece_text(labels, probs, rec.get('scheme') or '')}")
     return fig
 
 
@@ -60,20 +67,21 @@ def plot_reliability_suite(records: Sequence[dict], suite: str) -> Figure | None
     for rec in records:
         if rec["status"] == "completed" and isinstance(rec.get("test_predictions"), dict):
             labels, probs = record_predictions(rec)
-            pooled.setdefault(test_set(rec), {}).setdefault(row_label(*group_key(rec)), []).append((labels, probs))
+            pooled.setdefault(test_set(rec), {}).setdefault(group_key(rec), []).append((labels, probs))
     if not pooled:
         return None
     fig = new_figure(min(DOUBLE, SINGLE * len(pooled)), 2.8)
     axes = np.atleast_1d(fig.subplots(1, len(pooled), sharey=True))
     for ax, (dataset, models) in zip(axes, sorted(pooled.items())):
         _reliability_axes(ax)
-        for colour, (model, runs) in zip(palette(len(models)), sorted(models.items())):
+        rows = sorted(models.items(), key=lambda item: row_label(*item[0]))
+        for colour, (group, runs) in zip(palette(len(rows)), rows):
             labels = np.concatenate([r[0] for r in runs])
             probs = np.concatenate([r[1] for r in runs])
             conf, acc, _ = reliability_bins(labels, probs)
             keep = ~np.isnan(acc)
-            ece = calibration_metrics(labels, probs)["ece"]
-            ax.plot(conf[keep], acc[keep], marker="o", ms=3, color=colour, label=f"{short(model)} ECE {ece:.3f}")
+            ax.plot(conf[keep], acc[keep], marker="o", ms=3, color=colour,
+                    label=f"{short(row_label(*group))} {ece_text(labels, probs, group[2])}")
         ax.set_title(short(dataset))
         ax.legend(loc="upper left", fontsize="x-small")
     fig.suptitle(f"Suite {suite}: reliability (seeds pooled)")
