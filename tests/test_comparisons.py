@@ -13,7 +13,14 @@ import pytest
 from record_factory import make_record
 
 from benchmark import metrics
-from benchmark.records import load_records, parse_protocol, protocol_of, protocol_text, records_frame
+from benchmark.records import (
+    load_records,
+    parse_protocol,
+    per_class_frame,
+    protocol_of,
+    protocol_text,
+    records_frame,
+)
 from benchmark.report import aggregate, render
 from benchmark.report.load import SuitePlan, by_suite, load_published
 
@@ -254,6 +261,10 @@ def test_a_seed_outside_the_plan_does_not_make_up_for_a_missing_planned_one() ->
     assert render.cell_display(cell)[1] == "(2/3 seeds)†"
     missing = aggregate.incomplete_groups(frame, plan)
     assert list(missing["missing_seeds"]) == [(2,)]
+    classes = aggregate.per_class(per_class_frame(runs), frame, plan)
+    assert set(zip(classes["n"], classes["n_planned"])) == {(3, 2)}
+    table = render.markdown(render.per_class_tables(classes, "unit")[0])
+    assert "2/3†" in table and "3/3" not in table
 
 
 def test_twins_are_never_best() -> None:

@@ -223,16 +223,20 @@ def suite_tables(data: SuiteData, published: pd.DataFrame | None = None,
 
 def per_class(per_class_runs: pd.DataFrame, frame: pd.DataFrame, plan: SuitePlan | None = None) -> pd.DataFrame:
     """Per-class precision, recall, F1 and support per dataset and group: means over the completed seeds
-    (`per_class_runs` is `records_frame.per_class_frame`), with n (runs) and n_expected."""
+    (`per_class_runs` is `records_frame.per_class_frame`), with n (runs), n_planned (the expected seeds among
+    them, as `cell_stats`) and n_expected."""
     if per_class_runs.empty:
         return pd.DataFrame(columns=["dataset", *GROUP, "class_index", "class_name", "precision", "recall", "f1",
-                                     "support", "n", "n_expected"])
+                                     "support", "n", "n_planned", "n_expected"])
+    expected = set(expected_seeds(frame, plan))
     keys = ["dataset", *GROUP]
     names = per_class_runs.groupby(["dataset", "class_index"])["class_name"].first()
     out = per_class_runs.groupby([*keys, "class_index"])[["precision", "recall", "f1", "support"]].mean()
-    out = out.join(per_class_runs.groupby(keys)["run_id"].nunique().rename("n"), on=keys).reset_index()
+    out = out.join(per_class_runs.groupby(keys)["run_id"].nunique().rename("n"), on=keys)
+    planned = per_class_runs.groupby(keys)["seed"].agg(lambda seeds: len(expected & set(seeds))).rename("n_planned")
+    out = out.join(planned, on=keys).reset_index()
     out["class_name"] = [names[(d, i)] for d, i in zip(out["dataset"], out["class_index"])]
-    out["n_expected"] = len(expected_seeds(frame, plan))
+    out["n_expected"] = len(expected)
     return out.sort_values([*keys, "class_index"]).reset_index(drop=True)
 
 

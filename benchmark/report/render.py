@@ -285,7 +285,7 @@ def per_class_tables(summary: pd.DataFrame, suite: str) -> list[Table]:
                                                        else fmt(r.support, 1))
             rows.append([Cell(r.model), Cell(str(r.size)), Cell(r.scheme or DASH), Cell(str(r.class_name)),
                          Cell(fmt(r.precision)), Cell(fmt(r.recall)), Cell(fmt(r.f1)), Cell(support),
-                         Cell(f"{r.n}/{r.n_expected}" + ("†" if r.n < r.n_expected else ""))])
+                         Cell(f"{r.n_planned}/{r.n_expected}" + ("†" if r.n_planned < r.n_expected else ""))])
         tables.append(Table(
             title=f"Suite {suite}: per-class metrics on {dataset}",
             columns=["Model", "Size", "Scheme", "Class", "Precision", "Recall", "F1", "Support", "Seeds"],
@@ -431,7 +431,7 @@ def per_class_csv_rows(summary: pd.DataFrame, suite: str) -> list[dict]:
             out.append(dict(suite=suite, table="per_class", metric=metric, kind="measured", model=r.model,
                             size=r.size, scheme=r.scheme, source="measured", dataset=r.dataset,
                             **{"class": str(r.class_name)}, mean=fmt_csv(getattr(r, metric)), n_seeds=r.n,
-                            n_expected=r.n_expected, status="ok" if r.n >= r.n_expected else "incomplete"))
+                            n_expected=r.n_expected, status="ok" if r.n_planned >= r.n_expected else "incomplete"))
     return out
 
 
