@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the builder takes a RunSpec; importing config here would im
     from benchmark.config import RunSpec
 
 logger = logging.getLogger(__name__)
+SUPERSEDED = "superseded"  # beside a suite's records: the records reruns replaced, never read as results
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -457,8 +459,8 @@ def record_files(path: Path | str, suite: str | None = None) -> list[Path]:
         path = path / "runs"
     if any(path.glob("*.json")):  # one suite's folder (load_records keeps `suite`'s records)
         return sorted(path.glob("*.json"))
-    if suite is None:
-        return sorted(path.glob("*/*.json"))
+    if suite is None:  # a runs folder, or a suite folder whose records were all superseded
+        return sorted(file for file in path.glob("*/*.json") if file.parent.name != SUPERSEDED)
     if not (path / suite).is_dir():
         raise UserError(f"no records for suite {suite!r}: {path / suite} does not exist; run the suite first or "
                         f"pass --runs DIR")
@@ -684,17 +686,22 @@ def per_class_frame(records: Iterable[Record]) -> pd.DataFrame:
 def superseded_path(path: Path, tag: str = "") -> Path:
     """A fresh name under `superseded/` beside `path` (readers of the suite folder never see it)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    return path.parent / "superseded" / f"{path.stem}-{tag + '-' if tag else ''}{stamp}.json"
+    return path.parent / SUPERSEDED / f"{path.stem}-{tag + '-' if tag else ''}{stamp}.json"
 
 
 def set_aside(path: Path) -> Path | None:
-    """Move an existing record to `superseded/` before a rerun writes `path`, so no result is lost."""
+    """Keep a copy of an existing record in `superseded/` before a rerun's record replaces `path` (atomically:
+    `write_record`), so no result is lost: not when the rerun's write fails either, since `path` keeps the old
+    record until the new one is complete. A hard link where the file system has them, else a copy."""
     if not path.exists():
         return None
     target = superseded_path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
     except OSError as err:
         raise output_error(target, err) from None
     return target

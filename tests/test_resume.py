@@ -4,6 +4,7 @@ record bit-identical (on CPU) to an uninterrupted run's; finished runs are skipp
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -19,7 +20,7 @@ import torch
 import yaml
 from run_outcome import outcome
 
-from benchmark import checkpoint, cli, runner
+from benchmark import checkpoint, cli, records, runner
 from benchmark.claims import claim_events
 from benchmark.config import load_suite
 from benchmark.errors import UserError
@@ -219,7 +220,7 @@ def _torch_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
-def test_finished_runs_are_skipped_forced_reruns_keep_the_old_record(tmp_path, capsys):
+def test_finished_runs_are_skipped_forced_reruns_keep_the_old_record(tmp_path, capsys, monkeypatch):
     suite = write_suite(tmp_path)
     output = tmp_path / "results"
     assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
@@ -238,6 +239,24 @@ def test_finished_runs_are_skipped_forced_reruns_keep_the_old_record(tmp_path, c
     assert old.read_bytes() == first_bytes
     assert outcome(json.loads(first.read_text())) == outcome(json.loads(first_bytes))
     assert not (output / "checkpoints" / SUITE / first.stem).exists()
+
+    # a forced rerun whose record cannot be written (disk full) leaves the finished record where it was
+    # (it used to be moved to superseded/ first, leaving runs/ without it)
+    finished = first.read_bytes()
+
+    def disk_full(path, record, fence=None):
+        raise records.output_error(path, OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(runner, "write_record", disk_full)
+    assert cli.main(arguments(suite, output) + ["--epochs", "1", "--force", "--keep-checkpoints", "none"]) == 2
+    assert first.read_bytes() == finished
+    monkeypatch.undo()
+
+    # superseded/ records are never results: with the live record gone the run is not done, and runs again
+    first.unlink()
+    assert load_records(output / "runs" / SUITE) == [] and not completed_hashes(output, SUITE)
+    assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
+    assert "1 completed, 0 skipped" in capsys.readouterr().out
 
 
 def test_garbage_record_is_ignored_and_the_run_redone_once(tmp_path, caplog):
