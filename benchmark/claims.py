@@ -16,6 +16,7 @@ what. `--shard i/n` is the other way to divide a grid: a deterministic, disjoint
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -161,6 +162,38 @@ class Claim:
         _log(self.directory, "release", self.run_id, self.generation, outcome=outcome)
 
 
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}  # os.link's errors where unsupported
+
+
+def _create_claim(path: Path, info: dict) -> bool:
+    """Create the claim file `path` holding `info`, only if it does not exist yet; False when it does. Written to
+    a temp file and hard-linked into place (atomic and exclusive), so no worker ever reads a claim half-written,
+    and a full disk leaves no empty claim behind but stops with one line (`records.output_error`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(info))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if err.errno not in NO_HARD_LINKS:
+                raise
+            try:  # a file system without hard links: create exclusively, then write (an empty claim ages out)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as handle:
+                json.dump(info, handle)
+        return True
+    except OSError as err:
+        from benchmark.records import output_error  # records imports this module
+
+        raise output_error(path, err) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def try_claim(output: Path, suite: str, run_id: str, settings: ClaimSettings) -> Claim | None:
     """Claim `run_id` for this worker, taking over an abandoned claim; None when another worker holds it."""
     directory = claims_dir(output, suite)
@@ -171,22 +204,23 @@ def try_claim(output: Path, suite: str, run_id: str, settings: ClaimSettings) ->
         last_generation, last_path = files[-1]
         try:
             age = time.time() - last_path.stat().st_mtime
+        except OSError:
+            return None  # released this instant: look again at the next sweep
+        try:
             info = json.loads(last_path.read_text())
         except (OSError, ValueError):
-            return None  # released or being written this instant: look again at the next sweep
+            if age < settings.timeout:
+                return None  # being written this instant (a claim of an older version's worker)
+            info = {}  # unreadable and as old as an abandoned claim: a writer stopped before it wrote
         if not _abandoned(info, age, settings.timeout):
             return None
         previous = info.get("worker")
         event, generation = "takeover", last_generation + 1
     path = directory / f"{run_id}.{generation}.claim"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
+    if not _create_claim(path, {"worker": worker_name(), "host": socket.gethostname(), "pid": os.getpid(),
+                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                "generation": generation}):
         return None  # another worker was faster
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"worker": worker_name(), "host": socket.gethostname(), "pid": os.getpid(),
-                   "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "generation": generation}, handle)
     _log(directory, event, run_id, generation, **({"from": previous} if previous else {}))
     return Claim(directory, run_id, generation, path, settings.heartbeat)
 

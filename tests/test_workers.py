@@ -5,6 +5,7 @@ claim expires and another worker takes the run over and resumes it from its chec
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -28,7 +29,7 @@ from benchmark.config import load_suite
 from benchmark.errors import UserError
 from benchmark.launch import GridTask, make_executor
 from benchmark.launch import workers as workers_module
-from benchmark.records import record_path
+from benchmark.records import OutputError, record_path
 
 PROJECT = Path(__file__).resolve().parents[1]
 GRID = ["--suite", "smoke", "--limit", "32", "--epochs", "1"]
@@ -423,6 +424,32 @@ def test_of_two_workers_seeing_one_stale_claim_exactly_one_takes_it_over(tmp_pat
     old.release("lost")
     assert [e["event"] for e in claim_events(tmp_path, "s")] == ["claim", "takeover", "release", "lost"]
     assert not list((tmp_path / "claims" / "s").glob("*.claim"))
+
+
+def test_an_empty_claim_ages_out_and_a_full_disk_stops_claiming_with_one_line(tmp_path, monkeypatch):
+    """A worker stopped between creating its claim and writing it left an empty file that blocked the run for
+    ever (unreadable: "busy"); now it is young, then abandoned. Claims are written then linked into place, so a
+    full disk leaves no empty claim and stops with an OutputError (one line, exit 2), not a traceback."""
+    settings = ClaimSettings(timeout=60.0, heartbeat=30.0)
+    directory = tmp_path / "claims" / "s"
+    directory.mkdir(parents=True)
+    empty = directory / "run-a.0.claim"
+    empty.touch()
+    assert try_claim(tmp_path, "s", "run-a", settings) is None  # as young as a claim being written: wait
+    os.utime(empty, (time.time() - 120, time.time() - 120))
+    taken = try_claim(tmp_path, "s", "run-a", settings)
+    assert taken is not None and taken.generation == 1
+    assert json.loads(taken.path.read_text())["pid"] == os.getpid()
+    taken.release("completed")
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OutputError, match=r"^disk full while writing .*run-b\.0\.claim; free some space"):
+        try_claim(tmp_path, "s", "run-b", settings)
+    monkeypatch.undo()
+    assert sorted(path.name for path in directory.iterdir()) == ["log.jsonl"]  # no claim, no temp file
 
 
 def test_shards_are_disjoint_deterministic_and_cover_the_grid():
