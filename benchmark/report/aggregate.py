@@ -459,11 +459,11 @@ def trust(records, known_counts: dict[tuple, list[int]] | None = None) -> pd.Dat
     largest), "no" when not, "" without a baseline. On each test set's highest measured row, `<m>_mark`:
     - "" when a baseline scores higher;
     - "untested" when it or the runner-up has fewer than `MIN_SEEDS_TO_TEST` seeds;
-    - "best" when the two-level paired bootstrap against the runner-up, two-sided (the direction was read off the
-      data) and Holm-corrected over the suite's test sets (`<m>_p`), gives p < `SIGNIFICANCE_LEVEL` and the row
-      beats the baselines; "tie" otherwise.
-    `<m>_p_images` is the same test with the images resampled only (what the marks rested on before), `<m>_runner_up`
-    names the runner-up and `<m>_seeds_needed` the seeds per model a t-test would need to detect a
+    - "best" when, against the runner-up, both Welch's t-test on the per-seed values (`<m>_p_seeds`) and the
+      paired bootstrap over the test images (`<m>_p_images`), each two-sided (the direction was read off the data)
+      and Holm-corrected over the suite's test sets, give p < `SIGNIFICANCE_LEVEL` (`<m>_p`, the larger), and the
+      row beats the baselines; "tie" otherwise.
+    `<m>_runner_up` names the runner-up and `<m>_seeds_needed` the seeds per model a t-test would need to detect a
     `DIFFERENCE_OF_INTEREST` between the two at their pooled seed std. Baseline rows are never marked."""
     cells: dict[tuple, dict] = {}
     for record in records:
