@@ -13,7 +13,6 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.data.transforms import pad_margins
 from benchmark.metrics import HEADLINE_METRICS
 from benchmark.records import read_record, records_frame
 from benchmark.report.aggregate import CELL, cell_stats
@@ -80,8 +79,8 @@ def _steps(loaded: LoadedRun) -> list[str]:
         steps.append(f"resize to {size} x {size} "
                      f"({'nearest neighbour' if transform.upsample == 'nearest' else 'bilinear'})")
     steps.append(f"{channels}scale to [0, 1], subtract mean, divide by std per channel")
-    if stored < size and transform.resize == "pad":
-        before, after = pad_margins(stored, size)
+    if loaded.padding and stored < size:
+        before, after = loaded.padding
         steps.append(f"pad to {size} x {size} with zeros (0 after normalising: the channel mean), the image centred: "
                      f"{before} rows above and columns left of it, {after} below and right")
     return steps
@@ -92,8 +91,8 @@ def preprocessing(loaded: LoadedRun) -> dict:
     `padding` (resize: pad runs) gives the zero margins around the image, in pixels of the input."""
     transform = loaded.transform
     padding = None
-    if transform.resize == "pad":
-        before, after = pad_margins(min(loaded.size, transform.input_size), transform.input_size)
+    if loaded.padding:
+        before, after = loaded.padding
         padding = {"top": before, "bottom": after, "left": before, "right": after}
     return {
         "input": "pixel_values: float32 (batch, channels, input_size, input_size), NCHW; the batch size is free",

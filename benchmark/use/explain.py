@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.data.images import open_image
-from benchmark.data.transforms import pad_margins
 from benchmark.errors import UserError
 from benchmark.records import atomic_write_bytes, check_writable
 from benchmark.report.figures.style import save_figure
@@ -106,9 +105,9 @@ def saliency(loaded: LoadedRun, images: np.ndarray, targets: list[int] | None = 
     targets = [int(p.argmax()) for p in probs] if targets is None else list(targets)
     pixels = loaded.pixels(images)
     maps = METHODS[method(loaded)](loaded, pixels, targets)
-    if loaded.transform.resize == "pad":
+    if loaded.padding:
+        before, after = loaded.padding
         size = loaded.transform.input_size
-        before, after = pad_margins(min(loaded.size, size), size)
         maps = maps[:, before:size - after, before:size - after]
     return maps.numpy(), probs
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmark.data.images import open_image, stored_pixels
-from benchmark.data.transforms import BatchTransform
+from benchmark.data.transforms import BatchTransform, pad_margins
 from benchmark.errors import UserError
 from benchmark.models import BuiltModel, ModelSpec, build_model
 from benchmark.records import read_record
@@ -113,6 +113,15 @@ class LoadedRun:
     @property
     def size(self) -> int:
         return int(self.record["dataset"]["size"])
+
+    @property
+    def padding(self) -> tuple[int, int] | None:
+        """A `resize: pad` run's zero margins (before, after) around the image in the model's input, the same on
+        both axes (none when the stored image is as large: it is shrunk); None for any other run."""
+        if self.transform.resize != "pad":
+            return None
+        size = self.transform.input_size
+        return pad_margins(min(self.size, size), size)
 
     @property
     def model(self) -> torch.nn.Module:
