@@ -109,9 +109,7 @@ def _variant(data_root: str | None, download: bool) -> str | None:
     if isinstance(source, str):
         return HUB_PREFIX + source
     try:
-        split_dirs = _split_dirs(source)
-        class_names = _class_names(split_dirs["train"])
-        paths = [path for split_dir in split_dirs.values() for path, _, _ in _folder_samples(split_dir, class_names, source)]
+        paths = [path for samples in _folder_splits(source)[0].values() for path, _, _ in samples]
     except UserError:
         return None
     listing = _digest((path.relative_to(source).as_posix(), str(path.stat().st_size).encode()) for path in
@@ -171,10 +169,15 @@ def _split_dirs(folder: Path) -> dict[str, Path]:
     return split_dirs if {"train", "test"} <= split_dirs.keys() else {"train": folder}
 
 
-def _read_folder(folder: Path, check_bundled: bool) -> _RawDataset:
+def _folder_splits(folder: Path) -> tuple[dict[str, list[Sample]], list[str]]:
+    """The folder's samples per split it has, and the class names (the training split's class folders)."""
     split_dirs = _split_dirs(folder)
     class_names = _class_names(split_dirs["train"])
-    splits = {name: _folder_samples(split_dir, class_names, folder) for name, split_dir in split_dirs.items()}
+    return {name: _folder_samples(split_dir, class_names, folder) for name, split_dir in split_dirs.items()}, class_names
+
+
+def _read_folder(folder: Path, check_bundled: bool) -> _RawDataset:
+    splits, class_names = _folder_splits(folder)
     paths = [path for samples in splits.values() for path, _, _ in samples]
     return _RawDataset(splits, class_names, str(folder), _folder_digest(folder, paths, check_bundled))
 
