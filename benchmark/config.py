@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 from benchmark.data import data_variant, dataset_sizes, dataset_split_kinds
@@ -106,7 +107,7 @@ class RunSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
+    @cached_property  # once per spec: an unchecked data folder is listed to name it (`data_variant`)
     def config_hash(self) -> str:
         """SHA-256 of what determines the result: not where the data lives, nor the suite's name."""
         identity = {k: v for k, v in self.to_dict().items() if k not in ("suite", "data_root", "download")}
