@@ -116,6 +116,11 @@ def remove_leftovers(directory: Path) -> None:
         remove_temp_files(directory / name)
 
 
+def prunable(directory: Path, keep: str) -> bool:
+    """Whether `prune(directory, keep)` would delete anything."""
+    return (directory / "last.pt").exists() or (keep == "none" and directory.exists())
+
+
 def prune(directory: Path, keep: str) -> None:
     """A finished run keeps only its best weights (`keep="best"`) or nothing (`"none"`)."""
     (directory / "last.pt").unlink(missing_ok=True)

@@ -204,7 +204,7 @@ class GridRunner:
             raise Interrupted(stop)
         if spec.config_hash in done:
             summary.skipped.append(spec.run_id)
-            self.prune_checkpoints(spec)  # in case a process died between writing the record and pruning
+            self.prune_leftover_checkpoint(spec)
             self.say(f"{label}: done already, skipped")
             return True
         decision, claim = self.claim(spec)
@@ -417,6 +417,20 @@ class GridRunner:
         """A finished run keeps only its best weights (or nothing, with keep_checkpoints='none')."""
         if self.accelerator.is_main_process:
             checkpoint.prune(self.checkpoint_dir(spec), self.keep_checkpoints)
+
+    def prune_leftover_checkpoint(self, spec: RunSpec) -> None:
+        """A done run whose process died between writing its record and pruning still has its `last.pt`: pruned
+        under the run's claim, so the `last.pt` of a concurrent `--force` rerun (whose worker holds the claim) stays."""
+        if not (self.accelerator.is_main_process and checkpoint.prunable(self.checkpoint_dir(spec),
+                                                                          self.keep_checkpoints)):
+            return
+        claim = try_claim(self.output, spec.suite, spec.run_id, self.claims)
+        if claim is None:
+            return
+        try:
+            self.prune_checkpoints(spec)
+        finally:
+            claim.release("pruned")
 
     def say(self, message: str, level: int = logging.INFO) -> None:
         if self.accelerator.is_main_process:

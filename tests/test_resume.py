@@ -21,7 +21,7 @@ import yaml
 from run_outcome import outcome
 
 from benchmark import checkpoint, cli, records, runner
-from benchmark.claims import claim_events
+from benchmark.claims import ClaimSettings, claim_events, try_claim
 from benchmark.config import load_suite
 from benchmark.errors import UserError
 from benchmark.records import completed_hashes, load_records, timing_line
@@ -232,6 +232,19 @@ def test_finished_runs_are_skipped_forced_reruns_keep_the_old_record(tmp_path, c
     assert capsys.readouterr().out.endswith(f"{SUITE}: 0 completed, 1 skipped (done before), 0 failed; records in "
                                             f"{output / 'runs' / SUITE}\n")
     assert first.read_bytes() == first_bytes
+
+    # a done run's leftover last.pt (its process died before pruning) is pruned only under the run's claim: while
+    # another worker holds it (a --force rerun), that worker's last.pt stays
+    leftover = output / "checkpoints" / SUITE / first.stem / "last.pt"
+    leftover.write_bytes(b"a concurrent rerun's checkpoint")
+    rerun = try_claim(output, SUITE, first.stem, ClaimSettings())
+    assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
+    assert leftover.exists()
+    rerun.release("completed")
+    assert cli.main(arguments(suite, output) + ["--epochs", "1"]) == 0
+    assert not leftover.exists() and leftover.with_name("best.pt").exists()
+    assert [event["event"] for event in claim_events(output, SUITE)][-2:] == ["claim", "release"]
+    capsys.readouterr()
 
     assert cli.main(arguments(suite, output) + ["--epochs", "1", "--force", "--keep-checkpoints", "none"]) == 0
     assert record_files(output) == [first]
