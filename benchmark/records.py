@@ -321,16 +321,29 @@ def write_record(path: Path, record: Record, fence: Callable[[], bool] | None = 
     atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=True).encode(), fence)
 
 
-def add_block(path: Path, key: str, block: Any) -> None:
+class RecordChanged(UserError):
+    """The record was rewritten while a block for it was computed; the block was not written."""
+
+
+def add_block(path: Path, key: str, block: Any, based_on: Record, fence: Callable[[], bool] | None = None) -> None:
     """Set one top-level block of the record at `path` (e.g. `robustness`, computed after the run) and rewrite it
-    atomically; every other key keeps its value, the run id and hash included. Raises ValueError for a key
-    outside the schema or one that identifies the run."""
+    atomically; every other key keeps its value, the run id and hash included. `based_on` is the record the block
+    was computed from: when the file holds another by now (a `--force` rerun or a second evaluation wrote it),
+    nothing is written (`RecordChanged`). `fence` as in `write_record`. Raises ValueError for a key outside the
+    schema or one that identifies the run."""
     if key not in RECORD_KEYS or key in REQUIRED_KEYS:
         raise ValueError(f"{key!r} is not a block that may be added to a finished record")
     record = read_record(path)
     if record is None:
         raise UserError(f"{path} is not a readable run record; nothing was written")
-    write_record(path, {**record, key: block})
+    if _canonical(record) != _canonical(based_on):  # canonical text: a NaN in the record equals itself
+        raise RecordChanged(f"{path} was rewritten while its {key} was computed (a --force rerun or another "
+                            f"evaluation); nothing was written: run the command again")
+    write_record(path, {**record, key: block}, fence)
+
+
+def _canonical(record: Record) -> str:
+    return json.dumps(record, sort_keys=True, allow_nan=True)
 
 
 def build_record(spec: RunSpec, status: Literal["completed", "failed"], **blocks: Any) -> Record:

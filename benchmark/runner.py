@@ -215,7 +215,7 @@ class GridRunner:
             return True
         self.say(f"{label}: running")
         try:
-            error = self.run_one(spec, claim)
+            error = self.run_one(spec, claim, robustness)
         except BaseException as err:
             if claim is not None:
                 claim.release("interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed")
@@ -229,8 +229,6 @@ class GridRunner:
             return True
         if error is None:
             summary.completed.append(spec.run_id)
-            if robustness and self.accelerator.is_main_process:  # MedMNIST-C on the best weights, into the record
-                robustness_after_run(record_path(self.output, spec.suite, spec.run_id), self.output, spec.data_root)
             return True
         summary.failed.append((spec.run_id, error[1]))
         if error[0]:
@@ -266,9 +264,12 @@ class GridRunner:
         usable = record["status"] == "completed" and not nonfinite_result(record)
         return (usable and not self.force) or written > self.started_at
 
-    def run_one(self, spec: RunSpec, claim: Claim | None = None) -> tuple[bool, str] | str | None:
-        """Train one spec and write its record; returns (is_user_error, message) when it failed, "lost" when
-        another worker took the run over meanwhile (it stopped at once; nothing more written)."""
+    def run_one(self, spec: RunSpec, claim: Claim | None = None, robustness: bool = False
+                ) -> tuple[bool, str] | str | None:
+        """Train one spec and write its record (`robustness`: then evaluate its best weights on MedMNIST-C into
+        the record, still under the claim and before pruning, which may delete them); returns (is_user_error,
+        message) when it failed, "lost" when another worker took the run over meanwhile (it stopped at once;
+        nothing more written)."""
         path = record_path(self.output, spec.suite, spec.run_id)
         started, started_wall = time.perf_counter(), time.time()
         self.remove_leftovers(spec, path)
@@ -354,12 +355,14 @@ class GridRunner:
                 write_record(path, record, fence)
             except ClaimLost:
                 return "lost"
-            self.prune_checkpoints(spec)
             self.say(f"  test acc {outcome.test['acc']:.4f}, auc {outcome.test['auc']:.4f} "
                      f"(best epoch {outcome.best_epoch}) → {path}")
             if unstable := record["environment"]["nondeterministic_ops"]:
                 self.say(f"  ran without a deterministic kernel: {', '.join(unstable)} (a rerun may differ there; "
                          "the record's environment.nondeterministic_ops)", logging.WARNING)
+            if robustness:
+                robustness_after_run(path, self.output, spec.data_root, fence)
+            self.prune_checkpoints(spec)
         return None
 
     def end_multi_process_run(self, spec: RunSpec, path: Path, error: dict, history: list, started: float,

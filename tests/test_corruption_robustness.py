@@ -182,19 +182,46 @@ def test_a_finished_block_gains_corruptions_and_is_never_replaced_without_force(
 
 def test_add_block_refuses_identity_keys_and_keeps_the_file_whole(tiny_run):
     _, path = tiny_run
+    record = records.read_record(path)
     with pytest.raises(ValueError):
-        records.add_block(path, "run_id", "other")
+        records.add_block(path, "run_id", "other", based_on=record)
     with pytest.raises(ValueError):
-        records.add_block(path, "not_a_key", {})
+        records.add_block(path, "not_a_key", {}, based_on=record)
     assert records.read_record(path) is not None
+
+
+def test_a_record_rewritten_while_its_block_was_computed_is_left_as_it_is(tiny_run, tmp_path, monkeypatch, capsys):
+    """A --force rerun (or a second evaluation) that rewrites the record meanwhile is not overwritten by a block of
+    the old weights merged into the old record: the verb stops with one line and the new record stays."""
+    results = tmp_path / "results"
+    shutil.copytree(tiny_run[0], results)
+    path = results / tiny_run[1].relative_to(tiny_run[0])
+    real = rb.evaluate
+
+    def rerun_meanwhile(*args, **kwargs):
+        block = real(*args, **kwargs)
+        rewritten = records.read_record(path)
+        rewritten["test"] = {**rewritten["test"], "acc": 0.125}
+        records.write_record(path, rewritten)
+        return block
+
+    monkeypatch.setattr(rb, "evaluate", rerun_meanwhile)
+    assert main(["robustness", str(path), "--results", str(results), "--corruptions", "pixelate", "--force",
+                 "--quiet"]) == 2
+    rewritten_bytes = path.read_bytes()
+    assert json.loads(rewritten_bytes)["test"]["acc"] == 0.125
+    assert "was rewritten while its robustness was computed" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_suite_option_evaluates_each_finished_run(tmp_path):
     suite = SUITE.replace("name: robust-tiny", "name: robust-hook") + "robustness: true\n"
     (tmp_path / "robust-hook.yaml").write_text(suite)
+    # with --keep-checkpoints none too: the run is evaluated before its weights are pruned
     assert main(["run", "--suite", str(tmp_path / "robust-hook.yaml"), "--limit", "16", "--output",
-                 str(tmp_path / "results"), "--quiet"]) == 0
+                 str(tmp_path / "results"), "--keep-checkpoints", "none", "--quiet"]) == 0
+    assert not (tmp_path / "results" / "checkpoints" / "robust-hook").exists() or not any(
+        (tmp_path / "results" / "checkpoints" / "robust-hook").iterdir())
     (path,) = (tmp_path / "results" / "runs" / "robust-hook").glob("*.json")
     block = json.loads(path.read_text())["robustness"]
     assert set(block["corruptions"]) | set(block["skipped"]) == set(rb.corruptions("breastmnist"))

@@ -25,10 +25,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from benchmark.claims import ClaimLost
 from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics
 from benchmark.records import add_block, atomic_write_bytes, now_iso, read_record
@@ -317,12 +319,13 @@ def record_paths(runs: list[str | Path], results: str | Path = DEFAULT_RESULTS) 
 
 def robustness(runs: list[str | Path], *, results: str | Path = DEFAULT_RESULTS, data_root: str | None = None,
                seed: int = 0, force: bool = False, corruption_names: list[str] | None = None,
-               progress: bool = True) -> list[tuple[Path, dict]]:
+               progress: bool = True, fence: Callable[[], bool] | None = None) -> list[tuple[Path, dict]]:
     """Evaluate each run and write its record's `robustness` block. A finished block is never lost without `force`:
     corruptions it lacks are evaluated and merged into it (same settings), those it has are kept, and a block made
     with other settings (seed, test split, weights, medmnistc) is kept. With `force` the corruptions asked for are
     evaluated again, merged into a block of the same settings or replacing one of others. Returns (record path,
-    block) per run."""
+    block) per run. A record rewritten while its block was computed (a `--force` rerun, another evaluation) is
+    left as it is (`records.RecordChanged`); `fence` as in `records.write_record`."""
     results = Path(results)
     done = []
     for path in record_paths(runs, results):
@@ -336,7 +339,7 @@ def robustness(runs: list[str | Path], *, results: str | Path = DEFAULT_RESULTS,
         if block is None:
             done.append((path, existing))
             continue
-        add_block(path, "robustness", block)
+        add_block(path, "robustness", block, based_on=record, fence=fence)
         log.info("%s: mCE %s, relative mCE %s → %s", record["run_id"], _fmt(block["mce"]),
                  _fmt(block["relative_mce"]), path)
         done.append((path, block))
@@ -372,12 +375,13 @@ def _warn_kept(path: Path, existing: dict, differ: list[str]) -> None:
                 path.name, existing.get("seed"), ", ".join(differ))
 
 
-def after_run(record: Path, results: Path, data_root: str | None = None) -> None:
-    """The suite option `robustness: true`: evaluate a run the grid just finished; a problem is a warning (the
-    run itself is done and recorded)."""
+def after_run(record: Path, results: Path, data_root: str | None = None, fence: Callable[[], bool] | None = None
+              ) -> None:
+    """The suite option `robustness: true`: evaluate a run the grid just finished, under its claim (`fence`); a
+    problem is a warning (the run itself is done and recorded)."""
     try:
-        robustness([record], results=results, data_root=data_root, progress=False)
-    except UserError as err:
+        robustness([record], results=results, data_root=data_root, progress=False, fence=fence)
+    except (UserError, ClaimLost) as err:
         log.warning("robustness of %s not evaluated: %s", Path(record).stem, err)
 
 
