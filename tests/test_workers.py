@@ -22,14 +22,14 @@ import yaml
 from conftest import need
 from run_outcome import outcome
 
-from benchmark import cli, launch
+from benchmark import claims, cli, launch
 from benchmark.checkpoint import Interrupted
 from benchmark.claims import ClaimSettings, claim_events, parse_shard, select_shard, try_claim
 from benchmark.config import load_suite
 from benchmark.errors import UserError
 from benchmark.launch import GridTask, make_executor
 from benchmark.launch import workers as workers_module
-from benchmark.records import OutputError, record_path
+from benchmark.records import SUPERSEDED, OutputError, atomic_write_bytes, record_path, set_aside
 
 PROJECT = Path(__file__).resolve().parents[1]
 GRID = ["--suite", "smoke", "--limit", "32", "--epochs", "1"]
@@ -450,6 +450,31 @@ def test_an_empty_claim_ages_out_and_a_full_disk_stops_claiming_with_one_line(tm
         try_claim(tmp_path, "s", "run-b", settings)
     monkeypatch.undo()
     assert sorted(path.name for path in directory.iterdir()) == ["log.jsonl"]  # no claim, no temp file
+
+
+def test_without_hard_links_claims_stay_exclusive_and_set_aside_copies(tmp_path, monkeypatch):
+    """On a file system without hard links (os.link: EPERM) a claim is created exclusively then written, and a
+    record set aside before a rerun is a copy that keeps the old bytes when the new record replaces it."""
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    settings = ClaimSettings(timeout=60.0, heartbeat=30.0)
+    first = try_claim(tmp_path, "s", "run-a", settings)
+    assert first is not None and json.loads(first.path.read_text())["pid"] == os.getpid()
+    assert try_claim(tmp_path, "s", "run-a", settings) is None
+    assert not claims._create_claim(first.path, {"worker": "a racing worker"})  # exclusive: the first one stays
+    assert json.loads(first.path.read_text())["pid"] == os.getpid()
+    first.release("completed")
+    assert sorted(path.name for path in (tmp_path / "claims" / "s").iterdir()) == ["log.jsonl"]
+
+    record = tmp_path / "runs" / "s" / "run-a.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"old": true}')
+    kept = set_aside(record)
+    assert kept.parent.name == SUPERSEDED and not kept.samefile(record)
+    atomic_write_bytes(record, b'{"new": true}')
+    assert kept.read_text() == '{"old": true}' and record.read_text() == '{"new": true}'
 
 
 def test_shards_are_disjoint_deterministic_and_cover_the_grid():
