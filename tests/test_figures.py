@@ -184,22 +184,27 @@ def test_seeds_expected_come_from_the_suite_file(tmp_path):
 
 
 def test_suite_reliability_and_severity_curves_draw_one_line_per_scheme():
-    """Three schemes of one model and size are three lines, named as the leaderboard's and the heatmap's rows."""
+    """Four schemes of one model and size are four lines, named as the leaderboard's and the heatmap's rows; plain
+    training is named only where a model and size has both kinds (from scratch and fine-tuned: they were one line)."""
     from benchmark.report.figures.calibration import plot_reliability_suite
     from benchmark.report.figures.robustness import plot_robustness_heatmap, plot_severity_curves
+    from benchmark.report.figures.style import distinct_row_labels, short
 
     records = [make_record(suite="schemes", scheme=scheme, n_test=40, with_samples=False)
-               for scheme in ("from_scratch", "lora", "knn")]
+               for scheme in ("from_scratch", "fine_tune", "lora", "knn")]
     for step, record in enumerate(records, 1):
         record["robustness"] = {"clean": {"acc": 0.9, "auc": 0.9, "balanced_error": 0.1}, "corruptions": {
             "pixelate": {"severities": [{"severity": s, "acc": 0.9 - 0.02 * step * s, "auc": 0.9,
                                          "balanced_error": 0.1 + 0.02 * step * s} for s in range(1, 6)]}}}
-    rows = ["resnet18_28 (28)", "resnet18_28 (28) · knn", "resnet18_28 (28) · lora"]
+    rows = [f"resnet18_28 (28) · {scheme}" for scheme in ("fine_tune", "from_scratch", "knn", "lora")]
     reliability = [text.get_text() for text in plot_reliability_suite(records, "schemes").axes[0].get_legend().get_texts()]
-    assert [text.split(" ECE ")[0] for text in reliability[1:]] == rows
+    assert [text.split(" ECE ")[0] for text in reliability[1:]] == [short(row) for row in rows]  # as the legend cuts
     # kNN's vote fractions are not probabilities: no ECE, as in the leaderboard
-    assert reliability[2].endswith("· knn ECE n/a (vote fractions)") and "n/a" not in reliability[1] + reliability[3]
+    assert reliability[3].endswith("· knn ECE n/a (vote fractions)")
+    assert "n/a" not in "".join(reliability[1:3] + reliability[4:])
+    assert distinct_row_labels([("m", 28, "from_scratch"), ("m", 28, "lora"), ("m", 64, "fine_tune")]) == {
+        ("m", 28, "from_scratch"): "m (28)", ("m", 28, "lora"): "m (28) · lora", ("m", 64, "fine_tune"): "m (64)"}
     severity = plot_severity_curves(records, "breastmnist", "schemes").axes[0].get_legend().get_texts()
-    assert [text.get_text() for text in severity] == rows
+    assert [text.get_text() for text in severity] == [short(row, 30) for row in rows]
     heatmap = plot_robustness_heatmap(records, "breastmnist", "schemes").axes[0].get_yticklabels()
     assert [label.get_text() for label in heatmap] == rows

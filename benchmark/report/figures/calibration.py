@@ -14,10 +14,10 @@ from benchmark.report.figures.style import (
     DOUBLE,
     PALETTE,
     SINGLE,
+    distinct_row_labels,
     new_figure,
     palette,
     record_predictions,
-    row_label,
     run_title,
     short,
 )
@@ -74,14 +74,15 @@ def plot_reliability_suite(records: Sequence[dict], suite: str) -> Figure | None
     axes = np.atleast_1d(fig.subplots(1, len(pooled), sharey=True))
     for ax, (dataset, models) in zip(axes, sorted(pooled.items())):
         _reliability_axes(ax)
-        rows = sorted(models.items(), key=lambda item: row_label(*item[0]))
+        names = distinct_row_labels(models)
+        rows = sorted(models.items(), key=lambda item: names[item[0]])
         for colour, (group, runs) in zip(palette(len(rows)), rows):
             labels = np.concatenate([r[0] for r in runs])
             probs = np.concatenate([r[1] for r in runs])
             conf, acc, _ = reliability_bins(labels, probs)
             keep = ~np.isnan(acc)
             ax.plot(conf[keep], acc[keep], marker="o", ms=3, color=colour,
-                    label=f"{short(row_label(*group))} {ece_text(labels, probs, group[2])}")
+                    label=f"{short(names[group])} {ece_text(labels, probs, group[2])}")
         ax.set_title(short(dataset))
         ax.legend(loc="upper left", fontsize="x-small")
     fig.suptitle(f"Suite {suite}: reliability (seeds pooled)")

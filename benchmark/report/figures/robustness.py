@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmark.report.beyond_clean import CLEAN, corruption_errors, robustness_frame
-from benchmark.report.figures.style import DOUBLE, draw_heatmap, new_figure, palette, row_label, row_labels, short
+from benchmark.report.figures.style import DOUBLE, distinct_row_labels, draw_heatmap, new_figure, palette, row_labels, short
 
 METRIC_LABELS = {"balanced_error": "Balanced error", "acc": "ACC", "auc": "AUC"}
 
@@ -72,6 +72,7 @@ def plot_robustness_heatmap(records: Sequence[dict], test_set_name: str, suite: 
     draw_heatmap(ax, data, annot, "rocket_r", 0.0, max(0.5, float(np.nanmax(data))), "Balanced error", 6)
     ax.set_xticks(np.arange(data.shape[1]) + 0.5, [c.replace("_", " ") for c in table.columns], rotation=30,
                   ha="right")
-    ax.set_yticks(np.arange(data.shape[0]) + 0.5, [short(row_label(*key), 34) for key in table.index])
+    names = distinct_row_labels(table.index)
+    ax.set_yticks(np.arange(data.shape[0]) + 0.5, [short(names[key], 34) for key in table.index])
     ax.set_title(f"{suite} · {test_set_name}: balanced error per corruption\n(mean over severities 1-5 and seeds)")
     return fig

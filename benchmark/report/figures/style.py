@@ -12,7 +12,8 @@ import io
 import math
 import re
 import textwrap
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -152,15 +153,26 @@ def record_predictions(rec: dict) -> tuple[np.ndarray, np.ndarray]:
     return labels, probs
 
 
-def row_label(model: str, size: int, scheme: str) -> str:
+def row_label(model: str, size: int, scheme: str, name_plain: bool = False) -> str:
     """A model × size × scheme row as the figures name it: "model (size)", plus " · scheme" for any scheme but
-    plain training (the records' "from_scratch" / "fine_tune")."""
-    return f"{model} ({size})" + ("" if scheme in ("", "from_scratch", "fine_tune") else f" · {scheme}")
+    plain training (the records' "from_scratch" / "fine_tune"), that one too with `name_plain`."""
+    plain = scheme in ("", "from_scratch", "fine_tune")
+    return f"{model} ({size})" + ("" if plain and not name_plain else f" · {scheme or '—'}")
+
+
+def distinct_row_labels(keys: Iterable[tuple[str, int, str]]) -> dict[tuple[str, int, str], str]:
+    """`row_label` of each (model, size, scheme) key, naming plain training too where one model and size has
+    runs of both kinds (from scratch and fine-tuned), so that no two keys share a label (figures group by it)."""
+    keys = list(dict.fromkeys(keys))
+    schemes = Counter((model, size) for model, size, scheme in keys if scheme in ("", "from_scratch", "fine_tune"))
+    return {key: row_label(*key, name_plain=schemes[key[:2]] > 1) for key in keys}
 
 
 def row_labels(frame) -> list[str]:
-    """`row_label` of each row of a frame with model, size and scheme columns."""
-    return [row_label(*key) for key in zip(frame["model"], frame["size"], frame["scheme"])]
+    """The distinct row label of each row of a frame with model, size and scheme columns."""
+    keys = list(zip(frame["model"], frame["size"], frame["scheme"]))
+    labels = distinct_row_labels(keys)
+    return [labels[key] for key in keys]
 
 
 def run_title(rec: dict, two_lines: bool = False) -> str:
