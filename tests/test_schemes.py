@@ -24,6 +24,7 @@ from benchmark.metrics import predicted_labels
 from benchmark.models import build_model
 from benchmark.models.hf import LogitsOnly
 from benchmark.schemes.context import SchemeContext
+from benchmark.schemes.embeddings import data_digest
 from benchmark.schemes.gradual_unfreeze import GradualUnfreeze
 from benchmark.schemes.imbalance import balanced_class_weights, balanced_sample_weights
 from benchmark.schemes.lora import add_lora
@@ -242,6 +243,17 @@ def test_cached_embeddings_spare_the_backbone_and_a_new_preprocessing_misses(tmp
     assert cli.main(["run", "--suite", str(padded), "--output", str(output), "--limit", "40", "--quiet"]) == 0
     assert sum(calls) == 3 * 40 + FLOP_COUNT_IMAGES
     assert len(list((output / "cache" / "embeddings").glob("*.pt"))) == 6
+
+    calls.clear()  # each seed's half of the training split is its own entry (it took seed 0's embeddings before)
+    halves = write_suite(tmp_path, models[:1], seeds=(0, 1), name="halves", train_fractions=[0.5])
+    assert cli.main(["run", "--suite", str(halves), "--output", str(output), "--limit", "40", "--quiet"]) == 0
+    assert sum(calls) == 2 * 20 + 2 * FLOP_COUNT_IMAGES  # two halves embedded; val and test from the cache
+    assert {r["scheme_details"]["embedding_cache"] for r in records(output, "halves").values()} == {"partial"}
+    # another cut of a loader's splits (same files, same split sizes) is another entry too
+    grouped, shuffled = (load_dataset("breast_ultrasound", size=64, data_root="bundled", split=kind)
+                         for kind in ("grouped", "random"))
+    assert len(grouped.test) == len(shuffled.test) and grouped.md5 == shuffled.md5
+    assert data_digest(grouped, "test") != data_digest(shuffled, "test")
 
 
 # --- bad input, failures, resume -------------------------------------------------------------------------------

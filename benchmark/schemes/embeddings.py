@@ -8,9 +8,10 @@ pre-hook on that layer while the whole model runs in eval mode under `torch.no_g
 A cache file `<results>/cache/embeddings/<key>.pt` holds one split's embeddings (float32, dataset order). The key
 is the SHA-256 of everything that changes the numbers: the backbone's weights (every tensor of the state dict
 except the head's, so all seeds of a pretrained model share one entry while each seed of a random-init network
-gets its own), the model class and forward options, the dataset, its file MD5 (or a digest of the split's
-arrays when there is no file), size, limit and split, the transform's settings (input size, mean, std,
-channels, resize/pad, upsample) and the autocast dtype. A hit never runs the model; any change is a miss.
+gets its own), the model class and forward options, the dataset, a digest of the split's images and labels
+themselves (so a labelled subset of the training split, a limit or another way of cutting the splits is its own
+entry), its size and name, the transform's settings (input size, mean, std, channels, resize/pad, upsample) and
+the autocast dtype. A hit never runs the model; any change is a miss.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from benchmark.models import BuiltModel
 from benchmark.train import DeviceSplit, autocast, gather_in_order
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by the split's rows (1 took a file's MD5, blind to subsets and split cuts)
 
 
 def cache_dir(results_dir: Path) -> Path:
@@ -66,15 +67,19 @@ def backbone_digest(built: BuiltModel) -> str:
 
 
 def data_digest(data: DatasetSplits, split: str) -> str:
-    """The data file's MD5 (the split and limit go into the key beside it), else a digest of the split's arrays."""
-    if data.md5:
-        return data.md5
+    """SHA-256 of a split's images and labels (shapes and dtypes too): the exact rows the embeddings are of. Not
+    the data file's MD5, which stays the same for a seed's labelled subset or another cut of a loader's splits."""
     part = getattr(data, split)
-    return hashlib.sha256(np.ascontiguousarray(part.images).tobytes() + part.labels.tobytes()).hexdigest()
+    digest = hashlib.sha256()
+    for array in (part.images, part.labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}|{array.shape}|".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
-def cache_key(built: BuiltModel, weights: str, data: DatasetSplits, split: str, limit: int,
-              transform: BatchTransform, dtype: torch.dtype | None) -> tuple[str, dict]:
+def cache_key(built: BuiltModel, weights: str, data: DatasetSplits, split: str, transform: BatchTransform,
+              dtype: torch.dtype | None) -> tuple[str, dict]:
     fields = {
         "version": CACHE_VERSION,
         "weights": weights,
@@ -84,7 +89,6 @@ def cache_key(built: BuiltModel, weights: str, data: DatasetSplits, split: str, 
         "dataset": data.name,
         "data": data_digest(data, split),
         "size": data.size,
-        "limit": limit,
         "split": split,
         "n_images": len(getattr(data, split)),
         "transform": transform.settings(),
@@ -114,7 +118,7 @@ def compute_embeddings(built: BuiltModel, split: DeviceSplit, transform: BatchTr
 
 
 def cached_embeddings(built: BuiltModel, data: DatasetSplits, device_splits: dict[str, DeviceSplit],
-                      splits: tuple[str, ...], limit: int, batch_size: int, accelerator: Accelerator,
+                      splits: tuple[str, ...], batch_size: int, accelerator: Accelerator,
                       dtype: torch.dtype | None, directory: Path | None) -> tuple[dict[str, torch.Tensor], dict]:
     """Embeddings of `splits` on the training device, from the cache where it has them; and what happened
     (`{"cache": "hit" | "miss" | "partial" | "off", "seconds": …, "keys": {split: key}, "backbone": digest}`)."""
@@ -123,7 +127,7 @@ def cached_embeddings(built: BuiltModel, data: DatasetSplits, device_splits: dic
     out, keys, hits = {}, {}, 0
     started = time.perf_counter()
     for name in splits:
-        key, fields = cache_key(built, weights, data, name, limit, transform, dtype)
+        key, fields = cache_key(built, weights, data, name, transform, dtype)
         keys[name] = key
         path = directory / f"{key}.pt" if directory else None
         stored = load_checkpoint(path) if path else None

@@ -44,7 +44,7 @@ def run_knn(ctx: SchemeContext) -> TrainOutcome:
     check_k(k, len(ctx.data.train), ctx.spec.model.name)
     recipe, device = ctx.spec.recipe, ctx.accelerator.device
     embeddings, cache = cached_embeddings(
-        ctx.built, ctx.data, ctx.device_splits, ("train", "test"), ctx.spec.limit,
+        ctx.built, ctx.data, ctx.device_splits, ("train", "test"),
         recipe.eval_batch_size or 2 * recipe.batch_size, ctx.accelerator, autocast_dtype(recipe, device),
         ctx.cache_dir)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def run_linear_probe(ctx: SchemeContext) -> TrainOutcome:
     recipe, device = ctx.spec.recipe, ctx.accelerator.device
     embeddings, cache = cached_embeddings(
-        ctx.built, ctx.data, ctx.device_splits, ("train", "val", "test"), ctx.spec.limit,
+        ctx.built, ctx.data, ctx.device_splits, ("train", "val", "test"),
         recipe.eval_batch_size or 2 * recipe.batch_size, ctx.accelerator, autocast_dtype(recipe, device),
         ctx.cache_dir)
     _, head = head_linear(ctx.built, ctx.spec.model.name)
