@@ -165,3 +165,24 @@ def test_the_torch_free_suite_parser_knows_every_registered_default_size():
     assert {name: default_size(name) for name in list_datasets()} == {
         name: dataset_sizes(name)[0] for name in list_datasets()}
     assert default_size("breast_ultrasound") == 224 and default_size("bloodmnist") == 28
+
+
+@pytest.mark.parametrize("epochs, expected", [
+    (1, [1e-3]),  # both milestones inside epoch 1: no decay (it used to train at lr * 0.01 from step 0)
+    (4, [1e-3, 1e-3, 1e-4, 1e-5]),
+    (10, [1e-3] * 5 + [1e-4] * 2 + [1e-5] * 3),  # the label-efficiency recipe: epochs 5 and 7
+])
+def test_multistep_decays_at_its_milestone_epochs_and_never_before_the_first_step(epochs, expected):
+    import torch
+
+    from benchmark.train import make_scheduler
+
+    recipe = replace(Recipe(), optimizer="adam", lr=1e-3, schedule="multistep", epochs=epochs)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
+    scheduler, steps_per_epoch, lrs = make_scheduler(recipe, optimizer, 3), 3, []
+    for step in range(epochs * steps_per_epoch):
+        if step % steps_per_epoch == 0:
+            lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx(expected)
