@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from benchmark.claims import Claim, env_seconds, worker_name
+from benchmark.errors import UserError
 from benchmark.records import atomic_write, remove_temp_files
 
 EVERY_ENV = "BENCHMARK_CHECKPOINT_EVERY"
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 def checkpoint_every(seconds: float | None = None) -> float:
     """`seconds` (the CLI's --checkpoint-every) or $BENCHMARK_CHECKPOINT_EVERY or 60; 0 = every epoch."""
+    if seconds is not None and not seconds >= 0:
+        raise UserError(f"--checkpoint-every must be >= 0 seconds (got {seconds}); 0 checkpoints every epoch")
     return seconds if seconds is not None else env_seconds(EVERY_ENV, DEFAULT_EVERY, allow_zero=True)
 
 

@@ -296,9 +296,9 @@ def cmd_run(args) -> int:
         return 0
     from benchmark.launch.workers import is_worker, parse_gpus, run_workers, stop_with_parent
 
-    if args.gpus and not args.workers:
+    if args.gpus and args.workers is None:
         raise UserError("--gpus places the workers of --workers N; add --workers")
-    if args.workers and not is_worker():
+    if args.workers is not None and not is_worker():
         return run_workers(args.argv, args.workers, parse_gpus(args.gpus))
     if is_worker():
         stop_with_parent()

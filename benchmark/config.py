@@ -323,6 +323,8 @@ def check_overrides(*, seeds: list[int] | None, epochs: int | None, batch_size: 
     for seed in seeds or ():
         if not low <= seed <= high:
             raise UserError(f"--seeds: {seed} is not a seed; use integers from {low} to {high}")
+    if seeds and len(set(seeds)) < len(seeds):
+        raise UserError(f"--seeds lists a seed more than once ({','.join(map(str, seeds))}); list each seed once")
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--limit", limit)):
         if value is not None and value < 1:
             hint = "; leave --limit out for the full splits" if flag == "--limit" else ""

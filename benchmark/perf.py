@@ -79,14 +79,15 @@ SCHEMA_VERSION = 1
 # against torch.cuda.get_device_name(); `--peak-tflops` overrides (and is the only source on other devices).
 BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"GH200", 989.0),
+    (r"H200.*NVL", 835.0),
     (r"H200", 989.0),
     (r"H100.*PCIe", 756.0),
     (r"H100.*NVL", 835.0),
     (r"H100", 989.0),  # SXM (HBM3)
-    (r"A100", 312.0),
+    (r"\bA100\b", 312.0),  # not the RTX A1000
     (r"L40S", 362.0),
     (r"\bL4\b", 121.0),
-    (r"B200", 2250.0),
+    (r"\bB200\b", 2250.0),  # not GB200 (another figure: give --peak-tflops)
 )
 
 # ViT presets whose architecture is transformers' `ViTConfig` (224 px, patch 16) with these overrides.
@@ -304,6 +305,9 @@ def build_for_perf(config: PerfConfig, data: DatasetSplits, workdir: Path) -> tu
     """The model to time, with random weights (throughput does not depend on them), and how it was built."""
     channels = int(data.train.images.shape[-1])
     if config.model_source:
+        if config.model in list_models() and list_models()[config.model].family != "hf":
+            raise UserError(f"--model-source builds a Hugging Face model; {config.model} is a "
+                            f"{list_models()[config.model].family} preset: give --model a name of your own")
         spec = resolve_model(config.model, source=config.model_source, pretrained=False)
         how = f"{portable_path(config.model_source)} (random weights)"
     elif config.model in VIT_ARCHITECTURES:

@@ -193,11 +193,15 @@ def read_suite(path: Path | str) -> SuiteFile:
     if type(limit) is not int or limit < 0:
         raise UserError(f"{path.name}: limit must be an integer >= 0 (got {limit!r}); fix the suite's `limit:`")
     axes = {key: tuple(_section(raw, key, list, path.name)) for key in ("train_fractions", "shots_per_class")}
-    if not isinstance(raw.get("robustness", False), bool):
-        raise UserError(f"{path.name}: robustness must be true or false (got {raw['robustness']!r})")
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"{path.name}: seeds lists {sorted({s for s in seeds if seeds.count(s) > 1})} more than once; "
+                        f"list each seed once")
+    for key in ("robustness", "download"):
+        if not isinstance(raw.get(key, False), bool):
+            raise UserError(f"{path.name}: {key} must be true or false (got {raw[key]!r})")
     launcher = _section(raw, "launcher", dict, path.name)
     check_keys(launcher, LAUNCHER_KEYS, f"{path.name}: launcher")
     return SuiteFile(path=path, name=str(raw.get("name", path.stem)), seeds=tuple(seeds), datasets=tuple(datasets),
                      models=models, recipes=dict(recipes), description=raw.get("description"),
-                     data_root=raw.get("data_root"), download=bool(raw.get("download", False)), limit=limit,
+                     data_root=raw.get("data_root"), download=raw.get("download", False), limit=limit,
                      launcher=dict(launcher), **axes, robustness=raw.get("robustness", False))

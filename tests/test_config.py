@@ -97,6 +97,8 @@ def test_shipped_suites_expand(tmp_path):
         (("recipe: fast", "recipe: slow"), "recipe 'slow' is not defined"),
         (("seeds: [0, 1]", "seeds: zero"), "seeds must be a list of integers"),
         (("seeds: [0, 1]", "seeds: [true]"), "seeds must be a list of integers"),
+        (("seeds: [0, 1]", "seeds: [0, 1, 0]"), "seeds lists [0] more than once; list each seed once"),
+        (("seeds: [0, 1]", "seeds: [0, 1]\ndownload: 'false'"), "download must be true or false (got 'false')"),
         (("epochs: 2,", "epochs: 2, milestones: [0.75, 0.5],"), "milestones must be increasing fractions"),
         (("epochs: 2,", "epochs: 2, gamma: 0,"), "gamma must be in (0, 1]"),
         (("name: resnet18_28, recipe: fast", "name: r34, family: resnet, source: resnet34, recipe: fast"),

@@ -43,6 +43,9 @@ def files_under(folder: Path) -> list[Path]:
     (["--limit", "0"], "--limit must be >= 1 (got 0); leave --limit out for the full splits"),
     (["--epochs", "0"], "--epochs must be >= 1 (got 0)"),
     (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--seeds", "1,1"], "--seeds lists a seed more than once (1,1); list each seed once"),
+    (["--workers", "0"], "--workers must be >= 1 (got 0)"),  # it ran the grid in-process
+    (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0 seconds (got -1.0); 0 checkpoints every epoch"),
     (["--limit", "16"], "smoke.yaml: models.resnet18_28 (limit 16): batch_size 32 is larger than the 16-image train "
                         "split; pass --batch-size 16 or a larger --limit (or lower batch_size in the suite's recipe)"),
 ])

@@ -11,6 +11,7 @@ from torch import nn
 from benchmark import perf
 from benchmark.cli import build_parser, perf_config
 from benchmark.cli import main as cli_main
+from benchmark.data.registry import BUNDLED_DIR
 from benchmark.errors import UserError
 from benchmark.models import build_model, resolve_model
 
@@ -130,6 +131,10 @@ def test_peak_table_and_mfu():
     assert perf.known_peak_tflops("NVIDIA A100-SXM4-80GB") == 312
     assert perf.known_peak_tflops("NVIDIA L40S") == 362 and perf.known_peak_tflops("NVIDIA L4") == 121
     assert perf.known_peak_tflops("Tesla T4") is None
+    assert perf.known_peak_tflops("NVIDIA H200 NVL") == 835  # not the SXM part's 989
+    # names that contain a listed one: a laptop RTX A1000 is no A100, a GB200 has its own figure
+    assert perf.known_peak_tflops("NVIDIA RTX A1000 6GB Laptop GPU") is None
+    assert perf.known_peak_tflops("NVIDIA GB200") is None and perf.known_peak_tflops("NVIDIA B200") == 2250
     cpu = torch.device("cpu")
     assert perf.peak_tflops_for(cpu, None) == (None, None)
     assert perf.peak_tflops_for(cpu, 2.0) == (2.0, "--peak-tflops")
@@ -143,6 +148,8 @@ def test_peak_table_and_mfu():
     (("--model", "vit_tiny", "--batch", "1"), "--batch must be >= 2"),
     (("--model", "vit_tiny", "--warmup", "0"), "--warmup must be >= 1"),
     (("--data-only", "--peak-tflops", "0"), "--peak-tflops must be > 0"),
+    (("--model", "resnet18_28", "--model-source", str(BUNDLED_DIR / "models" / "vit-tiny")),
+     "resnet18_28 is a resnet preset: give --model a name of your own"),  # it was a traceback
 ])
 def test_bad_arguments_are_user_errors(argv, message, tmp_path):
     with pytest.raises(UserError, match=message):
