@@ -3,7 +3,14 @@
 import pytest
 import torch
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTImageProcessor,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 from benchmark.errors import UserError
 from benchmark.models import build_model, resolve_model
@@ -35,6 +42,36 @@ def test_pretrained_local_dir_keeps_backbone_and_resizes_head(tiny_vit_dir):
                        saved.vit.embeddings.patch_embeddings.projection.weight)
     assert hf.config._attn_implementation == "sdpa"
     assert built.module(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_a_checkpoint_head_of_the_datasets_size_is_initialised_anew(tiny_vit_dir):
+    """A 2-label checkpoint (another task's head) fine-tuned on a 2-class dataset gets a new head, as a 1000-label
+    one does: it kept the old head (and its label order) before, since transformers re-initialises only heads whose
+    size differs."""
+    saved = ViTForImageClassification.from_pretrained(tiny_vit_dir)
+    torch.manual_seed(1)
+    built = build_model(resolve_model("mine", source=str(tiny_vit_dir)), CLASSES[:2], data_channels=3)
+    hf = built.module.model
+    assert torch.equal(hf.vit.embeddings.patch_embeddings.projection.weight,
+                       saved.vit.embeddings.patch_embeddings.projection.weight)  # the backbone is the checkpoint's
+    assert not torch.equal(hf.classifier.weight, saved.classifier.weight)
+    assert torch.count_nonzero(hf.classifier.bias) == 0  # transformers' head init: N(0, 0.02), bias 0
+    assert hf.classifier.weight.std().item() == pytest.approx(hf.config.initializer_range, rel=0.5)
+    torch.manual_seed(1)
+    again = build_model(resolve_model("mine", source=str(tiny_vit_dir)), CLASSES[:2], data_channels=3)
+    assert torch.equal(again.module.model.classifier.weight, hf.classifier.weight)  # seeded
+
+
+def test_a_processor_that_centre_crops_gives_the_crop_as_input_size(tmp_path):
+    """DeiT's processor resizes to 256 and crops 224: the model takes 224 (256 failed every forward pass)."""
+    config = DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2)
+    DeiTForImageClassification(config).save_pretrained(tmp_path)
+    DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    built = build_model(resolve_model("deit", source=str(tmp_path)), CLASSES, data_channels=3)
+    assert built.input_size == 32 and built.module(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    bigger = build_model(resolve_model("deit", source=str(tmp_path), input_size=48), CLASSES, data_channels=3)
+    assert bigger.input_size == 48 and bigger.module(torch.zeros(1, 3, 48, 48)).shape == (1, 3)
 
 
 def test_from_config_has_random_weights(tiny_vit_dir):

@@ -60,17 +60,35 @@ def _input_size_and_norm(spec: ModelSpec, config) -> tuple[int, list[float], lis
         size = int(getattr(config, "image_size", 224))
         logger.warning(f"{spec.source}: no image processor found; using {size} px and mean/std 0.5")
         return size, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-    size = processor.size
+    # a processor that centre-crops feeds the model its crop (DeiT: resize to 256, crop 224)
+    size = processor.crop_size if getattr(processor, "do_center_crop", False) and processor.crop_size else processor.size
     side = size.get("height") or size.get("shortest_edge")
     return int(side), list(processor.image_mean), list(processor.image_std)
 
 
 def _load(spec: ModelSpec, labels: dict, **kwargs) -> nn.Module:
+    """The model with a new head for the dataset's classes: pretrained weights (a head of another size is
+    initialised anew by transformers; one of the same size, another task's, is initialised anew here) or, with
+    `pretrained: false`, random weights from the config."""
     source = load_path(spec.source)
-    if spec.pretrained:
-        return AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **labels, **kwargs)
-    config = AutoConfig.from_pretrained(source, **labels)
-    return AutoModelForImageClassification.from_config(config, **kwargs)
+    if not spec.pretrained:
+        return AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(source, **labels), **kwargs)
+    same_size = AutoConfig.from_pretrained(source).num_labels == labels["num_labels"]
+    model = AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **labels, **kwargs)
+    head = getattr(model, "classifier", None)
+    if same_size and isinstance(head, nn.Module):
+        _initialise_anew(model, head)
+    return model
+
+
+def _initialise_anew(model: nn.Module, head: nn.Module) -> None:
+    """Initialise `head` as transformers initialises a head that does not fit the checkpoint (the model's
+    `_init_weights`), although its weights were loaded: they are marked as initialised, which it would skip."""
+    for module in head.modules():
+        for item in (module, *module.parameters(recurse=False), *module.buffers(recurse=False)):
+            if getattr(item, "_is_hf_initialized", False):
+                item._is_hf_initialized = False
+        model._init_weights(module)
 
 
 def _blocks(model: nn.Module) -> tuple[str, ...]:
@@ -118,7 +136,7 @@ def build_hf(spec: ModelSpec, class_names: list[str], data_channels: int) -> Bui
     input_size, mean, std = _input_size_and_norm(spec, model.config)
     forward_kwargs = {}
     if spec.input_size is not None and spec.input_size != input_size:
-        if getattr(model.config, "model_type", "") != "vit":
+        if getattr(model.config, "model_type", "") not in ("vit", "deit"):
             raise UserError(f"model '{spec.name}': input_size {spec.input_size} differs from the model's "
                             f"{input_size} px; only ViTs can interpolate their position embeddings, drop input_size")
         input_size, forward_kwargs = spec.input_size, {"interpolate_pos_encoding": True}
