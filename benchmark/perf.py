@@ -67,6 +67,7 @@ from benchmark.train import (
     make_scheduler,
     peak_memory,
     prepare_pixels,
+    reset_peak_memory,
     train_batches,
     uses_channels_last,
 )
@@ -213,11 +214,6 @@ def _pick_device(choice: str) -> torch.device:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 @dataclass

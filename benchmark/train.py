@@ -79,8 +79,6 @@ class TrainOutcome:
     test_probs: list[list[float]]
     train_seconds: float
     train_images: int
-    peak_memory_mb: float
-    peak_memory_kind: str
     resumed_from_epoch: int = 0
     stopped_early: bool = False
     details: dict = field(default_factory=dict)  # what the scheme reports (trainable params, embedding cache, …)
@@ -90,6 +88,8 @@ class TrainOutcome:
     checkpoint_seconds: float = 0.0  # the training thread's time on checkpoints, over every session
     checkpoints_written: int = 0  # last.pt writes, over every session
     setup_seconds: float = 0.0  # this session: from `fit`'s start to its first epoch (model to device, resume)
+    peak_memory_mb: float = 0.0  # the whole scheme's peak, embedding passes included (set by `run_scheme`)
+    peak_memory_kind: str = ""
 
 
 @dataclass
@@ -298,7 +298,18 @@ def restore_training_state(checkpoint: dict, path: Path, model: nn.Module, optim
     return state
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring a peak anew: CUDA's max-allocated counter, or on a CPU the process's peak RSS (Linux:
+    /proc/self/clear_refs; elsewhere it stays the process's lifetime peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory(device: torch.device) -> tuple[float, str]:
+    """MB at the peak since `reset_peak_memory`, and what was measured."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
@@ -387,8 +398,6 @@ def fit(
     entered = time.perf_counter()
     adaptation = adaptation or Adaptation()
     device = accelerator.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     dtype = autocast_dtype(recipe, device)
     channels_last = uses_channels_last(built)
     model = built.module.to(device)
@@ -530,7 +539,6 @@ def fit(
     test_metrics = {"loss": test_loss, **classification_metrics(data.test.labels, test_probs, data.task)}
     calibration = (temperature_calibration(data.val.labels, best_val_probs, data.test.labels, test_probs)
                    if recipe.calibrate == "temperature" else None)
-    memory, memory_kind = peak_memory(device)
     return TrainOutcome(
         history=state.history,
         best_epoch=state.best_epoch,
@@ -539,8 +547,6 @@ def fit(
         test_probs=test_probs.tolist(),
         train_seconds=state.train_seconds,
         train_images=state.train_images,
-        peak_memory_mb=memory,
-        peak_memory_kind=memory_kind,
         resumed_from_epoch=resumed_from,
         stopped_early=state.stopped_early,
         details={"trainable_params": sum(p.numel() for group in groups for p in group["params"])},

@@ -4,9 +4,11 @@ device-seconds; and the FLOP counter leaves the model and the RNG as they were."
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -55,11 +57,25 @@ def tiny_runs(tmp_path_factory):
              "models": [{"name": "vit_tiny", "recipe": "short"},
                         {"name": "vit_tiny", "recipe": "short", "scheme": {"name": "knn", "k": 3}}]}
     (root / "compute.yaml").write_text(yaml.safe_dump(suite))
+    ballast = np.ones(2**30, dtype=np.uint8)  # this process peaks 1 GiB higher before the runs than in them
+    del ballast
+    records = {"peak_before_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     assert cli.main(["run", "--suite", str(root / "compute.yaml"), "--limit", "32", "--output", str(root / "results"),
                      "--quiet"]) == 0
-    records = {json.loads(p.read_text())["scheme"]: json.loads(p.read_text())
-               for p in (root / "results" / "runs" / "compute").glob("*.json")}
+    records |= {json.loads(p.read_text())["scheme"]: json.loads(p.read_text())
+                for p in (root / "results" / "runs" / "compute").glob("*.json")}
     return root, records
+
+
+def test_each_run_records_its_own_peak_memory(tiny_runs):
+    """Not the process's peak before the run (it carried over from earlier runs of the grid), and for kNN its
+    embedding pass counts (it measured nothing of it)."""
+    _, records = tiny_runs
+    for scheme in ("from_scratch", "knn"):
+        compute = records[scheme]["compute"]
+        assert compute["peak_memory_mb"] > 0, scheme
+        if compute["peak_memory_kind"] == "process_max_rss" and Path("/proc/self/clear_refs").exists():
+            assert compute["peak_memory_mb"] < records["peak_before_mb"] - 512, scheme
 
 
 def test_a_finetune_record_holds_its_compute(tiny_runs):

@@ -21,7 +21,7 @@ from benchmark.errors import UserError
 from benchmark.metrics import classification_metrics
 from benchmark.schemes.context import RestoreContext, SchemeContext
 from benchmark.schemes.embeddings import cached_embeddings
-from benchmark.train import TrainOutcome, autocast_dtype, peak_memory
+from benchmark.train import TrainOutcome, autocast_dtype
 
 
 def knn_probabilities(train: np.ndarray, train_labels: np.ndarray, query: np.ndarray, n_classes: int, k: int,
@@ -52,10 +52,8 @@ def run_knn(ctx: SchemeContext) -> TrainOutcome:
                                    embeddings["test"].cpu().numpy(), ctx.data.n_classes, k, distance)
     seconds = time.perf_counter() - started
     test = {"loss": float("nan"), **classification_metrics(ctx.data.test.labels, test_probs, ctx.data.task)}
-    memory, memory_kind = peak_memory(device)
     return TrainOutcome(history=[], best_epoch=0, test=test, test_labels=ctx.data.test.labels.tolist(),
                         test_probs=test_probs.tolist(), train_seconds=seconds, train_images=len(ctx.data.train),
-                        peak_memory_mb=memory, peak_memory_kind=memory_kind,
                         details={"trainable_params": 0, "embedding_cache": cache["cache"],
                                  "embedding_seconds": cache["seconds"],
                                  "embedding_dim": int(embeddings["train"].shape[1]),

@@ -10,7 +10,7 @@ from benchmark.schemes.gradual_unfreeze import GradualUnfreeze
 from benchmark.schemes.knn import restore_knn, run_knn
 from benchmark.schemes.linear_probe import restore_linear_probe, run_linear_probe
 from benchmark.schemes.lora import MergedForTest, add_lora, restore_lora
-from benchmark.train import Adaptation, TrainOutcome, fit
+from benchmark.train import Adaptation, TrainOutcome, fit, peak_memory, reset_peak_memory
 
 
 def _fit(ctx: SchemeContext, adaptation: Adaptation) -> TrainOutcome:
@@ -40,7 +40,10 @@ RUNNERS = {"finetune": run_finetune, "linear_probe": run_linear_probe, "knn": ru
 
 
 def run_scheme(ctx: SchemeContext) -> TrainOutcome:
+    """Run the spec's scheme; its outcome's peak memory is this run's alone (from here, embedding passes too)."""
+    reset_peak_memory(ctx.accelerator.device)
     outcome = RUNNERS[ctx.spec.scheme.name](ctx)
+    outcome.peak_memory_mb, outcome.peak_memory_kind = peak_memory(ctx.accelerator.device)
     outcome.details = {"scheme": ctx.spec.scheme.name, "options": dict(ctx.spec.scheme.options), **outcome.details}
     return outcome
 
