@@ -20,8 +20,9 @@ The `compute` block of a record (`compute_block`):
   `flops_per_image.train` × `train_images` (None where `train` is);
 - `train_images_per_second`, `devices` (training processes), `device_seconds` = training wall seconds × devices
   (the epochs' time, without evaluation or data loading; summed over a resumed run's sessions);
-- `peak_memory_mb` and its kind (CUDA max allocated, or the process's max RSS on CPU), both from the run's start
-  (embedding passes included; on a CPU other than Linux's, the process's lifetime peak), `device`, `device_name`.
+- `peak_memory_mb` and its kind, from the run's start (embedding passes included): CUDA max allocated, or the
+  process's peak RSS on a CPU ("process_run_peak_rss"; "process_max_rss" is the process's lifetime peak, in
+  records before this measure and where the peak cannot be reset), `device`, `device_name`.
 """
 
 from __future__ import annotations

@@ -298,21 +298,26 @@ def restore_training_state(checkpoint: dict, path: Path, model: nn.Module, optim
     return state
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> bool:
     """Start measuring a peak anew: CUDA's max-allocated counter, or on a CPU the process's peak RSS (Linux:
-    /proc/self/clear_refs; elsewhere it stays the process's lifetime peak)."""
+    /proc/self/clear_refs). False where it cannot (the process's lifetime peak goes on)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
+        return True
+    try:
         Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
-def peak_memory(device: torch.device) -> tuple[float, str]:
-    """MB at the peak since `reset_peak_memory`, and what was measured."""
+def peak_memory(device: torch.device, since_reset: bool = False) -> tuple[float, str]:
+    """MB at the peak and what was measured: CUDA's max allocated since the last reset, or the process's peak RSS
+    ("process_run_peak_rss" when `reset_peak_memory` restarted it, else its lifetime "process_max_rss")."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+    kind = "process_run_peak_rss" if since_reset else "process_max_rss"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, kind
 
 
 class TrainStep:

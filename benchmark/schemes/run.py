@@ -41,9 +41,9 @@ RUNNERS = {"finetune": run_finetune, "linear_probe": run_linear_probe, "knn": ru
 
 def run_scheme(ctx: SchemeContext) -> TrainOutcome:
     """Run the spec's scheme; its outcome's peak memory is this run's alone (from here, embedding passes too)."""
-    reset_peak_memory(ctx.accelerator.device)
+    restarted = reset_peak_memory(ctx.accelerator.device)
     outcome = RUNNERS[ctx.spec.scheme.name](ctx)
-    outcome.peak_memory_mb, outcome.peak_memory_kind = peak_memory(ctx.accelerator.device)
+    outcome.peak_memory_mb, outcome.peak_memory_kind = peak_memory(ctx.accelerator.device, restarted)
     outcome.details = {"scheme": ctx.spec.scheme.name, "options": dict(ctx.spec.scheme.options), **outcome.details}
     return outcome
 
