@@ -48,7 +48,9 @@ def medmnist_auc(labels: np.ndarray, probs: np.ndarray, task: str) -> float:
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> dict:
     """All metrics a run record stores for one split.
 
-    labels: (N,) int class indices; probs: (N, n_classes) softmax probabilities.
+    labels: (N,) int class indices; probs: (N, n_classes) softmax probabilities. The macro averages (F1,
+    precision, recall) are over the classes present in `labels`, as balanced accuracy and AUC are (a class absent
+    from a small subset counted as 0 otherwise); `per_class` lists every class.
     """
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -58,13 +60,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> 
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         labels, preds, labels=class_ids, zero_division=0
     )
+    present = support > 0
     return {
         "acc": float(skm.accuracy_score(labels, preds)),
         "auc": medmnist_auc(labels, probs, task),
         "balanced_acc": float(skm.balanced_accuracy_score(labels, preds)),
-        "f1_macro": float(f1.mean()),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1[present].mean()),
+        "precision_macro": float(precision[present].mean()),
+        "recall_macro": float(recall[present].mean()),
         "per_class": {
             "precision": precision.tolist(),
             "recall": recall.tolist(),
@@ -164,6 +167,7 @@ def weighted_metrics(labels: np.ndarray, probs: np.ndarray, task: str, weights: 
     total = matrix.sum(axis=(1, 2))
     recall = _safe_divide(hits, true)
     f1 = np.divide(2 * hits, true + predicted, out=np.zeros_like(hits), where=(true + predicted) > 0)
+    f1[true == 0] = np.nan  # classes absent from the (resampled) labels: left out of the macro mean
     covariance = hits.sum(axis=1) * total - np.sum(true * predicted, axis=1)
     spread = np.sqrt((total ** 2 - np.sum(predicted ** 2, axis=1)) * (total ** 2 - np.sum(true ** 2, axis=1)))
     if task == "binary-class":
@@ -183,7 +187,7 @@ def weighted_metrics(labels: np.ndarray, probs: np.ndarray, task: str, weights: 
         "acc": hits.sum(axis=1) / total,
         "auc": auc,
         "balanced_acc": np.nanmean(recall, axis=1),
-        "f1_macro": f1.mean(axis=1),
+        "f1_macro": np.nanmean(f1, axis=1),
         "mcc": np.divide(covariance, spread, out=np.zeros_like(covariance), where=spread > 0),
         "ece": np.abs(weights @ gap).sum(axis=1) / total,
         "brier": weights @ np.sum((probs - onehot) ** 2, axis=1) / total,

@@ -67,3 +67,18 @@ def test_auc_undefined_with_one_class_and_skips_absent_classes():
     assert np.isnan(medmnist_auc(np.array([1, 1, 1]), probs, "multi-class"))
     # class 2 never occurs: the mean runs over the classes present (0 and 1), each perfectly ranked here.
     assert medmnist_auc(np.array([0, 1, 0]), probs, "multi-class") == pytest.approx(1.0)
+
+
+def test_macro_averages_run_over_the_classes_present_as_balanced_accuracy_does():
+    """Class 2 is absent from a small test subset: F1, precision and recall average classes 0 and 1 (recall then
+    equals balanced accuracy; it counted class 2 as 0 before: 0.5 vs 0.75), in the record and in the bootstrap."""
+    from benchmark.metrics import weighted_metrics
+
+    labels = np.array([0, 0, 1, 1])
+    probs = np.eye(3)[[0, 1, 1, 1]] * 0.9 + 0.1 / 3
+    m = classification_metrics(labels, probs, "multi-class")
+    assert m["recall_macro"] == m["balanced_acc"] == pytest.approx(0.75)
+    assert m["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert m["precision_macro"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["per_class"]["f1"][2] == 0 and m["per_class"]["support"][2] == 0  # every class still listed
+    assert weighted_metrics(labels, probs, "multi-class", np.ones((1, 4)))["f1_macro"][0] == pytest.approx(m["f1_macro"])
