@@ -43,10 +43,10 @@ def test_deterministic_kernels_hold_while_the_runs_train_and_change_no_number_on
     seen = []
     run_one = GridRunner.run_one
 
-    def spy(self, spec, claim):
+    def spy(self, spec, *args):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
                      torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
-        return run_one(self, spec, claim)
+        return run_one(self, spec, *args)
 
     monkeypatch.setattr(GridRunner, "run_one", spy)
     torch.backends.cudnn.benchmark = True  # a setting of the caller's that the runs must not see, and get back
