@@ -12,7 +12,8 @@ from record_factory import make_grid, make_record, write_records
 
 from benchmark.errors import UserError
 from benchmark.report import figures
-from benchmark.report.load import load_plan
+from benchmark.report.figures.jobs import figure_jobs
+from benchmark.report.load import by_suite, load_plan
 from benchmark.report.ranking import medmnist_plus_rankings
 
 SUITE = "unit"
@@ -199,6 +200,9 @@ def test_suite_reliability_and_severity_curves_draw_one_line_per_scheme():
     rows = [f"resnet18_28 (28) · {scheme}" for scheme in ("fine_tune", "from_scratch", "knn", "lora")]
     reliability = [text.get_text() for text in plot_reliability_suite(records, "schemes").axes[0].get_legend().get_texts()]
     assert [text.split(" ECE ")[0] for text in reliability[1:]] == [short(row) for row in rows]  # as the legend cuts
+    # one seed each: its ECE is the leaderboard's; several seeds' pooled predictions are said to be pooled
+    pooled = plot_reliability_suite(records + records[:1], "schemes").axes[0].get_legend().get_texts()
+    assert " pooled ECE " in pooled[2].get_text() and " pooled " not in pooled[1].get_text()
     # kNN's vote fractions are not probabilities: no ECE, as in the leaderboard
     assert reliability[3].endswith("· knn ECE n/a (vote fractions)")
     assert "n/a" not in "".join(reliability[1:3] + reliability[4:])
@@ -208,3 +212,21 @@ def test_suite_reliability_and_severity_curves_draw_one_line_per_scheme():
     assert [text.get_text() for text in severity] == [short(row, 30) for row in rows]
     heatmap = plot_robustness_heatmap(records, "breastmnist", "schemes").axes[0].get_yticklabels()
     assert [label.get_text() for label in heatmap] == rows
+
+
+def test_a_random_split_is_its_own_test_set_in_every_figure():
+    """busi-leakage compares the grouped and the random split of one dataset: the per-class recall and the
+    resolution figures pooled both into one bar and point (n = 6 of 3 seeds each), hiding the gap it measures."""
+    from benchmark.report.figures.comparison import _recall_by_group, plot_resolution
+
+    records = [make_record(suite="leak", dataset="breast_ultrasound", size=64, seed=seed, with_samples=False)
+               for seed in range(4)]
+    for record in records[2:]:
+        record["dataset"]["split"] = {"kind": "random"}
+    (grouped_runs,) = _recall_by_group(records, "breast_ultrasound")[1].values()
+    (random_runs,) = _recall_by_group(records, "breast_ultrasound (random split)")[1].values()
+    assert len(grouped_runs) == len(random_runs) == 2
+    titles = [ax.get_title() for ax in plot_resolution(records, "leak").axes if ax.get_title()]
+    assert titles == ["breast_ultrasound", "breast_ultrasound (random split)"]
+    stems = [job.stem for job in figure_jobs(by_suite(records)["leak"]) if job.stem.startswith("per_class_recall")]
+    assert stems == ["per_class_recall_breast_ultrasound", "per_class_recall_breast_ultrasound_random_split"]

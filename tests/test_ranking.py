@@ -63,13 +63,36 @@ def test_published_medmnist_plus_rankings_ship_with_the_package() -> None:
     assert set(rankings) == {"medmnist-plus-end_to_end-acc", "medmnist-plus-linear_probe-acc", "medmnist-plus-knn-acc",
                              "medmnist-plus-all-acc", "medmnist-plus-all-auc"}
     end_to_end = rankings["medmnist-plus-end_to_end-acc"]
-    assert end_to_end.values.shape == (16, 10) and rankings["medmnist-plus-all-acc"].values.shape == (48, 10)
-    assert rankings["medmnist-plus-all-auc"].values.shape == (32, 10)  # kNN has no AUC
+    # 4 datasets, each one row (its model's mean over 4 sizes; 12 size x scheme blocks over all schemes, 8 on AUC,
+    # which kNN lacks): too few to test (the 16 / 48 blocks were tested as independent datasets, p < 1e-10)
+    assert [(r.values.shape, r.n_blocks) for r in rankings.values()] == [((4, 10), 16)] * 3 + [((4, 10), 48),
+                                                                                                ((4, 10), 32)]
+    assert not any(r.tested for r in rankings.values())
     published = ranking.load_medmnist_plus()
     vgg = published[(published["model"] == "VGG16") & (published["scheme"] == "end_to_end")]
-    assert end_to_end.values["VGG16"].mean() == pytest.approx(vgg["acc_mean"].mean() / 100)
-    assert end_to_end.mean_rank.index[0] == "VGG16" and end_to_end.pvalue < 1e-10
+    assert end_to_end.values["VGG16"].tolist() == pytest.approx((vgg.groupby("dataset")["acc_mean"].mean() / 100).tolist())
+    assert end_to_end.mean_rank.index[0] == "VGG16"
     assert rankings["medmnist-plus-linear_probe-acc"].mean_rank.index[0] == "DINO ViT-B/16"
+    caption = render.ranking_table(end_to_end).caption
+    assert "Untested: 4 dataset(s)" in caption and "mean over its 16 blocks" in caption
+
+
+def test_blocks_of_one_dataset_are_one_row_and_a_model_missing_one_dataset_keeps_its_place() -> None:
+    """Five sizes of one dataset are not five datasets (they were ranked and tested as such); a model without a
+    value on one of eight datasets leaves that dataset out, not itself (it was dropped from all eight)."""
+    sizes = table(5)
+    sizes.index = [f"breastmnist ({size}px)" for size in (28, 64, 128, 224, 256)]
+    one = ranking.rank(sizes, "unit", "Unit", "acc", {block: "breastmnist" for block in sizes.index})
+    assert one.values.shape == (1, 4) and one.n_blocks == 5 and not one.tested
+    assert one.values["A"].iloc[0] == pytest.approx(sizes["A"].mean())
+    partly = sizes.copy()
+    partly.loc["breastmnist (64px)", "D"] = np.nan  # D lacks one size: no mean for it on that dataset
+    assert np.isnan(ranking.per_dataset(partly, {block: "breastmnist" for block in sizes.index}).loc["breastmnist", "D"])
+    eight = table(8)
+    eight.loc["d3", "A"] = np.nan
+    r = ranking.rank(eight, "unit", "Unit", "acc")
+    assert r.dropped == [] and r.dropped_datasets == ["d3"] and r.mean_rank.index[0] == "A" and r.tested
+    assert "Datasets left out (not every model has a value): d3" in render.ranking_table(r).caption
 
 
 def test_the_leaderboard_builds_without_the_rank_extra_and_says_which_extra(monkeypatch) -> None:

@@ -11,9 +11,12 @@ the datasets are the sample (Demšar, JMLR 7, 2006; Benavoli et al., JMLR 18, 20
 - **Bayesian signed-rank** (baycomp): for the best-ranked model against each other model, the posterior
   probabilities that it is better by more than `ROPE`, practically equivalent (within ±`ROPE`), or worse.
 
-Both need at least `MIN_DATASETS` datasets (autorank's minimum); with fewer, the section shows the mean ranks and
-says that nothing was tested. autorank, baycomp and scikit-posthocs are the optional extra `rank`: without them the
-leaderboard still builds and the section says which extra gives it.
+Both treat the datasets as independent samples, so a dataset is one row however many blocks (image sizes, schemes,
+split kinds) it has: each model's mean over the dataset's blocks (ranking 4 datasets at 4 sizes as 16 "datasets"
+made the p-values far too small and the critical difference too narrow). Both need at least `MIN_DATASETS`
+datasets (autorank's minimum); with fewer, the section shows the mean ranks and says that nothing was tested.
+autorank, baycomp and scikit-posthocs are the optional extra `rank`: without them the leaderboard still builds
+and the section says which extra gives it.
 
 The rankings run on a suite's measured cells (seed means) and on the published MedMNIST+ table shipped as
 `benchmark/medmnist_plus.csv` (10 pretrained backbones × 4 datasets × 4 image sizes × 3 schemes; Doerrich et al.,
@@ -33,6 +36,7 @@ import pandas as pd
 
 from benchmark.report.aggregate import cell_stats
 from benchmark.report.load import SuiteData
+from benchmark.suites import RANDOM_SPLIT_SUFFIX
 
 ALPHA = 0.05
 ROPE = 0.01  # one point of ACC / AUC: a smaller difference counts as practically equivalent
@@ -70,6 +74,8 @@ class Ranking:
     values: pd.DataFrame
     mean_rank: pd.Series
     dropped: list[str] = field(default_factory=list)  # models without a value on every dataset
+    dropped_datasets: list[str] = field(default_factory=list)  # datasets without a value of every model
+    n_blocks: int = 0  # the rows before each dataset's blocks were averaged
     test: str = ""
     pvalue: float = float("nan")
     cd: float = float("nan")
@@ -83,12 +89,31 @@ class Ranking:
         return bool(self.test)
 
 
-def rank(values: pd.DataFrame, key: str, title: str, metric: str) -> Ranking:
-    """Rank the columns (models) of `values` (one row per dataset; higher is better) and test the ranking."""
-    complete = values.dropna(axis=1, how="any")
-    dropped = sorted(set(values.columns) - set(complete.columns))
+def per_dataset(values: pd.DataFrame, dataset_of: dict[str, str]) -> pd.DataFrame:
+    """One row per dataset: each model's mean over the dataset's blocks (rows), NaN unless it has all of them."""
+    groups = [dataset_of[block] for block in values.index]
+    incomplete = values.isna().groupby(groups).any()
+    return values.groupby(groups).mean().mask(incomplete)
+
+
+def complete_part(values: pd.DataFrame) -> pd.DataFrame:
+    """`values` without NaN: the models, or else the datasets, that lack a value are left out, whichever keeps
+    more values (a model that failed on one dataset of many is not dropped from every other)."""
+    without_models = values.dropna(axis=1, how="any")
+    without_datasets = values.dropna(axis=0, how="any")
+    return without_datasets if without_datasets.size > without_models.size else without_models
+
+
+def rank(values: pd.DataFrame, key: str, title: str, metric: str, dataset_of: dict[str, str] | None = None
+         ) -> Ranking:
+    """Rank the columns (models) of `values` (rows: blocks, higher is better) over datasets and test the ranking;
+    `dataset_of` names each block's dataset (None: each block is a dataset of its own)."""
+    by_dataset = per_dataset(values, dataset_of) if dataset_of else values
+    complete = complete_part(by_dataset)
+    dropped = sorted(set(by_dataset.columns) - set(complete.columns))
+    dropped_datasets = sorted(set(by_dataset.index) - set(complete.index))
     mean_rank = complete.rank(axis=1, ascending=False, method="average").mean().sort_values(kind="stable")
-    ranking = Ranking(key, title, metric, complete, mean_rank, dropped)
+    ranking = Ranking(key, title, metric, complete, mean_rank, dropped, dropped_datasets, n_blocks=len(values))
     n_models, n_datasets = complete.shape[1], complete.shape[0]
     if n_models < 2:
         ranking.note = "Fewer than two models with a value on every dataset: nothing to compare."
@@ -125,16 +150,18 @@ def rank(values: pd.DataFrame, key: str, title: str, metric: str) -> Ranking:
 # ----------------------------------------------------------------------------------------------------------
 # What is ranked
 # ----------------------------------------------------------------------------------------------------------
-def suite_values(data: SuiteData, metric: str) -> pd.DataFrame:
-    """A suite's seed means as datasets (test set at its size) × models (`model · scheme` when the suite has more
-    than one scheme)."""
+def suite_values(data: SuiteData, metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A suite's seed means as blocks (test set at its size) × models (`model · scheme` when the suite has more
+    than one scheme), and each block's dataset (a random-split test set is its dataset's too)."""
     cells = cell_stats(data.frame, metric, data.plan).dropna(subset=["mean"])
     if cells.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), {}
     several = cells["scheme"].nunique() > 1
     cells = cells.assign(block=[f"{d} ({s}px)" for d, s in zip(cells["dataset"], cells["size"])],
                          treatment=[f"{m} · {s or '—'}" if several else m for m, s in zip(cells["model"], cells["scheme"])])
-    return cells.pivot_table(index="block", columns="treatment", values="mean", aggfunc="first").sort_index()
+    dataset_of = {block: test_set.removesuffix(RANDOM_SPLIT_SUFFIX)
+                  for block, test_set in zip(cells["block"], cells["dataset"])}
+    return cells.pivot_table(index="block", columns="treatment", values="mean", aggfunc="first").sort_index(), dataset_of
 
 
 def suite_rankings(data: SuiteData) -> list[Ranking]:
@@ -142,9 +169,9 @@ def suite_rankings(data: SuiteData) -> list[Ranking]:
     headline table is the comparison)."""
     out = []
     for metric in ("acc", "auc"):
-        values = suite_values(data, metric)
-        if values.shape[0] >= 2 and values.shape[1] >= 2:
-            out.append(rank(values, f"{data.suite}-{metric}", f"Suite {data.suite}", metric))
+        values, dataset_of = suite_values(data, metric)
+        if len(set(dataset_of.values())) >= 2 and values.shape[1] >= 2:
+            out.append(rank(values, f"{data.suite}-{metric}", f"Suite {data.suite}", metric, dataset_of))
     return out
 
 
@@ -156,22 +183,26 @@ def load_medmnist_plus(path: Path | str = MEDMNIST_PLUS_CSV) -> pd.DataFrame:
 
 @lru_cache(maxsize=2)
 def medmnist_plus_rankings(path: Path | str = MEDMNIST_PLUS_CSV) -> tuple[Ranking, ...]:
-    """The published MedMNIST+ models ranked on ACC per scheme over dataset × size (16 blocks each), then over
-    every dataset × size × scheme: 48 blocks on ACC, 32 on AUC (which kNN lacks)."""
+    """The published MedMNIST+ models ranked on ACC per scheme over its datasets (each the mean of its 4 sizes),
+    then over all schemes (each dataset the mean of its 12 size × scheme blocks on ACC, 8 on AUC, which kNN
+    lacks)."""
     table = load_medmnist_plus(path)
     out = []
     for metric in ("acc", "auc"):
         for scheme, label in MEDMNIST_PLUS_SCHEMES.items() if metric == "acc" else ():
             part = table[table["scheme"] == scheme]
             values = part.pivot_table(index=["dataset", "size"], columns="model", values=metric, aggfunc="first")
-            values.index = [f"{d} ({s}px)" for d, s in values.index]
-            out.append(rank(values, f"medmnist-plus-{scheme}-{metric}", f"MedMNIST+ (published), {label}", metric))
+            dataset_of = {f"{d} ({s}px)": d for d, s in values.index}
+            values.index = list(dataset_of)
+            out.append(rank(values, f"medmnist-plus-{scheme}-{metric}", f"MedMNIST+ (published), {label}", metric,
+                            dataset_of))
         part = table.dropna(subset=[metric])
         values = part.pivot_table(index=["dataset", "size", "scheme"], columns="model", values=metric, aggfunc="first")
-        values.index = [f"{d} ({s}px, {MEDMNIST_PLUS_SCHEMES[k]})" for d, s, k in values.index]
+        dataset_of = {f"{d} ({s}px, {MEDMNIST_PLUS_SCHEMES[k]})": d for d, s, k in values.index}
+        values.index = list(dataset_of)
         schemes = ", ".join(MEDMNIST_PLUS_SCHEMES[k] for k in MEDMNIST_PLUS_SCHEMES if k in set(part["scheme"]))
         out.append(rank(values, f"medmnist-plus-all-{metric}", f"MedMNIST+ (published), all schemes ({schemes})",
-                        metric))
+                        metric, dataset_of))
     return tuple(out)
 
 

@@ -540,7 +540,12 @@ def ranking_table(r: Ranking) -> Table:
                      "posterior probability that #1 is better by more than the rope, within it, or worse.")
     else:
         caption = f"{n_models} models ranked on each of {n_datasets} dataset(s) (1 = best). Untested: {r.note}"
+    if r.n_blocks > n_datasets + len(r.dropped_datasets):
+        caption += (f" Each dataset is one row, every model's mean over its {r.n_blocks} blocks (sizes, schemes) "
+                    f"in all: blocks of one dataset are not independent samples.")
     if r.dropped:
         caption += f" Left out (no value on every dataset): {', '.join(r.dropped)}."
+    if r.dropped_datasets:
+        caption += f" Datasets left out (not every model has a value): {', '.join(r.dropped_datasets)}."
     return Table(title=f"{r.title}: ranking on {label}", columns=columns, align="rlrr" + "rrrr" * r.tested, rows=rows,
                  caption=caption, label=f"tab:ranking-{slug(r.key)}")

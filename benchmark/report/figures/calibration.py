@@ -23,11 +23,13 @@ from benchmark.report.figures.style import (
 )
 
 
-def ece_text(labels: np.ndarray, probs: np.ndarray, scheme: str) -> str:
-    """"ECE 0.123", or "ECE n/a" for a scheme without probabilities (kNN's vote fractions), as the leaderboard says."""
+def ece_text(labels: np.ndarray, probs: np.ndarray, scheme: str, pooled: bool = False) -> str:
+    """"ECE 0.123" ("pooled ECE 0.123" for several seeds' predictions taken as one set: not the leaderboard's mean
+    of the seeds' ECEs), or "ECE n/a" for a scheme without probabilities (kNN's vote fractions), as the leaderboard
+    says."""
     if scheme in PROBABILITY_FREE_SCHEMES:
         return "ECE n/a (vote fractions)"
-    return f"ECE {calibration_metrics(labels, probs)['ece']:.3f}"
+    return f"{'pooled ' if pooled else ''}ECE {calibration_metrics(labels, probs)['ece']:.3f}"
 
 
 def reliability_bins(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,7 +84,7 @@ def plot_reliability_suite(records: Sequence[dict], suite: str) -> Figure | None
             conf, acc, _ = reliability_bins(labels, probs)
             keep = ~np.isnan(acc)
             ax.plot(conf[keep], acc[keep], marker="o", ms=3, color=colour,
-                    label=f"{short(names[group])} {ece_text(labels, probs, group[2])}")
+                    label=f"{short(names[group])} {ece_text(labels, probs, group[2], pooled=len(runs) > 1)}")
         ax.set_title(short(dataset))
         ax.legend(loc="upper left", fontsize="x-small")
     fig.suptitle(f"Suite {suite}: reliability (seeds pooled)")

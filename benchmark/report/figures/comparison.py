@@ -13,7 +13,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from benchmark.records import group_key, records_frame
+from benchmark.records import group_key, records_frame, test_set
 from benchmark.report.aggregate import HEADLINE_METRICS, METRIC_LABELS, expected_seeds, headline
 from benchmark.report.figures.style import (
     DOUBLE,
@@ -83,7 +83,7 @@ def _recall_by_group(records: Sequence[dict], dataset: str) -> tuple[list[str], 
     per: dict[tuple, list[list[float]]] = {}
     names: list[str] = []
     for rec in records:
-        if rec["status"] != "completed" or str(rec["dataset"]["name"]) != dataset:
+        if rec["status"] != "completed" or test_set(rec) != dataset:
             continue
         rc = ((rec.get("test") or {}).get("per_class") or {}).get("recall")
         if not isinstance(rc, list) or not rc:
@@ -143,7 +143,7 @@ def plot_resolution(records: Sequence[dict], suite: str, metric: str = "acc", pl
         if v is None:
             continue
         key = (str(rec["model"]["name"]), str(rec.get("scheme") or ""))
-        data.setdefault(str(rec["dataset"]["name"]), {}).setdefault(key, {}).setdefault(
+        data.setdefault(test_set(rec), {}).setdefault(key, {}).setdefault(
             int(rec["dataset"]["size"]), []).append(v)
     if not data:
         return None

@@ -69,7 +69,7 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
     recs, plan, suite_name = data.records, data.plan, data.suite
     jobs = [FigureJob(f"heatmap_{m}", f"heatmap {m}", f"heatmap_{m}", partial(plot_heatmap, recs, m, suite_name, plan))
             for m in HEADLINE_METRICS]
-    for ds in sorted({str(r["dataset"]["name"]) for r in recs}):
+    for ds in sorted({test_set(r) for r in recs}):
         jobs.append(FigureJob(f"per_class_recall_{safe_stem(ds)}", f"per-class recall {ds}", "per_class_recall",
                               partial(plot_per_class_recall, recs, ds, suite_name, plan)))
     for ds in sorted({test_set(r) for r in recs if r["status"] == "completed" and r.get("compute")}):
