@@ -1,12 +1,18 @@
-"""The list of figure jobs of a suite, and the entry points that draw them into files."""
+"""The list of figure jobs of a suite, and the entry points that draw them into files.
+
+Each job names its inputs' digest (`FigureJob.inputs`: the suite's records and plan for a suite figure, the run's
+record for a per-run one, with the package version); a folder's `.inputs.json` keeps the digest each of its files
+was drawn from, so a caller that reuses drawn files (the site) redraws exactly those whose inputs changed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -62,11 +68,24 @@ class FigureJob:
     kind: str
     draw: Callable[[], Figure | None]
     run_id: str | None = None
+    inputs: str = ""  # digest of what it is drawn from ("": unknown, never reused)
+
+
+MANIFEST = ".inputs.json"  # stem -> the inputs digest its files were drawn from
+
+
+def digest(*parts) -> str:
+    """SHA-256 of JSON-able parts and the package version (another version may draw differently)."""
+    from benchmark import __version__
+
+    text = json.dumps([__version__, *parts], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def figure_jobs(data: SuiteData) -> list[FigureJob]:
     """Every figure of one suite, per-suite figures first, then per run (sorted by run id)."""
     recs, plan, suite_name = data.records, data.plan, data.suite
+    suite_inputs = digest(suite_name, repr(plan), recs)
     jobs = [FigureJob(f"heatmap_{m}", f"heatmap {m}", f"heatmap_{m}", partial(plot_heatmap, recs, m, suite_name, plan))
             for m in HEADLINE_METRICS]
     for ds in sorted({test_set(r) for r in recs}):
@@ -104,8 +123,8 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
                     kinds.append("predictions")
         for kind in kinds:
             jobs.append(FigureJob(f"runs/{safe_stem(f'{rid}_{kind}')}", f"{rid} {kind}", kind,
-                                  partial(RUN_FIGURES[kind], rec), rid))
-    return jobs
+                                  partial(RUN_FIGURES[kind], rec), rid, digest(rec)))
+    return [job if job.run_id else replace(job, inputs=suite_inputs) for job in jobs]
 
 
 @contextmanager
@@ -138,10 +157,11 @@ def ranking_figures(folder: Path | str, formats: Sequence[str] = ("png", "pdf"),
                     reuse: Sequence[str] = ()) -> list[tuple[FigureJob, list[Path]]]:
     """Draw the critical-difference diagrams of the published MedMNIST+ rankings into `folder` (with an
     `index.md`), as `suite_figures` does a suite's."""
-    from benchmark.report.ranking import medmnist_plus_rankings
+    from benchmark.report.ranking import MEDMNIST_PLUS_CSV, medmnist_plus_rankings
 
+    inputs = digest(MEDMNIST_PLUS_CSV.read_text(encoding="utf-8"))
     jobs = [FigureJob(f"critical_difference_{r.key}", f"critical difference: {r.title} ({r.metric})",
-                      "critical_difference", partial(plot_published_critical_difference, r.key))
+                      "critical_difference", partial(plot_published_critical_difference, r.key), inputs=inputs)
             for r in medmnist_plus_rankings()]
     return _draw(jobs, folder, _check_args(formats, dpi), dpi, reuse, "Rankings across datasets (published MedMNIST+)")
 
@@ -149,10 +169,13 @@ def ranking_figures(folder: Path | str, formats: Sequence[str] = ("png", "pdf"),
 def _draw(jobs: list[FigureJob], folder: Path | str, fmts: tuple[str, ...], dpi: int, reuse: Sequence[str],
           heading: str) -> list[tuple[FigureJob, list[Path]]]:
     folder = Path(folder)
+    drawn_from = _read_manifest(folder)
     out: list[tuple[FigureJob, list[Path]]] = []
     for job in jobs:
         base = folder / job.stem
-        if not any(base.with_name(f"{base.name}.{f}").is_file() for f in reuse):
+        current = job.inputs and drawn_from.get(job.stem) == job.inputs
+        if not (current and any(base.with_name(f"{base.name}.{f}").is_file() for f in reuse)):
+            drawn_from.pop(job.stem, None)
             with mpl.rc_context(RC), _warnings_logged(base.name):
                 try:
                     fig = job.draw()
@@ -163,15 +186,27 @@ def _draw(jobs: list[FigureJob], folder: Path | str, fmts: tuple[str, ...], dpi:
                     continue
                 base.parent.mkdir(parents=True, exist_ok=True)
                 save_figure(fig, base.parent, base.name, fmts, int(dpi))
+                if job.inputs:
+                    drawn_from[job.stem] = job.inputs
         paths = [base.with_name(f"{base.name}.{f}") for f in FORMATS if base.with_name(f"{base.name}.{f}").is_file()]
         out.append((job, paths))
     folder.mkdir(parents=True, exist_ok=True)
+    drawn_from = {job.stem: drawn_from[job.stem] for job in jobs if job.stem in drawn_from}
+    atomic_write_bytes(folder / MANIFEST, (json.dumps(drawn_from, indent=0, sort_keys=True) + "\n").encode())
     lines = [f"# {heading}", ""]
     for job, paths in out:
         lines.append(f"- {job.label}: " + ", ".join(f"[{p.suffix[1:]}]({p.relative_to(folder).as_posix()})"
                                                     for p in paths))
     atomic_write_bytes(folder / "index.md", ("\n".join(lines) + "\n").encode("utf-8"))
     return out
+
+
+def _read_manifest(folder: Path) -> dict[str, str]:
+    try:
+        drawn_from = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return drawn_from if isinstance(drawn_from, dict) else {}
 
 
 def write_figures(runs: Path | str = "results", output: Path | str = "results/figures", suite: str | None = None,
