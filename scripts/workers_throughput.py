@@ -57,8 +57,8 @@ def measure(workers: int, grid: list[str], suite: str, gpus: str | None, scratch
                "--quiet", *(["--gpus", gpus] if gpus else [])]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True,
-                          text=True)
+    path = os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))  # keep the caller's packages
+    done = subprocess.run(command, cwd=PROJECT, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     found = outcomes(output, suite)
     completed = sum(o["status"] == "completed" for o in found.values())
@@ -79,7 +79,7 @@ def packed_rate(workers: int, seconds: list[float]) -> dict:
 
 
 def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict:
-    same_hashes = set(reference) == set(other)
+    same_hashes = bool(reference) and set(reference) == set(other)  # no runs at all compare as nothing
     identical = same_hashes and all(json.dumps(reference[h], sort_keys=True) == json.dumps(other[h], sort_keys=True)
                                     for h in reference)
     gaps = [abs(reference[h]["test"]["acc"] - other[h]["test"]["acc"]) for h in set(reference) & set(other)

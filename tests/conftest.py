@@ -43,6 +43,13 @@ models:
 """
 
 
+def pythonpath(*first: Path) -> str:
+    """PYTHONPATH for a child process: `first` (default: the checkout) ahead of the caller's own entries, which may
+    hold packages the environment lacks (the GPU check installs those into a folder on PYTHONPATH)."""
+    own = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([*(str(p) for p in first or (Path(__file__).resolve().parents[1],)), *([own] if own else [])])
+
+
 def need(*modules: str, extra: str) -> None:
     """Skip the calling test (or every test of the calling fixture) unless each optional module imports; `extra`
     names the package extra that brings it (the `test` extra brings them all)."""

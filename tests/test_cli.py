@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import need
+from conftest import need, pythonpath
 
 import benchmark
 from benchmark import cli
@@ -70,7 +70,7 @@ def test_a_missing_local_model_directory_is_found_before_the_first_run(tmp_path,
 
 def test_import_benchmark_does_not_import_torch():
     code = "import sys, benchmark; assert 'torch' not in sys.modules; print(benchmark.__all__)"
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(PROJECT)},
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": pythonpath()},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert {"load_suite", "run_suite", "run_perf", "PerfConfig"} <= set(eval(done.stdout))
@@ -139,7 +139,7 @@ def test_a_library_user_silences_or_redirects_the_messages(tracked, caplog):
 
 def test_a_reader_that_leaves_early_gets_no_traceback():
     """`benchmark list | head -1`: the pipe closes before the listing ends; the verb stops quietly (status 1)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     reader = subprocess.Popen([sys.executable, "-m", "benchmark", "list"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env)
     reader.stdout.close()  # as `head -1` does once it has its line: every write of the listing finds no reader

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import pythonpath
 
 from benchmark import cli
 from benchmark.data import load_dataset
@@ -60,7 +61,7 @@ def records(output: Path) -> list[dict]:
 def launch(tmp_path: Path, suite: Path, output: Path, fail_at: int) -> subprocess.CompletedProcess:
     script = tmp_path / "failing_cli.py"
     script.write_text(FAILING_CLI)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1", "FAIL_AT_CALL": str(fail_at),
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "OMP_NUM_THREADS": "1", "FAIL_AT_CALL": str(fail_at),
            "BENCHMARK_COLLECTIVE_TIMEOUT": "20"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                "run", "--suite", str(suite), "--output", str(output), "--limit", str(LIMIT), "--quiet"]

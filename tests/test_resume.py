@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import pythonpath
 from run_outcome import outcome
 
 from benchmark import checkpoint, cli, records, runner
@@ -78,7 +79,7 @@ def start_paced(suite: Path, output: Path, env: dict | None = None,
     code = PACED_CLI if not slow_fsync else (
         "import os, time; fsync = os.fsync; os.fsync = lambda fd: (time.sleep(1.0), fsync(fd))[1]; " + PACED_CLI)
     command = [sys.executable, "-c", code, *arguments(suite, output, limit=40)]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), **(env or {})}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), **(env or {})}
     process = subprocess.Popen(command, cwd=output.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_id = load_suite(str(suite), limit=40).runs[0].run_id
     return process, output / "checkpoints" / SUITE / run_id
@@ -95,7 +96,7 @@ def wait_for(process: subprocess.Popen, condition, what: str) -> None:
 def resume_and_check(suite: Path, output: Path, reference: dict, resumed_from: int) -> None:
     """The same command again: one record, resumed where the checkpoint says, with the uninterrupted numbers."""
     again = subprocess.run([sys.executable, "-c", PACED_CLI, *arguments(suite, output, limit=40)], cwd=output.parent,
-                           env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, timeout=600)
+                           env={**os.environ, "PYTHONPATH": pythonpath()}, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     resumed = only_record(output)
     assert resumed["resumed_from_epoch"] == resumed_from and reference["resumed_from_epoch"] == 0

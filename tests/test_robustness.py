@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import pythonpath
 from medmnist import INFO
 
 from benchmark import cli, runner
@@ -340,7 +341,7 @@ def test_debug_raises_the_original_error_after_recording_it(results, tmp_path):
 def test_cli_prints_one_line_without_traceback(tmp_path):
     suite = write_suite(tmp_path, datasets=["breastmnst"])
     command = [sys.executable, "-m", "benchmark", "run", "--suite", str(suite), "--output", str(tmp_path / "out")]
-    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True,
+    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": pythonpath()}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == ("error: suite.yaml: unknown dataset 'breastmnst'; did you mean 'breastmnist' or "

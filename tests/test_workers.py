@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import need
+from conftest import need, pythonpath
 from run_outcome import outcome
 
 from benchmark import claims, cli, launch
@@ -34,7 +34,7 @@ from benchmark.records import SUPERSEDED, OutputError, atomic_write_bytes, recor
 PROJECT = Path(__file__).resolve().parents[1]
 GRID = ["--suite", "smoke", "--limit", "32", "--epochs", "1"]
 SMOKE = [*GRID, "--quiet"]
-ENV = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "PYTHONPATH": pythonpath(), "OMP_NUM_THREADS": "1"}
 
 
 def outcomes(output: Path, suite: str = "smoke") -> dict[str, str]:
@@ -286,7 +286,7 @@ def test_a_task_at_its_time_limit_is_requeued_and_resumes_its_run(tmp_path, monk
     recorded as failed, "Job not requeued because: timed-out and not checkpointable")."""
     need("submitit", extra="slurm")
     for name, value in {"OMP_NUM_THREADS": "1", "BENCHMARK_CHECKPOINT_EVERY": "2",
-                        "PYTHONPATH": os.pathsep.join([str(PROJECT), str(PROJECT / "tests")])}.items():
+                        "PYTHONPATH": pythonpath(PROJECT, PROJECT / "tests")}.items():
         monkeypatch.setenv(name, value)  # the task's process inherits them (and imports this module from tests/)
     grid = {"datasets": ["breastmnist"], "models": ["resnet18_28"], "seeds": None, "epochs": 4, "batch_size": 8,
             "limit": 64, "data_root": None, "download": False}
@@ -521,3 +521,18 @@ def test_the_throughput_script_reads_each_runs_own_seconds_from_the_claims_log(t
     assert sorted(seconds) == [6.0, 6.0]  # b: 1 → 7, a's second attempt: 5 → 11
     assert script.packed_rate(2, seconds) == {"mean_run_seconds": 6.0, "runs_per_hour_packed": 1200.0}
     assert script.packed_rate(2, []) == {"mean_run_seconds": None, "runs_per_hour_packed": None}
+    assert script.compare({}, {})["same_config_hashes"] is False  # no runs at all are not "identical to N=1"
+
+
+def test_the_throughput_script_keeps_the_callers_pythonpath(tmp_path, monkeypatch):
+    """The GPU check puts the packages the machine lacks (medmnist, …) on PYTHONPATH; the script's workers lost
+    them (PYTHONPATH was replaced by the checkout), so every run there failed to import medmnist."""
+    spec = importlib.util.spec_from_file_location("workers_throughput", PROJECT / "scripts" / "workers_throughput.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seen = {}
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setattr(script.subprocess, "run", lambda command, **kwargs: seen.update(kwargs["env"]) or
+                        subprocess.CompletedProcess(command, 0, "", ""))
+    script.measure(1, ["--suite", "smoke"], "smoke", None, tmp_path)
+    assert seen["PYTHONPATH"].split(os.pathsep) == [str(PROJECT), str(tmp_path / "site")]
