@@ -416,9 +416,9 @@ def fit(
     steps_per_epoch = math.ceil(batches_per_epoch / recipe.grad_accum_steps)
     scheduler = make_scheduler(recipe, optimizer, steps_per_epoch)
     model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)  # before compiling: checkpoints and schemes see the model's own names
     if recipe.compile:
         model = torch.compile(model)
-    unwrapped = accelerator.unwrap_model(model)
     loss_weights, sample_weights = imbalance_tools(recipe, data)
     step = TrainStep(model, optimizer, scheduler, recipe, accelerator, dtype, loss_weights)
 

@@ -232,3 +232,16 @@ def test_heatmap_figure_draws_the_mean_of_each_cell():
     expected = {(r["model"]["name"], r["dataset"]["name"]): r["test"]["acc"] for r in records}
     drawn = _mesh(axis).reshape(len(rows), len(columns))
     assert {(m, d): drawn[i, j] for i, m in enumerate(rows) for j, d in enumerate(columns)} == expected
+
+
+def test_a_compiled_run_writes_the_models_own_weights_and_unfreezes_by_name(tmp_path, monkeypatch):
+    """recipe.compile: the checkpoints held the compiled wrapper's names (`_orig_mod.…`), which predict cannot load,
+    and gradual unfreezing matched no parameter (every one stayed frozen: "does not require grad")."""
+    compile_model = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compile_model(model, backend="eager"))
+    suite = write_suite(tmp_path, {"name": "resnet18_28", "scheme": "gradual_unfreeze"}, {**RECIPE, "compile": True})
+    assert cli.main(arguments(suite, tmp_path / "results")) == 0
+    record = only_record(tmp_path / "results")
+    assert record["status"] == "completed" and record["config"]["recipe"]["compile"] is True
+    best = torch.load(tmp_path / "results" / "checkpoints" / SUITE / record["run_id"] / "best.pt", weights_only=False)
+    assert "conv1.weight" in best["weights"] and not any(k.startswith("_orig_mod") for k in best["weights"])

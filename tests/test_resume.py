@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -382,3 +384,16 @@ def test_a_signal_delivered_twice_at_once_is_one_stop_request_and_a_later_one_st
         with pytest.raises(KeyboardInterrupt):
             deliver(signal.SIGINT)
     assert checkpoint.stop_requested() == 0
+
+
+def test_a_run_checkpointed_with_more_gpus_visible_resumes_with_fewer(monkeypatch):
+    """last.pt holds one CUDA RNG state per visible GPU; resuming under `--gpus` (one visible) raised IndexError
+    on every retry: the states of the GPUs still visible are restored."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(),
+              "torch": torch.get_rng_state(), "cuda": [torch.zeros(8, dtype=torch.uint8) + i for i in range(8)]}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.extend(new))
+    checkpoint.restore_rng_states(states)
+    assert len(restored) == 1 and torch.equal(restored[0], states["cuda"][0])
