@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the i-th); workers without --shard share the grid through claims")
     run.add_argument("--workers", type=int, help="start N worker processes here that share the grid through claims "
                      "(small runs packed on one device); threads per worker = $OMP_NUM_THREADS or cores / N")
-    run.add_argument("--gpus", help="with --workers: worker i on GPU i mod len(GPUS), e.g. 0,1 [every worker on "
-                                    "the visible GPUs]")
+    run.add_argument("--gpus", help="with --workers: worker i on GPU i mod len(GPUS), e.g. 0,1: indices among the "
+                                    "GPUs this command sees (its CUDA_VISIBLE_DEVICES) [every worker on all of them]")
 
     verbs.add_parser("list", help="show datasets, models and suites")
 

@@ -237,6 +237,11 @@ def test_workers_get_their_threads_and_gpus(monkeypatch):
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"] and all(e["PATH"] == "/bin" for e in envs)
     envs = workers_module.worker_environments(16, [], base={"OMP_NUM_THREADS": "1"})
     assert {e["OMP_NUM_THREADS"] for e in envs} == {"1"} and "CUDA_VISIBLE_DEVICES" not in envs[0]
+    # indices among the GPUs the command sees: a scheduler's allocation is kept (they chose GPUs 0 and 1 of all)
+    envs = workers_module.worker_environments(2, ["0", "1"], base={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["4", "5"]
+    with pytest.raises(UserError, match="--gpus 4: this command sees 4 GPU"):
+        workers_module.worker_environments(2, ["0", "4"], base={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
     assert workers_module.parse_gpus("0, 2") == ["0", "2"]
     with pytest.raises(UserError, match="--gpus 'a,b' is not"):
         workers_module.parse_gpus("a,b")

@@ -63,8 +63,15 @@ def usable_cores() -> int:
 
 
 def worker_environments(workers: int, gpus: list[str], base: dict[str, str] | None = None) -> list[dict[str, str]]:
-    """The environment of each worker: its index, its thread count and, with `gpus`, its GPU."""
+    """The environment of each worker: its index, its thread count and, with `gpus`, its GPU: an index among the
+    GPUs this command sees (a scheduler's CUDA_VISIBLE_DEVICES=4,5,6,7 with --gpus 0,1 gives GPUs 4 and 5)."""
     base = dict(os.environ if base is None else base)
+    visible = [item.strip() for item in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if item.strip()]
+    if visible and gpus:
+        if unseen := [g for g in gpus if int(g) >= len(visible)]:
+            raise UserError(f"--gpus {','.join(unseen)}: this command sees {len(visible)} GPU(s) "
+                            f"(CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']}); give indices from 0 to {len(visible) - 1}")
+        gpus = [visible[int(g)] for g in gpus]
     threads = base.get("OMP_NUM_THREADS") or str(max(1, usable_cores() // workers))
     environments = []
     for index in range(workers):
