@@ -628,7 +628,9 @@ def compiled(model: nn.Module, mode: str, backend: str = "inductor") -> tuple[nn
     """The model as `--compile mode` runs it, and how many regions were compiled (0: none, 1: the whole model)."""
     if mode == "none":
         return model, 0
-    options = {"backend": backend, **({"mode": "reduce-overhead"} if mode == "reduce-overhead" else {})}
+    # static shapes: perf's batches are all full, and the inference pass (another batch size) gets its own static
+    # graph instead of a dynamic-shape recompile of the training one
+    options = {"backend": backend, "dynamic": False, **({"mode": "reduce-overhead"} if mode == "reduce-overhead" else {})}
     if mode == "regional":
         blocks = repeated_blocks(model)
         if not blocks:

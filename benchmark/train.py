@@ -154,7 +154,7 @@ class LoopState:
 def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     """The mixed-precision dtype for `recipe` on `device` (None = full precision)."""
     if recipe.mixed_precision == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)  # not V100/T4
         return torch.bfloat16 if use_bf16 else None
     if recipe.mixed_precision == "fp16" and device.type != "cuda":
         raise UserError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this machine")

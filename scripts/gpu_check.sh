@@ -79,6 +79,11 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   done
   export PYTHONPATH="$ROOT:/tmp/site"
 fi
+if [ "$MODE" = gpu ] && ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  # perf and the workers would fall back to the CPU and time out on ViT-B batches: stop with one line instead
+  echo "gpu_check: torch sees no CUDA device on this machine; nothing measured" | tee "$OUT/summary.txt" >&2
+  exit 4
+fi
 
 if [ "$MODE" = gpu ]; then
   DATA_ROOT=.gpudata
@@ -129,7 +134,7 @@ step() {
     timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   fi
   local status=$?
-  local note=""; [ "$status" = 124 ] && note=" (timed out)"
+  local note=""; [ "$status" = 124 ] && note=" (timed out)"; [ "$status" = 137 ] && note=" (killed: past its limit, or out of memory)"
   echo "$name: exit $status$note in $(( $(date +%s) - began )) s" | tee -a "$WORK/summary.txt"
   tail -n 4 "$WORK/$name.log"
   pack

@@ -145,3 +145,12 @@ def test_vit_at_another_input_size_interpolates_position_embeddings(tiny_vit_dir
     built = build_model(resolve_model("mine", source=str(tiny_vit_dir), input_size=48), CLASSES, 1)
     assert built.input_size == 48
     assert built.module(torch.zeros(2, 3, 48, 48)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_a_half_precision_checkpoint_is_built_in_float32(tiny_vit_dir, pretrained):
+    """transformers 5 loads a checkpoint saved in bf16 as bf16 (and builds its config in bf16): the run would train
+    in pure half precision. The recipe's mixed precision is the only half precision there is."""
+    ViTForImageClassification.from_pretrained(tiny_vit_dir).to(torch.bfloat16).save_pretrained(tiny_vit_dir)
+    built = build_model(resolve_model("mine", source=str(tiny_vit_dir), pretrained=pretrained), CLASSES, 3)
+    assert {p.dtype for p in built.module.parameters()} == {torch.float32}

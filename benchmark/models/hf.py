@@ -69,8 +69,9 @@ def _input_size_and_norm(spec: ModelSpec, config) -> tuple[int, list[float], lis
 def _load(spec: ModelSpec, labels: dict, **kwargs) -> nn.Module:
     """The model with a new head for the dataset's classes: pretrained weights (a head of another size is
     initialised anew by transformers; one of the same size, another task's, is initialised anew here) or, with
-    `pretrained: false`, random weights from the config."""
-    source = load_path(spec.source)
+    `pretrained: false`, random weights from the config. Always float32 weights (transformers 5 would keep a
+    checkpoint's bf16/fp16, and training would run in pure half precision; mixed precision is the recipe's)."""
+    source, kwargs = load_path(spec.source), {"dtype": torch.float32, **kwargs}
     if not spec.pretrained:
         return AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(source, **labels), **kwargs)
     same_size = AutoConfig.from_pretrained(source).num_labels == labels["num_labels"]
