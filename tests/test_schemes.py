@@ -20,6 +20,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from benchmark import cli, train
 from benchmark.config import load_suite
 from benchmark.data import load_dataset
+from benchmark.errors import UserError
 from benchmark.metrics import predicted_labels
 from benchmark.models import build_model
 from benchmark.models.hf import LogitsOnly
@@ -98,6 +99,20 @@ def test_knn_is_deterministic_and_equals_sklearn_on_the_same_embeddings(tmp_path
 
 
 # --- LoRA ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("targets, reason", [(["layernorm"], "is not supported"),  # a LayerNorm: it exists
+                                              (["no_such_layer"], "No modules were targeted")])
+def test_lora_says_why_it_cannot_adapt_the_layers_named(tmp_path, targets, reason):
+    """The error said "none of the target_modules is a layer of it" also for a layer that exists but is of a kind
+    peft cannot adapt; it now gives peft's reason, on one line."""
+    need("peft", extra="lora")
+    options = {"name": "lora", "rank": 4, "alpha": 8, "dropout": 0.1, "target_modules": targets}
+    ctx = context(tmp_path, [{"name": "vit_tiny", "recipe": SHORT, "scheme": options}])
+    with pytest.raises(UserError) as info:
+        add_lora(ctx.built, ctx.spec.scheme.options)
+    message = str(info.value)
+    assert f"lora cannot adapt target_modules {targets} (" in message and reason in message and "\n" not in message
+
 
 def test_lora_trains_adapters_and_head_only_and_merging_keeps_the_outputs(tmp_path):
     need("peft", extra="lora")

@@ -36,10 +36,11 @@ def add_lora(built: BuiltModel, options: dict, model_name: str = "") -> BuiltMod
                         modules_to_save=[built.head.removeprefix("model.")])
     try:
         built.module.model = get_peft_model(inner, config)
-    except ValueError as err:
-        raise UserError(f"model '{model_name}': none of the lora target_modules {options['target_modules']} is a "
-                        f"layer of it ({type(err).__name__}); name its attention projections in the scheme "
-                        f"options, or use finetune") from None
+    except ValueError as err:  # peft's reason: no layer of these names, or one of a kind it cannot adapt
+        reason = " ".join(str(err).split()).split(". ")[0].rstrip(".")
+        raise UserError(f"model '{model_name}': lora cannot adapt target_modules {list(options['target_modules'])} "
+                        f"({reason}); name its attention projections (e.g. q_proj, v_proj) in the scheme options, "
+                        f"or use finetune") from None
     return built
 
 
