@@ -48,9 +48,10 @@ def medmnist_auc(labels: np.ndarray, probs: np.ndarray, task: str) -> float:
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> dict:
     """All metrics a run record stores for one split.
 
-    labels: (N,) int class indices; probs: (N, n_classes) softmax probabilities. The macro averages (F1,
-    precision, recall) are over the classes present in `labels`, as balanced accuracy and AUC are (a class absent
-    from a small subset counted as 0 otherwise); `per_class` lists every class.
+    labels: (N,) int class indices; probs: (N, n_classes) softmax probabilities. Macro recall averages the classes
+    present in `labels`, as balanced accuracy and AUC do; macro F1 and precision the classes in `labels` or in the
+    predictions (scikit-learn's default): a class neither true nor predicted in a small subset is left out, not
+    counted as 0, and one only predicted counts its precision of 0. `per_class` lists every class.
     """
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -61,12 +62,13 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, task: str) -> 
         labels, preds, labels=class_ids, zero_division=0
     )
     present = support > 0
+    seen = present | (np.bincount(preds, minlength=n_classes) > 0)
     return {
         "acc": float(skm.accuracy_score(labels, preds)),
         "auc": medmnist_auc(labels, probs, task),
         "balanced_acc": float(skm.balanced_accuracy_score(labels, preds)),
-        "f1_macro": float(f1[present].mean()),
-        "precision_macro": float(precision[present].mean()),
+        "f1_macro": float(f1[seen].mean()),
+        "precision_macro": float(precision[seen].mean()),
         "recall_macro": float(recall[present].mean()),
         "per_class": {
             "precision": precision.tolist(),
@@ -167,7 +169,7 @@ def weighted_metrics(labels: np.ndarray, probs: np.ndarray, task: str, weights: 
     total = matrix.sum(axis=(1, 2))
     recall = _safe_divide(hits, true)
     f1 = np.divide(2 * hits, true + predicted, out=np.zeros_like(hits), where=(true + predicted) > 0)
-    f1[true == 0] = np.nan  # classes absent from the (resampled) labels: left out of the macro mean
+    f1[(true + predicted) == 0] = np.nan  # classes neither true nor predicted: left out of the macro mean
     covariance = hits.sum(axis=1) * total - np.sum(true * predicted, axis=1)
     spread = np.sqrt((total ** 2 - np.sum(predicted ** 2, axis=1)) * (total ** 2 - np.sum(true ** 2, axis=1)))
     if task == "binary-class":

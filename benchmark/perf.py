@@ -668,7 +668,7 @@ def measure_training(data: DatasetSplits, device: torch.device, config: PerfConf
             torch.cuda.empty_cache()
         # what needs the device, read before (c): a CUDA error in (c) can poison every later call on the device
         peak, peak_source = peak_tflops_for(device, config.peak_tflops)
-        memory_kind = peak_memory(device)[1]
+        memory_kind = peak_memory(device, since_reset=reset_peak_memory(device))[1]  # each phase resets its peak
         tutorial_error = None
         if not config.skip_tutorial:
             try:
@@ -762,7 +762,7 @@ def measure_data_only(data: DatasetSplits, device: torch.device, config: PerfCon
         "batch": batch,
         "timed_batches": config.steps * config.rounds,
         "warmup_batches": config.warmup,
-        "memory_kind": peak_memory(device)[1],
+        "memory_kind": peak_memory(device, since_reset=reset_peak_memory(device))[1],  # each pipeline resets it
         "pipelines": pipelines,
         "ratios": ratios(pipelines, "ours", {"tutorial_transform": "over_tutorial_transform",
                                              "tutorial_loader": "over_tutorial_loader"}),

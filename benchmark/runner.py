@@ -362,7 +362,8 @@ class GridRunner:
                          "the record's environment.nondeterministic_ops)", logging.WARNING)
             if robustness:
                 robustness_after_run(path, self.output, spec.data_root, fence)
-            self.prune_checkpoints(spec)
+            if fence():  # a worker that took the run over meanwhile (a --force rerun) owns its checkpoints now
+                self.prune_checkpoints(spec)
         return None
 
     def end_multi_process_run(self, spec: RunSpec, path: Path, error: dict, history: list, started: float,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from medmnist import Evaluator
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, precision_score
 from synthetic import write_synthetic_medmnist
 
 from benchmark.data import load_dataset
@@ -82,3 +82,11 @@ def test_macro_averages_run_over_the_classes_present_as_balanced_accuracy_does()
     assert m["precision_macro"] == pytest.approx((1 + 2 / 3) / 2)
     assert m["per_class"]["f1"][2] == 0 and m["per_class"]["support"][2] == 0  # every class still listed
     assert weighted_metrics(labels, probs, "multi-class", np.ones((1, 4)))["f1_macro"][0] == pytest.approx(m["f1_macro"])
+    # a class predicted but never true counts (its precision is 0), as in scikit-learn's default macro average
+    labels, preds = np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 2, 1, 1, 2])
+    m = classification_metrics(labels, np.eye(3)[preds] * 0.9 + 0.1 / 3, "multi-class")
+    assert m["f1_macro"] == pytest.approx(f1_score(labels, preds, average="macro"))  # 0.533, not 0.8
+    assert m["precision_macro"] == pytest.approx(precision_score(labels, preds, average="macro", zero_division=0))
+    assert m["recall_macro"] == m["balanced_acc"] == pytest.approx(2 / 3)
+    weighted = weighted_metrics(labels, np.eye(3)[preds] * 0.9 + 0.1 / 3, "multi-class", np.ones((1, 6)))
+    assert weighted["f1_macro"][0] == pytest.approx(m["f1_macro"])

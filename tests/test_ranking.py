@@ -93,6 +93,10 @@ def test_blocks_of_one_dataset_are_one_row_and_a_model_missing_one_dataset_keeps
     r = ranking.rank(eight, "unit", "Unit", "acc")
     assert r.dropped == [] and r.dropped_datasets == ["d3"] and r.mean_rank.index[0] == "A" and r.tested
     assert "Datasets left out (not every model has a value): d3" in render.ranking_table(r).caption
+    five = table(5)
+    five.loc["d0", "C"] = np.nan  # leaving d0 out keeps more values but only 4 datasets: C is left out instead
+    r = ranking.rank(five, "unit", "Unit", "acc")
+    assert r.dropped == ["C"] and r.values.shape == (5, 3) and r.tested
 
 
 def test_the_leaderboard_builds_without_the_rank_extra_and_says_which_extra(monkeypatch) -> None:

@@ -242,6 +242,10 @@ def test_workers_get_their_threads_and_gpus(monkeypatch):
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["4", "5"]
     with pytest.raises(UserError, match="--gpus 4: this command sees 4 GPU"):
         workers_module.worker_environments(2, ["0", "4"], base={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
+    for hidden, seen in (("", 0), ("-1", 0), ("NoDevFiles", 0), ("0,-1,1", 1)):  # as CUDA reads them
+        with pytest.raises(UserError, match=f"--gpus 1: this command sees {seen} GPU"):
+            workers_module.worker_environments(1, ["1"], base={"CUDA_VISIBLE_DEVICES": hidden})
+    assert workers_module.visible_gpus("GPU-a1, MIG-b2") == ["GPU-a1", "MIG-b2"]
     assert workers_module.parse_gpus("0, 2") == ["0", "2"]
     with pytest.raises(UserError, match="--gpus 'a,b' is not"):
         workers_module.parse_gpus("a,b")

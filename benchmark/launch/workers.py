@@ -62,15 +62,26 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def visible_gpus(setting: str) -> list[str]:
+    """The GPUs a CUDA_VISIBLE_DEVICES value shows, as CUDA reads it: indices or GPU-/MIG- UUIDs up to the first
+    entry that is neither (so "", "-1" and "NoDevFiles" show none, and "0,-1,1" shows GPU 0 only)."""
+    visible = []
+    for item in (part.strip() for part in setting.split(",")):
+        if not (item.isdigit() or item.startswith(("GPU-", "MIG-"))):
+            break
+        visible.append(item)
+    return visible
+
+
 def worker_environments(workers: int, gpus: list[str], base: dict[str, str] | None = None) -> list[dict[str, str]]:
     """The environment of each worker: its index, its thread count and, with `gpus`, its GPU: an index among the
     GPUs this command sees (a scheduler's CUDA_VISIBLE_DEVICES=4,5,6,7 with --gpus 0,1 gives GPUs 4 and 5)."""
     base = dict(os.environ if base is None else base)
-    visible = [item.strip() for item in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if item.strip()]
-    if visible and gpus:
+    if gpus and "CUDA_VISIBLE_DEVICES" in base:
+        visible = visible_gpus(base["CUDA_VISIBLE_DEVICES"])
         if unseen := [g for g in gpus if int(g) >= len(visible)]:
             raise UserError(f"--gpus {','.join(unseen)}: this command sees {len(visible)} GPU(s) "
-                            f"(CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']}); give indices from 0 to {len(visible) - 1}")
+                            f"(CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']!r}); give indices below {len(visible)}")
         gpus = [visible[int(g)] for g in gpus]
     threads = base.get("OMP_NUM_THREADS") or str(max(1, usable_cores() // workers))
     environments = []
@@ -109,7 +120,8 @@ def run_workers(argv: list[str], workers: int, gpus: list[str]) -> int:
     command = [sys.executable, "-m", "benchmark", *argv]
     environments = worker_environments(workers, gpus)
     logger.info(f"starting {workers} workers ({environments[0]['OMP_NUM_THREADS']} threads each"
-                + (f", GPUs {','.join(gpus)}" if gpus else "") + ")")
+                + (f", GPUs {','.join(dict.fromkeys(e['CUDA_VISIBLE_DEVICES'] for e in environments))}" if gpus else "")
+                + ")")
     received: list[tuple[int, int]] = []  # (signal, how many workers had started when it came)
     processes: list[subprocess.Popen] = []
 

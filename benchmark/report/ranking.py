@@ -97,11 +97,13 @@ def per_dataset(values: pd.DataFrame, dataset_of: dict[str, str]) -> pd.DataFram
 
 
 def complete_part(values: pd.DataFrame) -> pd.DataFrame:
-    """`values` without NaN: the models, or else the datasets, that lack a value are left out, whichever keeps
-    more values (a model that failed on one dataset of many is not dropped from every other)."""
+    """`values` without NaN: the models, or else the datasets, that lack a value are left out; whichever can still
+    be tested (`MIN_DATASETS` datasets, two models), then whichever keeps more values (a model that failed on one
+    dataset of many is not dropped from every other), then the models."""
     without_models = values.dropna(axis=1, how="any")
     without_datasets = values.dropna(axis=0, how="any")
-    return without_datasets if without_datasets.size > without_models.size else without_models
+    return max((without_models, without_datasets),  # max keeps the first of equals
+               key=lambda part: (part.shape[0] >= MIN_DATASETS and part.shape[1] >= 2, part.size))
 
 
 def rank(values: pd.DataFrame, key: str, title: str, metric: str, dataset_of: dict[str, str] | None = None

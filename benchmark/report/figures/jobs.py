@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import matplotlib as mpl
@@ -75,11 +75,18 @@ MANIFEST = ".inputs.json"  # stem -> the inputs digest its files were drawn from
 
 
 def digest(*parts) -> str:
-    """SHA-256 of JSON-able parts and the package version (another version may draw differently)."""
-    from benchmark import __version__
-
-    text = json.dumps([__version__, *parts], sort_keys=True, default=repr)
+    """SHA-256 of JSON-able parts and of the figure code (another version of it may draw differently)."""
+    text = json.dumps([figure_code(), *parts], sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def figure_code() -> str:
+    """SHA-256 of the figure modules' source (this package)."""
+    code = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(path.name.encode() + b"\0" + path.read_bytes())
+    return code.hexdigest()
 
 
 def figure_jobs(data: SuiteData) -> list[FigureJob]:
