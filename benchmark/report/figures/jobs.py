@@ -1,7 +1,7 @@
 """The list of figure jobs of a suite, and the entry points that draw them into files.
 
 Each job names its inputs' digest (`FigureJob.inputs`: the suite's records and plan for a suite figure, the run's
-record for a per-run one, with the package version); a folder's `.inputs.json` keeps the digest each of its files
+record for a per-run one, with a hash of the figure code); a folder's `.inputs.json` keeps the digest each of its files
 was drawn from, so a caller that reuses drawn files (the site) redraws exactly those whose inputs changed."""
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def figure_code() -> str:
 def figure_jobs(data: SuiteData) -> list[FigureJob]:
     """Every figure of one suite, per-suite figures first, then per run (sorted by run id)."""
     recs, plan, suite_name = data.records, data.plan, data.suite
-    suite_inputs = digest(suite_name, repr(plan), recs)
+    record_inputs = [digest(rec) for rec in recs]  # each record serialised once, for its figures and the suite's
+    suite_inputs = digest(suite_name, repr(plan), record_inputs)
     jobs = [FigureJob(f"heatmap_{m}", f"heatmap {m}", f"heatmap_{m}", partial(plot_heatmap, recs, m, suite_name, plan))
             for m in HEADLINE_METRICS]
     for ds in sorted({test_set(r) for r in recs}):
@@ -117,7 +118,7 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
     for (ds, size), (names, imgs) in sorted(sample_sets(recs).items()):
         jobs.append(FigureJob(safe_stem(f"samples_{ds}-{size}"), f"samples {ds} {size}px", "samples",
                               partial(plot_samples, ds, sample_size(recs, ds, size), names, imgs, suite_name)))
-    for rec in recs:
+    for rec, inputs in zip(recs, record_inputs):
         rid = str(rec["run_id"])
         has_predictions = isinstance(rec.get("test_predictions"), dict)
         kinds = ["curves"] if rec.get("history") else []
@@ -130,7 +131,7 @@ def figure_jobs(data: SuiteData) -> list[FigureJob]:
                     kinds.append("predictions")
         for kind in kinds:
             jobs.append(FigureJob(f"runs/{safe_stem(f'{rid}_{kind}')}", f"{rid} {kind}", kind,
-                                  partial(RUN_FIGURES[kind], rec), rid, digest(rec)))
+                                  partial(RUN_FIGURES[kind], rec), rid, inputs))
     return [job if job.run_id else replace(job, inputs=suite_inputs) for job in jobs]
 
 

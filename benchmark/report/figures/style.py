@@ -153,19 +153,18 @@ def record_predictions(rec: dict) -> tuple[np.ndarray, np.ndarray]:
     return labels, probs
 
 
-def row_label(model: str, size: int, scheme: str, name_plain: bool = False) -> str:
-    """A model × size × scheme row as the figures name it: "model (size)", plus " · scheme" for any scheme but
-    plain training (the records' "from_scratch" / "fine_tune"), that one too with `name_plain`."""
-    plain = scheme in ("", "from_scratch", "fine_tune")
-    return f"{model} ({size})" + ("" if plain and not name_plain else f" · {scheme or '—'}")
+PLAIN_TRAINING = ("", "from_scratch", "fine_tune")  # the records' schemes of plain training
 
 
 def distinct_row_labels(keys: Iterable[tuple[str, int, str]]) -> dict[tuple[str, int, str], str]:
-    """`row_label` of each (model, size, scheme) key, naming plain training too where one model and size has
-    runs of both kinds (from scratch and fine-tuned), so that no two keys share a label (figures group by it)."""
+    """Each (model, size, scheme) row as the figures name it: "model (size)", plus " · scheme" for any scheme but
+    plain training, and for plain training too where one model and size has runs of both kinds (from scratch and
+    fine-tuned), so that no two keys share a label (figures group by it)."""
     keys = list(dict.fromkeys(keys))
-    schemes = Counter((model, size) for model, size, scheme in keys if scheme in ("", "from_scratch", "fine_tune"))
-    return {key: row_label(*key, name_plain=schemes[key[:2]] > 1) for key in keys}
+    plain = Counter((model, size) for model, size, scheme in keys if scheme in PLAIN_TRAINING)
+    return {(model, size, scheme): f"{model} ({size})" + ("" if scheme in PLAIN_TRAINING and plain[model, size] == 1
+                                                         else f" · {scheme or '—'}")
+            for model, size, scheme in keys}
 
 
 def row_labels(frame) -> list[str]:
