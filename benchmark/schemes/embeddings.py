@@ -90,7 +90,6 @@ def cache_key(built: BuiltModel, weights: str, data: DatasetSplits, split: str, 
         "data": data_digest(data, split),
         "size": data.size,
         "split": split,
-        "n_images": len(getattr(data, split)),
         "transform": transform.settings(),
         "dtype": str(dtype),
     }
